@@ -1,0 +1,40 @@
+"""Send product events to Customer.io from your log calls.
+
+Tag a log call with ``cio_event`` and add :class:`CustomerIOHandler` (stdlib logging) or
+:class:`CustomerIOProcessor` (structlog); events are validated, batched and delivered to
+the Track API from one background thread.
+"""
+
+from __future__ import annotations
+
+from ._bridge import Bridge, DeadLetter, Stats, configure, flush, get_bridge, shutdown, stats
+from ._config import Settings
+from ._schema import Event, UserAttributes
+from .exceptions import (
+    ConfigurationError,
+    CustomerIOLoggingError,
+    DeliveryError,
+    InvalidEventError,
+)
+from .handler import CustomerIOHandler
+from .processor import CustomerIOProcessor
+
+__all__ = [
+    "Bridge",
+    "ConfigurationError",
+    "CustomerIOHandler",
+    "CustomerIOLoggingError",
+    "CustomerIOProcessor",
+    "DeadLetter",
+    "DeliveryError",
+    "Event",
+    "InvalidEventError",
+    "Settings",
+    "Stats",
+    "UserAttributes",
+    "configure",
+    "flush",
+    "get_bridge",
+    "shutdown",
+    "stats",
+]

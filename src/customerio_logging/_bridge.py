@@ -1,0 +1,421 @@
+"""Bridge: owns the client, the queue and thread, and the counters; configure/get_bridge."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from ._capture import Capture, build_operation
+from ._config import Settings
+from ._delivery import Delivery, DeliveryReport, Failure, SessionTransport
+from ._dispatch import Dispatcher
+from ._lifecycle import install_exit_hook
+from ._schema import Operation, Taxonomy
+from .exceptions import InvalidEventError
+
+__all__ = [
+    "Bridge",
+    "DeadLetter",
+    "Stats",
+    "configure",
+    "flush",
+    "get_bridge",
+    "shutdown",
+    "stats",
+]
+
+_DEAD_LETTERS_KEPT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A snapshot of the bridge's counters.
+
+    Every tagged event ends in exactly one of ``sent``, ``failed``, ``invalid``,
+    ``dropped``, ``spooled`` or ``dead_lettered``, or is still waiting (``queue_depth``);
+    so ``enqueued`` equals their sum. While events move the snapshot may be off by the one
+    event in hand.
+
+    Attributes:
+        enqueued: Tagged events captured, including those then dropped.
+        sent: Operations the Track API accepted.
+        retried: Batch sends repeated after a transient failure.
+        failed: Operations the API refused or that could not be delivered.
+        dropped: Events thrown away: queue full, or still queued at shutdown's deadline.
+        invalid: Events that could not become a valid operation (see ``dead_letters()``).
+        spooled: Operations waiting on disk.
+        replayed: Operations sent again from the spool.
+        dead_lettered: Operations kept aside as never deliverable.
+        batches: Batch requests made.
+        queue_depth: Events waiting in memory, including the batch being sent.
+        last_error: The latest problem, in words; never a secret or a payload.
+    """
+
+    enqueued: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    dropped: int = 0
+    invalid: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    queue_depth: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event that will not be delivered, and why.
+
+    Attributes:
+        id: The operation's ULID, when one was made.
+        name: The event name, when known.
+        reason: A short code (``schema_mismatch``, ``unauthorized``...).
+        field: The field at fault, when known.
+        message: The explanation, in words.
+        at: When it was set aside, in Unix seconds.
+    """
+
+    id: str | None
+    name: str | None
+    reason: str
+    field: str | None
+    message: str
+    at: float
+
+
+class _Counters:
+    """Counters written by the dispatch thread (and, for drops, by the app's threads)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.retried = 0
+        self.failed = 0
+        self.dropped = 0
+        self.refused = 0
+        self.invalid = 0
+        self.batches = 0
+        self.last_error: str | None = None
+
+
+class Bridge:
+    """The one configured client: settings, HTTP client, queue, thread and counters.
+
+    Build it with :func:`configure`; handlers and processors find it with
+    :func:`get_bridge`. Nothing here does network I/O on the caller's thread.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._taxonomy = Taxonomy(
+            settings.events,
+            unknown_events=settings.unknown_events,
+            user_attributes=settings.user_attributes,
+        )
+        self._client: Any = None
+        transport = settings.transport or SessionTransport(
+            self.client, settings.track_url, timeout=settings.request_timeout
+        )
+        self._delivery = Delivery(transport)
+        self._counters = _Counters()
+        self._dead_letters: deque[DeadLetter] = deque(maxlen=_DEAD_LETTERS_KEPT)
+        self._warned_unknown: set[str] = set()
+        self._dispatcher: Dispatcher[Capture] = Dispatcher(
+            process=self._process,
+            send=self._send,
+            batch_size=settings.batch_size,
+            flush_interval=settings.flush_interval,
+            max_queue_size=settings.max_queue_size,
+        )
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shut_down else "running"
+        return f"<Bridge {state} site_id={self.settings.site_id!r} url={self.settings.track_url!r}>"
+
+    @property
+    def client(self) -> Any:
+        """The official ``customerio.CustomerIO`` client, its own retries off."""
+        if self._client is None:
+            from customerio import CustomerIO
+
+            self._client = CustomerIO(
+                site_id=self.settings.site_id,
+                api_key=self.settings.api_key,
+                retries=0,
+                timeout=self.settings.request_timeout,
+            )
+        return self._client
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The dispatch thread, once started."""
+        return self._dispatcher.thread
+
+    def start(self) -> Bridge:
+        """Start the dispatch thread and arrange the flush at exit (idempotent)."""
+        if not self._shut_down:
+            self._dispatcher.start()
+            install_exit_hook(_flush_at_exit)
+        return self
+
+    # -- the app's side ---------------------------------------------------------------
+
+    def submit(self, capture: Capture) -> bool:
+        """Queue a captured event; O(1), never blocks, never raises.
+
+        Returns:
+            False when the event was dropped (queue full or bridge shut down); the drop
+            is counted.
+        """
+        if self._dispatcher.submit(capture):
+            return True
+        reason = (
+            "the bridge is shut down"
+            if self._dispatcher.closed
+            else f"the queue is full (max_queue_size={self.settings.max_queue_size})"
+        )
+        with self._counters.lock:
+            self._counters.dropped += 1
+            self._counters.refused += 1
+            self._counters.last_error = f"event dropped: {reason}"
+        return False
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Deliver everything queued so far.
+
+        Args:
+            timeout: Seconds to wait at most; ``shutdown_timeout`` when None.
+
+        Returns:
+            True when every event queued before the call was settled within ``timeout``
+            and no delivery failed meanwhile; ``stats()`` tells the details.
+        """
+        wait = self.settings.shutdown_timeout if timeout is None else timeout
+        failed_before = self._counters.failed
+        done = self._dispatcher.flush(wait)
+        return done and self._counters.failed == failed_before
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Flush, stop the thread and close the client, within ``timeout``; idempotent."""
+        with self._shutdown_lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
+        wait = self.settings.shutdown_timeout if timeout is None else timeout
+        left = self._dispatcher.stop(wait)
+        if left:
+            with self._counters.lock:
+                self._counters.dropped += len(left)
+                self._counters.last_error = (
+                    f"{len(left)} events were still queued when shutdown's {wait:g}s ran out"
+                )
+        thread = self._dispatcher.thread
+        if thread is None or not thread.is_alive():
+            # A thread still sending would race the close; it is a daemon and ends
+            # with the interpreter.
+            self._delivery.transport.close()
+
+    def stats(self) -> Stats:
+        """A snapshot of the counters."""
+        c = self._counters
+        dispatcher = self._dispatcher
+        with c.lock:
+            queued, depth = dispatcher.queued, dispatcher.depth
+            return Stats(
+                enqueued=c.refused + dispatcher.taken + queued,
+                sent=c.sent,
+                retried=c.retried,
+                failed=c.failed,
+                dropped=c.dropped,
+                invalid=c.invalid,
+                batches=c.batches,
+                queue_depth=depth,
+                last_error=c.last_error,
+            )
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """The most recent events set aside as undeliverable (newest last, at most 1000)."""
+        with self._counters.lock:
+            return list(self._dead_letters)
+
+    # -- the dispatch thread's side ---------------------------------------------------
+
+    def _process(self, capture: Capture) -> Operation | None:
+        try:
+            op = build_operation(capture, self._taxonomy)
+        except InvalidEventError as exc:
+            self._reject(capture, exc.reason, exc.field, str(exc))
+            return None
+        except Exception as exc:  # noqa: BLE001 - a user validator or a bug: count, don't die
+            self._reject(capture, "internal_error", None, f"{type(exc).__name__} while building")
+            return None
+        if (
+            op.action == "event"
+            and self.settings.unknown_events == "warn"
+            and op.name is not None
+            and not self._taxonomy.is_known(op.name)
+            and op.name not in self._warned_unknown
+        ):
+            self._warned_unknown.add(op.name)
+            _warn(f"event {op.name!r} is not declared in configure(events=...); sent anyway")
+        return op
+
+    def _reject(self, capture: Capture, reason: str, field: str | None, message: str) -> None:
+        name = capture.tag if isinstance(capture.tag, str) else capture.message
+        letter = DeadLetter(
+            id=None,
+            name=name if isinstance(name, str) else None,
+            reason=reason,
+            field=field,
+            message=message,
+            at=time.time(),
+        )
+        with self._counters.lock:
+            self._counters.invalid += 1
+            self._counters.last_error = f"invalid event {letter.name!r}: {message}"
+            self._dead_letters.append(letter)
+
+    def _send(self, ops: list[Operation]) -> None:
+        try:
+            report = self._delivery.deliver(ops)
+        except Exception as exc:  # noqa: BLE001 - a transport bug must not lose the count
+            error = f"{type(exc).__name__} in the transport"
+            failure = Failure("internal_error", error)
+            report = DeliveryReport(failed=[(op, failure) for op in ops], error=error)
+        self._account(report)
+
+    def _account(self, report: DeliveryReport) -> None:
+        now = time.time()
+        letters = [
+            DeadLetter(op.id, op.name, f.reason, f.field, f.message, now) for op, f in report.failed
+        ]
+        with self._counters.lock:
+            c = self._counters
+            c.batches += 1
+            c.sent += len(report.sent)
+            c.failed += len(report.failed)
+            self._dead_letters.extend(letters)
+            if report.error:
+                c.last_error = report.error
+
+
+# The library's own logger, fetched once here so that the dispatch thread never needs
+# logging's module lock to find it. Its records are untagged: they never re-enter our
+# handler, even when the app attaches it to the root logger.
+_log = logging.getLogger("customerio_logging")
+
+
+def _warn(message: str) -> None:
+    _log.warning(message)
+
+
+_bridge: Bridge | None = None
+_bridge_lock = threading.Lock()
+
+
+def configure(**settings: Any) -> Bridge:
+    """Build the process's bridge and start its thread.
+
+    Explicit keyword arguments win over environment variables, which win over defaults.
+    A bridge configured earlier is shut down (flushed) first.
+
+    Raises:
+        ConfigurationError: A setting is missing or malformed.
+    """
+    global _bridge
+    new = Bridge(Settings.from_env(**settings))
+    with _bridge_lock:
+        old, _bridge = _bridge, new
+    if old is not None:
+        old.shutdown()
+    return new.start()
+
+
+def get_bridge() -> Bridge:
+    """The process's bridge; built from the environment on first use if never configured.
+
+    Raises:
+        ConfigurationError: No bridge was configured and the environment lacks settings.
+    """
+    bridge = _bridge
+    if bridge is not None:
+        return bridge
+    return _bridge_from_env()
+
+
+def _bridge_from_env() -> Bridge:
+    global _bridge
+    with _bridge_lock:
+        if _bridge is None:
+            _bridge = Bridge(Settings.from_env())
+        bridge = _bridge
+    return bridge.start()
+
+
+def current_bridge() -> Bridge | None:
+    """The bridge if one exists, without building one."""
+    return _bridge
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Deliver everything queued so far; see :meth:`Bridge.flush`. True if nothing is set up."""
+    bridge = _bridge
+    return True if bridge is None else bridge.flush(timeout)
+
+
+def shutdown(timeout: float = 5.0) -> None:
+    """Flush and stop the bridge, within ``timeout`` seconds; idempotent."""
+    bridge = _bridge
+    if bridge is not None:
+        bridge.shutdown(timeout)
+
+
+def stats() -> Stats:
+    """The bridge's counters; all zero if no bridge exists yet.
+
+    Events logged while no bridge could be built (settings missing from the
+    environment) are counted as ``dropped``, with the reason in ``last_error``.
+    """
+    bridge = _bridge
+    if bridge is not None:
+        return bridge.stats()
+    with _bridge_lock:
+        dropped, error = _unconfigured
+    return Stats(enqueued=dropped, dropped=dropped, last_error=error)
+
+
+_unconfigured: tuple[int, str | None] = (0, None)
+
+
+def note_unconfigured(error: Exception) -> None:
+    """Count an event dropped because no bridge could be built; warn the first time."""
+    global _unconfigured
+    with _bridge_lock:
+        count, _ = _unconfigured
+        message = f"customerio_logging is not configured, event dropped: {error}"
+        _unconfigured = (count + 1, message)
+    if count == 0:
+        _warn(message)
+
+
+def _flush_at_exit() -> None:
+    bridge = _bridge
+    if bridge is not None:
+        bridge.shutdown(bridge.settings.shutdown_timeout)
+
+
+def _forget_bridge() -> Bridge | None:
+    """Forget the process's bridge without stopping it and return it (for tests)."""
+    global _bridge
+    with _bridge_lock:
+        old, _bridge = _bridge, None
+    return old

@@ -1,0 +1,241 @@
+"""Settings: the one frozen, validated object every part of the bridge reads its options from."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._delivery import Transport
+    from ._schema import Event, UserAttributes
+
+__all__ = ["ENV_VARS", "REGION_URLS", "Settings"]
+
+REGION_URLS: Mapping[str, str] = {
+    "us": "https://track.customer.io",
+    "eu": "https://track-eu.customer.io",
+}
+
+ENV_VARS: Mapping[str, str] = {
+    "site_id": "CUSTOMERIO_SITE_ID",
+    "api_key": "CUSTOMERIO_TRACK_API_KEY",
+    "region": "CUSTOMERIO_REGION",
+    "track_url": "CUSTOMERIO_TRACK_URL",
+}
+
+UnknownEvents = Literal["allow", "warn", "reject"]
+_UNKNOWN_EVENTS = ("allow", "warn", "reject")
+_LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Settings:
+    """Everything the bridge needs to know, validated once at construction.
+
+    Build it with :meth:`from_env` to apply the precedence explicit keyword arguments >
+    environment variables > defaults; ``configure()`` does that for you.
+
+    Attributes:
+        site_id: The Track API site id (``CUSTOMERIO_SITE_ID``).
+        api_key: The Track API key (``CUSTOMERIO_TRACK_API_KEY``). Never shown in a repr.
+        region: ``"us"`` or ``"eu"`` (``CUSTOMERIO_REGION``); picks the default ``track_url``.
+        track_url: Base URL of the Track API (``CUSTOMERIO_TRACK_URL``). ``http://`` is allowed
+            only for loopback hosts, so a local emulator works and a key never crosses a
+            network in clear text.
+        batch_size: Most operations in one ``/api/v2/batch`` request (1 to 1000).
+        flush_interval: Longest time in seconds an event waits before its batch is sent.
+        max_queue_size: Most events waiting in memory; beyond it new events are dropped and
+            counted.
+        shutdown_timeout: Seconds the exit hook and ``shutdown()`` may spend delivering.
+        request_timeout: Seconds one HTTP request may take (connect and read).
+        max_retries: Attempts after the first for a batch that failed transiently.
+        spool_path: Where undeliverable events wait on disk; ``False`` disables the spool,
+            ``None`` picks the default location.
+        events: The app's event taxonomy: ``Event`` subclasses.
+        unknown_events: What to do with an event whose name is not in ``events``.
+        user_attributes: A ``UserAttributes`` subclass that validates ``identify`` attributes.
+        transport: Sends a batch body; tests inject one. ``None`` uses the official client's
+            HTTP session.
+    """
+
+    site_id: str
+    api_key: str = field(repr=False)
+    region: str = "us"
+    track_url: str = ""
+    batch_size: int = 500
+    flush_interval: float = 1.0
+    max_queue_size: int = 10_000
+    shutdown_timeout: float = 5.0
+    request_timeout: float = 10.0
+    max_retries: int = 5
+    spool_path: str | os.PathLike[str] | Literal[False] | None = None
+    events: tuple[type[Event], ...] = ()
+    unknown_events: UnknownEvents = "allow"
+    user_attributes: type[UserAttributes] | None = None
+    transport: Transport | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _require_text("site_id", self.site_id)
+        _require_text("api_key", self.api_key)
+        region = self.region.strip().lower() if isinstance(self.region, str) else self.region
+        if region not in REGION_URLS:
+            raise ConfigurationError(
+                f"region must be 'us' or 'eu', got {self.region!r}: pass configure(region=...) "
+                f"or set {ENV_VARS['region']}",
+                setting="region",
+                env_var=ENV_VARS["region"],
+            )
+        object.__setattr__(self, "region", region)
+        object.__setattr__(self, "track_url", _check_track_url(self.track_url or REGION_URLS[region]))
+        _require_int("batch_size", self.batch_size, low=1, high=1000)
+        _require_int("max_queue_size", self.max_queue_size, low=1)
+        _require_int("max_retries", self.max_retries, low=0)
+        if self.batch_size > self.max_queue_size:
+            raise ConfigurationError(
+                f"batch_size must be <= max_queue_size ({self.batch_size} > {self.max_queue_size})",
+                setting="batch_size",
+            )
+        _require_seconds("flush_interval", self.flush_interval)
+        _require_seconds("shutdown_timeout", self.shutdown_timeout, allow_zero=True)
+        _require_seconds("request_timeout", self.request_timeout)
+        if self.unknown_events not in _UNKNOWN_EVENTS:
+            raise ConfigurationError(
+                f"unknown_events must be one of {', '.join(_UNKNOWN_EVENTS)}; "
+                f"got {self.unknown_events!r}",
+                setting="unknown_events",
+            )
+        object.__setattr__(self, "events", tuple(self.events))
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from keyword arguments, then environment variables, then defaults.
+
+        Args:
+            environ: The environment to read; ``os.environ`` when None.
+            **overrides: Explicit settings; a value of None means "not given".
+
+        Raises:
+            ConfigurationError: A setting is missing or malformed; the message names the
+                argument and the environment variable to set.
+        """
+        env = os.environ if environ is None else environ
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting(s): {', '.join(unknown)}; known settings are "
+                f"{', '.join(sorted(known))}",
+                setting=unknown[0],
+            )
+        values = {name: value for name, value in overrides.items() if value is not None}
+        for name, var in ENV_VARS.items():
+            if name not in values and env.get(var, "").strip():
+                values[name] = env[var].strip()
+        for name in ("site_id", "api_key"):
+            if name not in values:
+                raise ConfigurationError(
+                    f"{name} is not set: pass configure({name}=...) or set {ENV_VARS[name]}",
+                    setting=name,
+                    env_var=ENV_VARS[name],
+                )
+        if isinstance(values.get("events"), Sequence | set | frozenset):
+            values["events"] = tuple(values["events"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with ``changes`` applied and validated."""
+        return dataclasses.replace(self, **changes)
+
+
+def _require_text(name: str, value: object) -> None:
+    env_hint = f" or set {ENV_VARS[name]}" if name in ENV_VARS else ""
+    if not isinstance(value, str) or not value.strip():
+        # The value itself is never echoed: it may be a secret.
+        raise ConfigurationError(
+            f"{name} must be a non-empty string: pass configure({name}=...){env_hint}",
+            setting=name,
+            env_var=ENV_VARS.get(name),
+        )
+    if value != value.strip() or any(ch in value for ch in "\r\n\x00"):
+        raise ConfigurationError(
+            f"{name} has surrounding whitespace or control characters; check the value you "
+            f"pass as {name}{env_hint}",
+            setting=name,
+            env_var=ENV_VARS.get(name),
+        )
+
+
+def _require_int(name: str, value: object, *, low: int, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigurationError(
+            f"{name} must be an integer, got {type(value).__name__}", setting=name
+        )
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ConfigurationError(f"{name} must be {bound}, got {value}", setting=name)
+
+
+def _require_seconds(name: str, value: object, *, allow_zero: bool = False) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds, got {value!r}", setting=name
+        )
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(f"{name} must be {bound} seconds, got {value}", setting=name)
+
+
+def _check_track_url(url: object) -> str:
+    hint = f"pass configure(track_url=...) or set {ENV_VARS['track_url']}"
+    if not isinstance(url, str):
+        raise ConfigurationError(f"track_url must be a string URL; {hint}", setting="track_url")
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigurationError(
+            f"track_url must look like https://host[:port], got {url!r}; {hint}",
+            setting="track_url",
+            env_var=ENV_VARS["track_url"],
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        # Never echo the URL here: it may carry credentials.
+        raise ConfigurationError(
+            f"track_url must not contain credentials, a query or a fragment; {hint}",
+            setting="track_url",
+            env_var=ENV_VARS["track_url"],
+        )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigurationError(
+            f"track_url uses http:// for a non-loopback host ({parts.hostname}); the API key "
+            f"would travel in clear text. Use https://, or http://127.0.0.1:PORT for a local "
+            f"emulator; {hint}",
+            setting="track_url",
+            env_var=ENV_VARS["track_url"],
+        )
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        raise ConfigurationError(
+            f"track_url has an invalid port: {url!r}; {hint}",
+            setting="track_url",
+            env_var=ENV_VARS["track_url"],
+        ) from None
+    return url.strip().rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,247 @@
+"""One batch to the Track API: build the body, send it, read the answer op by op."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+from .exceptions import DeliveryError
+
+if TYPE_CHECKING:
+    import requests
+
+    from ._schema import Operation
+
+__all__ = [
+    "BATCH_PATH",
+    "Delivery",
+    "DeliveryReport",
+    "Failure",
+    "Response",
+    "SessionTransport",
+    "Transport",
+    "batch_body",
+]
+
+BATCH_PATH = "/api/v2/batch"
+_PREFIX = b'{"batch":['
+_SUFFIX = b"]}"
+BODY_OVERHEAD = len(_PREFIX) + len(_SUFFIX)
+_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What a transport got back: status, headers and raw body."""
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+class Transport(Protocol):
+    """Sends one batch body to the Track API.
+
+    ``send`` returns the HTTP response whatever its status and raises ``DeliveryError``
+    (with ``status_code=None``) when no response came: connection refused, reset, timeout.
+    """
+
+    def send(self, body: bytes) -> Response: ...
+
+    def close(self) -> None: ...
+
+
+def batch_body(ops: Sequence[Operation]) -> bytes:
+    """The ``/api/v2/batch`` body for ``ops``, joined from their encoded bytes."""
+    return _PREFIX + b",".join(op.body for op in ops) + _SUFFIX
+
+
+class SessionTransport:
+    """Posts batch bodies over the official ``customerio.CustomerIO`` client's session.
+
+    The client's session carries basic auth, TCP keep-alive and its user agent. Its
+    urllib3 retries are replaced by none at all: the retry policy lives in one place,
+    above the transport, and never stacks on another.
+    """
+
+    def __init__(self, client: Any, track_url: str, *, timeout: float) -> None:
+        self._client = client
+        self._url = track_url + BATCH_PATH
+        self._host = urlsplit(track_url).netloc
+        self._timeout = timeout
+        self._session: requests.Session | None = None
+
+    def __repr__(self) -> str:
+        return f"SessionTransport(url={self._url!r})"
+
+    def _http(self) -> requests.Session:
+        if self._session is None:
+            session = self._client.http
+            adapter = _no_retry_adapter()
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            session.headers["User-Agent"] = f"{_user_agent()} {session.headers.get('User-Agent', '')}".strip()
+            self._session = session
+        return self._session
+
+    def send(self, body: bytes) -> Response:
+        """POST ``body`` to ``/api/v2/batch``; see :class:`Transport`."""
+        import requests
+
+        try:
+            reply = self._http().post(
+                self._url, data=body, headers=_HEADERS, timeout=self._timeout, allow_redirects=False
+            )
+        except requests.RequestException as exc:
+            # requests' messages name the URL, never the body or the credentials.
+            raise DeliveryError(
+                f"no response from {self._host}: {type(exc).__name__}", status_code=None
+            ) from exc
+        return Response(reply.status_code, dict(reply.headers), reply.content)
+
+    def close(self) -> None:
+        """Close the HTTP session; a later ``send`` opens a new one."""
+        self._session = None
+        self._client.close()
+
+
+def _no_retry_adapter() -> Any:
+    from urllib3.util.retry import Retry
+
+    try:
+        from customerio.client_base import TCPKeepAliveHTTPAdapter as Adapter
+    except ImportError:  # pragma: no cover - an older client without keep-alive
+        from requests.adapters import HTTPAdapter as Adapter
+    return Adapter(max_retries=Retry(total=False))
+
+
+def _user_agent() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"customerio-logging/{version('customerio-logging')}"
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "customerio-logging"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why an operation was not delivered."""
+
+    reason: str
+    message: str
+    field: str | None = None
+    status: int | None = None
+
+
+@dataclass(slots=True)
+class DeliveryReport:
+    """The outcome of one batch, op by op."""
+
+    sent: list[Operation] = field(default_factory=list)
+    failed: list[tuple[Operation, Failure]] = field(default_factory=list)
+    error: str | None = None
+    """A summary for ``Stats.last_error`` when something went wrong."""
+
+
+class Delivery:
+    """Sends batches through a transport and reads the Track API's answer.
+
+    Retries are not done here yet: ``attempt`` is the seam where the retry policy wraps
+    one send.
+    """
+
+    def __init__(self, transport: Transport, *, attempt: Callable[[bytes], Response] | None = None):
+        self.transport = transport
+        self._attempt = attempt or transport.send
+
+    def deliver(self, ops: Sequence[Operation]) -> DeliveryReport:
+        """Send ``ops`` as one batch and sort them into sent and failed."""
+        report = DeliveryReport()
+        if not ops:
+            return report
+        try:
+            response = self._attempt(batch_body(ops))
+        except DeliveryError as exc:
+            failure = Failure("network_error", str(exc), status=exc.status_code)
+            report.failed = [(op, failure) for op in ops]
+            report.error = str(exc)
+            return report
+        status = response.status
+        if status == 207:
+            return _partial(ops, response)
+        if 200 <= status < 300:
+            report.sent = list(ops)
+            return report
+        failure = _whole_batch_failure(response)
+        report.failed = [(op, failure) for op in ops]
+        report.error = failure.message
+        return report
+
+
+def _partial(ops: Sequence[Operation], response: Response) -> DeliveryReport:
+    report = DeliveryReport()
+    errors = _errors(response.body)
+    by_index: dict[int, Failure] = {}
+    for err in errors:
+        index = err.get("batch_index")
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(ops):
+            by_index[index] = Failure(
+                reason=str(err.get("reason") or "rejected"),
+                message=_api_text(err.get("message")) or "rejected by the Track API",
+                field=_api_text(err.get("field")),
+                status=207,
+            )
+    for index, op in enumerate(ops):
+        failure = by_index.get(index)
+        if failure is None:
+            report.sent.append(op)
+        else:
+            report.failed.append((op, failure))
+    if by_index:
+        report.error = f"HTTP 207: the Track API refused {len(by_index)} of {len(ops)} operations"
+    else:
+        # A 207 whose errors cannot be read: the API accepted the rest, and resending
+        # could duplicate what it kept. Count them sent and say so.
+        report.error = "HTTP 207 without readable errors: operations counted as sent"
+    return report
+
+
+def _whole_batch_failure(response: Response) -> Failure:
+    status = response.status
+    if status in (401, 403):
+        return Failure(
+            "unauthorized",
+            f"HTTP {status}: the Track API refused the credentials; check site_id "
+            f"(CUSTOMERIO_SITE_ID) and api_key (CUSTOMERIO_TRACK_API_KEY)",
+            status=status,
+        )
+    errors = _errors(response.body)
+    detail = ""
+    if errors:
+        first = errors[0]
+        parts = [_api_text(first.get(k)) for k in ("reason", "field", "message")]
+        detail = ": " + ", ".join(p for p in parts if p)
+    return Failure(f"http_{status}", f"HTTP {status} from the Track API{detail}", status=status)
+
+
+def _errors(body: bytes) -> list[dict[str, Any]]:
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    errors = parsed.get("errors") if isinstance(parsed, dict) else None
+    if not isinstance(errors, list):
+        return []
+    return [err for err in errors if isinstance(err, dict)]
+
+
+def _api_text(value: object, limit: int = 200) -> str | None:
+    # The API's words go into counters and errors: keep them short and single-line.
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,216 @@
+"""The background thread: a bounded queue, batching by count, bytes and time, flush and stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from ._delivery import BODY_OVERHEAD
+from ._limits import BATCH_BODY_BYTES
+from ._schema import Operation
+
+__all__ = ["THREAD_NAME", "Dispatcher"]
+
+THREAD_NAME = "customerio-dispatch"
+
+T = TypeVar("T")
+
+
+class _Flush:
+    """A marker in the queue: everything before it is sent when the worker reaches it."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class _Stop:
+    __slots__ = ()
+
+
+_STOP = _Stop()
+
+
+class Dispatcher(Generic[T]):
+    """Owns the queue and the one thread that turns queued items into sent batches.
+
+    ``submit`` runs on the app's threads and is O(1): a length check and a deque append
+    (both atomic under the GIL), and a wake-up only once a full batch is waiting. All
+    other work happens on the thread.
+
+    Args:
+        process: Turns a queued item into an operation, or None when it was rejected
+            (the callee accounts for it). Runs on the thread.
+        send: Delivers one batch and accounts for its outcome. Runs on the thread.
+        batch_size: Most operations per batch.
+        flush_interval: Seconds between sends of a partial batch.
+        max_queue_size: Most items waiting; ``submit`` refuses beyond it.
+        body_limit: Most bytes in one batch body.
+        clock: Monotonic seconds; tests inject one.
+    """
+
+    def __init__(
+        self,
+        *,
+        process: Callable[[T], Operation | None],
+        send: Callable[[list[Operation]], None],
+        batch_size: int,
+        flush_interval: float,
+        max_queue_size: int,
+        body_limit: int = BATCH_BODY_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._process = process
+        self._send = send
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._max_queue_size = max_queue_size
+        self._body_limit = body_limit
+        self._clock = clock
+        self._queue: deque[T | _Flush | _Stop] = deque()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._batch: list[Operation] = []
+        self._batch_bytes = BODY_OVERHEAD
+        self._busy = 0
+        self.taken = 0
+        """Items the thread has taken off the queue (read by the bridge's counters)."""
+
+    @property
+    def queued(self) -> int:
+        """Items in the queue, not yet taken by the thread."""
+        return sum(1 for item in list(self._queue) if not isinstance(item, _Flush | _Stop))
+
+    @property
+    def depth(self) -> int:
+        """Items waiting: queued, or taken and in a batch not yet settled."""
+        return self.queued + len(self._batch) + self._busy
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The dispatch thread, once started."""
+        return self._thread
+
+    @property
+    def closed(self) -> bool:
+        """True once ``stop`` has been called: ``submit`` refuses everything."""
+        return self._closed
+
+    def start(self) -> None:
+        """Start the thread (idempotent)."""
+        with self._start_lock:
+            if self._thread is None and not self._closed:
+                thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def submit(self, item: T) -> bool:
+        """Queue ``item``; False when the queue is full or stopped (the item is not kept)."""
+        queue = self._queue
+        if self._closed or len(queue) >= self._max_queue_size:
+            return False
+        queue.append(item)
+        if len(queue) >= self._batch_size and not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def flush(self, timeout: float) -> bool:
+        """Send everything queued before this call; True if that finished within ``timeout``."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return self.depth == 0
+        if thread is threading.current_thread():
+            return False  # the thread cannot wait for itself
+        marker = _Flush()
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.done.wait(max(0.0, timeout))
+
+    def stop(self, timeout: float) -> list[T]:
+        """Flush, then stop the thread, all within ``timeout`` seconds.
+
+        Returns:
+            The items still queued when the deadline passed (not sent).
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            self.flush(timeout)
+        self._closed = True
+        if thread is not None and thread.is_alive():
+            self._queue.append(_STOP)
+            self._wake.set()
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        left: list[T] = []
+        while True:
+            try:
+                item = self._queue.popleft()
+            except IndexError:
+                break
+            if isinstance(item, _Flush):
+                item.done.set()
+            elif not isinstance(item, _Stop):
+                left.append(item)
+        return left
+
+    def _run(self) -> None:
+        queue = self._queue
+        next_tick = self._clock() + self._flush_interval
+        while True:
+            if not queue:
+                self._wake.wait(max(0.0, next_tick - self._clock()))
+            # Clear before draining: a submit after this point sets it again.
+            self._wake.clear()
+            while queue:
+                item = queue.popleft()
+                if isinstance(item, _Flush):
+                    self._send_batch()
+                    item.done.set()
+                elif isinstance(item, _Stop):
+                    self._send_batch()
+                    return
+                else:
+                    self._add(item)
+            now = self._clock()
+            if now >= next_tick:
+                self._send_batch()
+                next_tick = now + self._flush_interval
+
+    def _add(self, item: T) -> None:
+        self.taken += 1
+        self._busy = 1
+        try:
+            op = self._process(item)
+        except Exception:  # noqa: BLE001 - `process` accounts for its items; the thread lives on
+            op = None
+        finally:
+            self._busy = 0
+        if op is None:
+            return
+        added = len(op.body) + (1 if self._batch else 0)
+        if self._batch and self._batch_bytes + added > self._body_limit:
+            self._send_batch()
+            added = len(op.body)
+        self._batch.append(op)
+        self._batch_bytes += added
+        if len(self._batch) >= self._batch_size:
+            self._send_batch()
+
+    def _send_batch(self) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        try:
+            self._send(batch)
+        except Exception:  # noqa: BLE001, S110 - `send` accounts for its batch; the thread lives on
+            pass
+        finally:
+            self._batch = []
+            self._batch_bytes = BODY_OVERHEAD

@@ -1,0 +1,76 @@
+"""CustomerIOHandler: the stdlib logging handler that hands tagged records to the bridge."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ._bridge import get_bridge, note_unconfigured
+from ._capture import TAG, capture_record
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._bridge import Bridge
+
+__all__ = ["CustomerIOHandler"]
+
+
+class CustomerIOHandler(logging.Handler):
+    """Sends log records tagged ``cio_event`` to Customer.io; ignores all others.
+
+    Works from ``dictConfig`` with no arguments (``"class":
+    "customerio_logging.CustomerIOHandler"``): the bridge is found, or built from the
+    environment, on the first tagged record, never at construction. Untagged records
+    cost one attribute lookup and a type check. ``emit`` never raises into the app and
+    never blocks on the network.
+
+    Tag with ``extra``::
+
+        log.info("plan_changed", extra={"cio_event": True, "user_id": "u1", "to": "pro"})
+
+    structlog event dicts that reach stdlib through ``ProcessorFormatter`` are
+    recognised too; one already taken by ``CustomerIOProcessor`` is not sent twice.
+
+    Args:
+        level: The handler's level, as for any ``logging.Handler``.
+        bridge: The bridge to use; the process's (``get_bridge()``) when None.
+    """
+
+    def __init__(self, level: int | str = logging.NOTSET, *, bridge: Bridge | None = None) -> None:
+        super().__init__(level)
+        self._bridge = bridge
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        """Skip untagged records before logging's filters and lock cost anything."""
+        if not record.__dict__.get(TAG):
+            msg = record.msg
+            if type(msg) is not dict or not msg.get(TAG):
+                return False
+        return bool(super().handle(record))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Capture the record and queue it; O(1) and never raises."""
+        try:
+            capture = capture_record(record)
+            if capture is None:
+                return
+            bridge = self._bridge or get_bridge()
+            bridge.submit(capture)
+        except ConfigurationError as exc:
+            note_unconfigured(exc)
+        except Exception:  # noqa: BLE001 - logging's contract: report, never raise
+            self.handleError(record)
+
+    def flush(self) -> None:
+        """Deliver what is queued, waiting at most the bridge's ``shutdown_timeout``.
+
+        Bounded because ``logging`` may call it while holding its module lock.
+        """
+        from ._bridge import current_bridge
+
+        bridge = self._bridge or current_bridge()
+        if bridge is not None:
+            bridge.flush()
+
+    def __repr__(self) -> str:
+        return f"<CustomerIOHandler ({logging.getLevelName(self.level)})>"

@@ -1,0 +1,61 @@
+"""CustomerIOProcessor: the structlog processor that hands tagged event dicts to the bridge."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._bridge import get_bridge, note_unconfigured
+from ._capture import TAG, Captured, capture_event_dict
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._bridge import Bridge
+
+__all__ = ["CustomerIOProcessor"]
+
+
+class CustomerIOProcessor:
+    """A structlog processor that sends event dicts tagged ``cio_event`` to Customer.io.
+
+    A plain callable: importing it needs no structlog. Place it after the processors that
+    add context (``merge_contextvars``) and before the renderer::
+
+        structlog.configure(processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            CustomerIOProcessor(),
+            structlog.processors.JSONRenderer(),
+        ])
+        log.info("plan_changed", cio_event=True, user_id="u1", from_="free", to="pro")
+
+    The event dict passes through unchanged except ``cio_event``, which becomes the
+    event's name as a marker string: a ``CustomerIOHandler`` further down the chain then
+    knows the event was taken and does not send it twice. Never raises into the log call.
+
+    Args:
+        bridge: The bridge to use; the process's (``get_bridge()``) when None.
+    """
+
+    __slots__ = ("_bridge",)
+
+    def __init__(self, *, bridge: Bridge | None = None) -> None:
+        self._bridge = bridge
+
+    def __call__(self, logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        tag = event_dict.get(TAG)
+        if not tag or type(tag) is Captured:
+            return event_dict
+        try:
+            capture = capture_event_dict(event_dict)
+            if capture is not None:
+                (self._bridge or get_bridge()).submit(capture)
+                name = tag if isinstance(tag, str) else event_dict.get("event")
+                event_dict[TAG] = Captured(name if isinstance(name, str) else "")
+        except ConfigurationError as exc:
+            note_unconfigured(exc)
+        except Exception as exc:  # noqa: BLE001 - a log call must never fail because of us
+            note_unconfigured(exc)
+        return event_dict
+
+    def __repr__(self) -> str:
+        return "CustomerIOProcessor()"

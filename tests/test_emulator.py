@@ -1,0 +1,735 @@
+"""Tests of the Track API emulator: auth, endpoints, validation, recording and lifecycle."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from customerio_logging import testing
+from customerio_logging._limits import (
+    MAX_ATTRIBUTE_NAME_BYTES,
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    MAX_IDENTIFIER_BYTES,
+    MAX_IDENTIFY_ATTRIBUTES,
+    MAX_NAME_BYTES,
+    MAX_OPERATION_BYTES,
+    MAX_REQUEST_BYTES,
+)
+from customerio_logging.testing import RecordedRequest, TrackAPIEmulator
+
+ULID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+TIMEOUT = 5.0
+
+
+def event(name: str = "signed_up", user: str = "u1", **extra: Any) -> dict[str, Any]:
+    return {"type": "person", "identifiers": {"id": user}, "action": "event", "name": name, **extra}
+
+
+@pytest.fixture
+def emulator() -> Iterator[TrackAPIEmulator]:
+    with TrackAPIEmulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def session(emulator: TrackAPIEmulator) -> Iterator[requests.Session]:
+    with requests.Session() as s:
+        s.auth = (emulator.site_id, emulator.api_key)
+        yield s
+
+
+def post_batch(
+    session: requests.Session, emulator: TrackAPIEmulator, batch: list[Any]
+) -> requests.Response:
+    return session.post(f"{emulator.url}/api/v2/batch", json={"batch": batch}, timeout=TIMEOUT)
+
+
+def raw_exchange(emulator: TrackAPIEmulator, data: bytes) -> bytes:
+    """Send bytes on a fresh socket, half-close it, and read until the server closes."""
+    host, port = emulator.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class TestPublicAPI:
+    def test_all_is_sorted_and_complete(self) -> None:
+        public = {name for name in vars(testing) if not name.startswith("_")}
+        assert testing.__all__ == sorted(testing.__all__)
+        assert set(testing.__all__) == public
+
+
+class TestAuth:
+    @pytest.mark.parametrize(
+        "auth",
+        [
+            None,
+            ("emulator-site", "wrong-key"),
+            ("wrong-site", "emulator-key"),
+            ("", ""),
+        ],
+        ids=["missing", "wrong-key", "wrong-site", "empty"],
+    )
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [("GET", "/api/v1/accounts/region"), ("POST", "/api/v2/batch")],
+    )
+    def test_bad_credentials_get_401(
+        self,
+        emulator: TrackAPIEmulator,
+        auth: tuple[str, str] | None,
+        method: str,
+        path: str,
+    ) -> None:
+        response = requests.request(
+            method, emulator.url + path, json={"batch": [event()]}, auth=auth, timeout=TIMEOUT
+        )
+        assert response.status_code == 401
+        assert response.json() == {"meta": {"error": "Unauthorized request"}}
+        assert emulator.operations == []
+
+    @pytest.mark.parametrize("header", ["Bearer emulator-key", "Basic !!!", "Basic"])
+    def test_malformed_authorization_header_gets_401(
+        self, emulator: TrackAPIEmulator, header: str
+    ) -> None:
+        response = requests.get(
+            f"{emulator.url}/api/v1/accounts/region",
+            headers={"Authorization": header},
+            timeout=TIMEOUT,
+        )
+        assert response.status_code == 401
+
+    def test_custom_credentials(self) -> None:
+        with TrackAPIEmulator(site_id="s", api_key="k") as emu:
+            url = f"{emu.url}/api/v1/accounts/region"
+            assert requests.get(url, auth=("s", "k"), timeout=TIMEOUT).status_code == 200
+            assert requests.get(url, auth=("s", "x"), timeout=TIMEOUT).status_code == 401
+
+
+class TestRegion:
+    def test_region_points_at_the_emulator(
+        self, emulator: TrackAPIEmulator, session: requests.Session
+    ) -> None:
+        response = session.get(f"{emulator.url}/api/v1/accounts/region", timeout=TIMEOUT)
+        assert response.status_code == 200
+        assert response.json() == {"url": emulator.url, "data_center": "us", "environment_id": 1}
+
+
+class TestRouting:
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [
+            ("GET", "/"),
+            ("GET", "/api/v2/batch"),
+            ("POST", "/api/v1/accounts/region"),
+            ("POST", "/api/v2/entity"),
+            ("DELETE", "/api/v1/customers/u1"),
+            ("PUT", "/api/v1/customers/u1/events"),
+        ],
+    )
+    def test_unknown_route_gets_json_404(
+        self, emulator: TrackAPIEmulator, session: requests.Session, method: str, path: str
+    ) -> None:
+        response = session.request(method, emulator.url + path, json={}, timeout=TIMEOUT)
+        assert response.status_code == 404
+        assert "error" in response.json()["meta"]
+
+
+class TestBatch:
+    def test_valid_batch_gets_200_and_is_recorded_in_order(
+        self, emulator: TrackAPIEmulator, session: requests.Session
+    ) -> None:
+        ops = [event("a", id=ULID, timestamp=1_700_000_000), event("b", attributes={"k": 1})]
+        response = post_batch(session, emulator, ops)
+        assert response.status_code == 200
+        assert response.json() == {}
+        assert emulator.operations == ops
+        [recorded] = emulator.requests
+        assert recorded == RecordedRequest(
+            method="POST",
+            path="/api/v2/batch",
+            status=200,
+            op_count=2,
+            body_bytes=recorded.body_bytes,
+            errors=[],
+        )
+        assert recorded.body_bytes == len(json.dumps({"batch": ops}).encode())
+
+    def test_partly_invalid_batch_gets_207_and_records_only_valid_ops(
+        self, emulator: TrackAPIEmulator, session: requests.Session
+    ) -> None:
+        bad_name = event("x" * (MAX_NAME_BYTES + 1))
+        bad_type = {**event("c"), "type": "object"}
+        ops = [event("a"), bad_name, event("b"), bad_type]
+        response = post_batch(session, emulator, ops)
+        assert response.status_code == 207
+        errors = response.json()["errors"]
+        assert [(e["batch_index"], e["reason"], e["field"]) for e in errors] == [
+            (1, "name_too_long", "name"),
+            (3, "invalid_type", "type"),
+        ]
+        assert all(e["message"] for e in errors)
+        assert emulator.operations == [ops[0], ops[2]]
+        assert emulator.requests[0].errors == errors
+        assert [(r["operation"], r["reason"], r["status"]) for r in emulator.rejected] == [
+            (bad_name, "name_too_long", 207),
+            (bad_type, "invalid_type", 207),
+        ]
+
+    def test_all_invalid_batch_still_gets_207(
+        self, emulator: TrackAPIEmulator, session: requests.Session
+    ) -> None:
+        response = post_batch(session, emulator, [event(""), {"type": "person"}])
+        assert response.status_code == 207
+        assert [e["batch_index"] for e in response.json()["errors"]] == [0, 1]
+        assert emulator.operations == []
+        assert len(emulator.rejected) == 2
+
+    @pytest.mark.parametrize(
+        ("body", "reason", "field"),
+        [
+            (b"not json", "invalid_json", "body"),
+            (b"\xff\xfe", "invalid_json", "body"),
+            (b"[]", "invalid_body", "body"),
+            (b"{}", "invalid_batch", "batch"),
+            (b'{"batch": {}}', "invalid_batch", "batch"),
+            (b'{"batch": []}', "empty_batch", "batch"),
+        ],
+    )
+    def test_malformed_body_gets_400(
+        self,
+        emulator: TrackAPIEmulator,
+        session: requests.Session,
+        body: bytes,
+        reason: str,
+        field: str,
+    ) -> None:
+        response = session.post(f"{emulator.url}/api/v2/batch", data=body, timeout=TIMEOUT)
+        assert response.status_code == 400
+        [error] = response.json()["errors"]
+        assert (error["reason"], error["field"]) == (reason, field)
+        assert error["message"]
+        assert emulator.operations == []
+        assert emulator.requests[0].errors == [error]
+
+    def test_oversize_body_gets_413_and_connection_stays_usable(
+        self, emulator: TrackAPIEmulator, session: requests.Session
+    ) -> None:
+        ops = [event(str(i), attributes={"pad": "x" * 20_000}) for i in range(30)]
+        body = json.dumps({"batch": ops}).encode()
+        assert len(body) > MAX_REQUEST_BYTES
+        response = session.post(f"{emulator.url}/api/v2/batch", data=body, timeout=TIMEOUT)
+        assert response.status_code == 413
+        assert response.json()["errors"][0]["reason"] == "request_too_large"
+        assert emulator.operations == []
+        assert emulator.requests[0].body_bytes == len(body)
+        # The body was drained, so the same keep-alive connection serves the next request.
+        assert post_batch(session, emulator, [event()]).status_code == 200
+
+    def test_body_at_the_limit_is_accepted(
+        self, emulator: TrackAPIEmulator, session: requests.Session
+    ) -> None:
+        body = json.dumps({"batch": [event()]}).encode()
+        body += b" " * (MAX_REQUEST_BYTES - len(body))
+        response = session.post(f"{emulator.url}/api/v2/batch", data=body, timeout=TIMEOUT)
+        assert response.status_code == 200
+
+    @pytest.mark.parametrize(("extra", "status"), [(0, 200), (1, 207)])
+    def test_operation_size_limit(
+        self,
+        emulator: TrackAPIEmulator,
+        session: requests.Session,
+        extra: int,
+        status: int,
+    ) -> None:
+        op = event(attributes={"pad": ""})
+        size = len(json.dumps(op, separators=(",", ":")).encode())
+        op["attributes"]["pad"] = "x" * (MAX_OPERATION_BYTES - size + extra)
+        response = post_batch(session, emulator, [op])
+        assert response.status_code == status
+        if status == 207:
+            [error] = response.json()["errors"]
+            assert (error["reason"], error["field"]) == ("operation_too_large", "operation")
+            assert emulator.operations == []
+        else:
+            assert emulator.operations == [op]
+
+
+def _identify(**extra: Any) -> dict[str, Any]:
+    return {"type": "person", "identifiers": {"id": "u1"}, "action": "identify", **extra}
+
+
+def _person(action: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "person", "identifiers": {"id": "u1"}, "action": action, **extra}
+
+
+VALID_OPS = {
+    "event-minimal": event(),
+    "event-full": event(id=ULID.lower(), timestamp=1, attributes={"a": [1, {"b": None}]}),
+    "event-anonymous": {**event(), "identifiers": {"anonymous_id": "anon-1"}},
+    "event-email": {**event(), "identifiers": {"email": "a@example.com"}},
+    "event-cio-id": {**event(), "identifiers": {"cio_id": "abc"}},
+    "page": {**event("/home"), "action": "page"},
+    "screen": {**event("Home"), "action": "screen"},
+    "name-at-limit-in-bytes": event("é" * (MAX_NAME_BYTES // 2)),
+    "identifier-at-limit": event(user="u" * MAX_IDENTIFIER_BYTES),
+    "identify": _identify(attributes={"plan": "pro"}, timestamp=5),
+    "identify-bare": _identify(),
+    "identify-max-attributes": _identify(
+        attributes={f"a{i}": i for i in range(MAX_IDENTIFY_ATTRIBUTES)}
+    ),
+    "identify-value-at-limit": _identify(attributes={"v": "x" * (MAX_ATTRIBUTE_VALUE_BYTES - 2)}),
+    "identify-name-at-limit": _identify(attributes={"n" * MAX_ATTRIBUTE_NAME_BYTES: 1}),
+    "suppress": _person("suppress"),
+    "unsuppress": _person("unsuppress"),
+    "delete": _person("delete"),
+    "add_device": _person("add_device", device={"token": "t", "platform": "ios"}),
+    "delete_device": _person("delete_device", device={"token": "t"}),
+    "merge": {
+        "type": "person",
+        "action": "merge",
+        "primary": {"id": "u1"},
+        "secondary": {"email": "old@example.com"},
+    },
+}
+
+INVALID_OPS = {
+    # op, reason, field
+    "not-an-object": (["event"], "invalid_operation", "operation"),
+    "wrong-type": ({**event(), "type": "object"}, "invalid_type", "type"),
+    "missing-type": ({k: v for k, v in event().items() if k != "type"}, "invalid_type", "type"),
+    "unknown-action": (_person("track"), "invalid_action", "action"),
+    "missing-identifiers": (
+        {k: v for k, v in event().items() if k != "identifiers"},
+        "invalid_identifiers",
+        "identifiers",
+    ),
+    "identifiers-not-object": (
+        {**event(), "identifiers": "u1"},
+        "invalid_identifiers",
+        "identifiers",
+    ),
+    "no-identifier": ({**event(), "identifiers": {}}, "invalid_identifiers", "identifiers"),
+    "two-identifiers": (
+        {**event(), "identifiers": {"id": "u1", "email": "a@example.com"}},
+        "invalid_identifiers",
+        "identifiers",
+    ),
+    "unknown-identifier": (
+        {**event(), "identifiers": {"user_id": "u1"}},
+        "invalid_identifiers",
+        "identifiers",
+    ),
+    "empty-identifier": (event(user=""), "invalid_identifiers", "identifiers.id"),
+    "numeric-identifier": (
+        {**event(), "identifiers": {"id": 42}},
+        "invalid_identifiers",
+        "identifiers.id",
+    ),
+    "identifier-too-long": (
+        event(user="é" * (MAX_IDENTIFIER_BYTES // 2 + 1)),
+        "identifier_too_long",
+        "identifiers.id",
+    ),
+    "anonymous-identify": (
+        {**_identify(), "identifiers": {"anonymous_id": "a"}},
+        "invalid_identifiers",
+        "identifiers",
+    ),
+    "anonymous-with-id": (
+        {**event(), "identifiers": {"anonymous_id": "a", "id": "u1"}},
+        "invalid_identifiers",
+        "identifiers",
+    ),
+    "empty-anonymous-id": (
+        {**event(), "identifiers": {"anonymous_id": ""}},
+        "invalid_identifiers",
+        "identifiers.anonymous_id",
+    ),
+    "missing-name": (
+        {k: v for k, v in event().items() if k != "name"},
+        "invalid_name",
+        "name",
+    ),
+    "empty-name": (event(""), "invalid_name", "name"),
+    "name-not-string": ({**event(), "name": 7}, "invalid_name", "name"),
+    "name-too-long-in-bytes": (
+        event("é" * (MAX_NAME_BYTES // 2 + 1)),
+        "name_too_long",
+        "name",
+    ),
+    "id-not-ulid": (event(id="not-a-ulid"), "invalid_id", "id"),
+    "id-25-chars": (event(id=ULID[:-1]), "invalid_id", "id"),
+    "id-excluded-letter": (event(id="01ARZ3NDEKTSV4RRFFQ69G5FAU"), "invalid_id", "id"),
+    "id-overflows-128-bits": (event(id="8" + ULID[1:]), "invalid_id", "id"),
+    "id-not-string": (event(id=1), "invalid_id", "id"),
+    "timestamp-float": (event(timestamp=1.5), "invalid_timestamp", "timestamp"),
+    "timestamp-bool": (event(timestamp=True), "invalid_timestamp", "timestamp"),
+    "timestamp-string": (event(timestamp="1700000000"), "invalid_timestamp", "timestamp"),
+    "event-attributes-not-object": (
+        event(attributes=[1]),
+        "invalid_attributes",
+        "attributes",
+    ),
+    "page-without-name": (_person("page"), "invalid_name", "name"),
+    "identify-timestamp-float": (_identify(timestamp=1.0), "invalid_timestamp", "timestamp"),
+    "identify-attributes-not-object": (
+        _identify(attributes="pro"),
+        "invalid_attributes",
+        "attributes",
+    ),
+    "identify-too-many-attributes": (
+        _identify(attributes={f"a{i}": i for i in range(MAX_IDENTIFY_ATTRIBUTES + 1)}),
+        "too_many_attributes",
+        "attributes",
+    ),
+    "identify-attribute-name-too-long": (
+        _identify(attributes={"n" * (MAX_ATTRIBUTE_NAME_BYTES + 1): 1}),
+        "attribute_name_too_long",
+        "attributes." + "n" * (MAX_ATTRIBUTE_NAME_BYTES + 1),
+    ),
+    "identify-attribute-value-too-long": (
+        _identify(attributes={"plan": "x" * (MAX_ATTRIBUTE_VALUE_BYTES + 1)}),
+        "attribute_value_too_long",
+        "attributes.plan",
+    ),
+    "add-device-missing": (_person("add_device"), "invalid_device", "device"),
+    "add-device-no-token": (
+        _person("add_device", device={"platform": "ios"}),
+        "invalid_device",
+        "device.token",
+    ),
+    "add-device-bad-platform": (
+        _person("add_device", device={"token": "t", "platform": "web"}),
+        "invalid_device",
+        "device.platform",
+    ),
+    "delete-device-empty-token": (
+        _person("delete_device", device={"token": ""}),
+        "invalid_device",
+        "device.token",
+    ),
+    "merge-missing-secondary": (
+        {"type": "person", "action": "merge", "primary": {"id": "u1"}},
+        "invalid_identifiers",
+        "secondary",
+    ),
+    "merge-anonymous-primary": (
+        {
+            "type": "person",
+            "action": "merge",
+            "primary": {"anonymous_id": "a"},
+            "secondary": {"id": "u2"},
+        },
+        "invalid_identifiers",
+        "primary",
+    ),
+}
+
+
+class TestOperationValidation:
+    @pytest.mark.parametrize("op", list(VALID_OPS.values()), ids=list(VALID_OPS))
+    def test_valid_operation_is_accepted(
+        self, emulator: TrackAPIEmulator, session: requests.Session, op: dict[str, Any]
+    ) -> None:
+        response = post_batch(session, emulator, [op])
+        assert response.status_code == 200, response.json()
+        assert emulator.operations == [op]
+
+    @pytest.mark.parametrize(
+        ("op", "reason", "field"), list(INVALID_OPS.values()), ids=list(INVALID_OPS)
+    )
+    def test_invalid_operation_is_refused_with_reason_and_field(
+        self,
+        emulator: TrackAPIEmulator,
+        session: requests.Session,
+        op: Any,
+        reason: str,
+        field: str,
+    ) -> None:
+        response = post_batch(session, emulator, [event("before"), op])
+        assert response.status_code == 207
+        [error] = response.json()["errors"]
+        assert (error["batch_index"], error["reason"], error["field"]) == (1, reason, field)
+        assert error["message"]
+        assert [o["name"] for o in emulator.operations] == ["before"]
+        [rejected] = emulator.rejected
+        assert rejected == {
+            "operation": op,
+            "reason": reason,
+            "field": field,
+            "message": error["message"],
+            "status": 207,
+        }
+
+
+class TestEvents:
+    def test_events_filters_named_actions_and_name(
+        self, emulator: TrackAPIEmulator, session: requests.Session
+    ) -> None:
+        page = {**event("/home"), "action": "page"}
+        ops = [event("a"), _identify(), page, event("b"), event("a", user="u2")]
+        assert post_batch(session, emulator, ops).status_code == 200
+        assert emulator.events() == [ops[0], page, ops[3], ops[4]]
+        assert emulator.events("a") == [ops[0], ops[4]]
+        assert emulator.events("missing") == []
+
+
+class TestV1Endpoints:
+    def test_track_is_recorded_as_a_v2_event(
+        self, emulator: TrackAPIEmulator, session: requests.Session
+    ) -> None:
+        response = session.post(
+            f"{emulator.url}/api/v1/customers/u%2F1%20x/events",
+            json={"name": "bought", "data": {"sku": "a"}, "id": ULID, "timestamp": 7},
+            timeout=TIMEOUT,
+        )
+        assert response.status_code == 200
+        assert emulator.operations == [
+            {
+                "type": "person",
+                "identifiers": {"id": "u/1 x"},
+                "action": "event",
+                "name": "bought",
+                "attributes": {"sku": "a"},
+                "id": ULID,
+                "timestamp": 7,
+            }
+        ]
+        assert emulator.requests[0].op_count == 1
+
+    @pytest.mark.parametrize(
+        "body",
+        [{"data": {}}, {"name": ""}, {"name": "n", "data": [1]}, {"name": "n", "timestamp": 1.5}],
+    )
+    def test_invalid_track_gets_400(
+        self, emulator: TrackAPIEmulator, session: requests.Session, body: dict[str, Any]
+    ) -> None:
+        response = session.post(
+            f"{emulator.url}/api/v1/customers/u1/events", json=body, timeout=TIMEOUT
+        )
+        assert response.status_code == 400
+        assert response.json()["meta"]["error"]
+        assert emulator.operations == []
+        assert [r["status"] for r in emulator.rejected] == [400]
+
+    def test_track_body_not_json_gets_400(
+        self, emulator: TrackAPIEmulator, session: requests.Session
+    ) -> None:
+        response = session.post(
+            f"{emulator.url}/api/v1/customers/u1/events", data=b"nope", timeout=TIMEOUT
+        )
+        assert response.status_code == 400
+        assert emulator.rejected == []
+
+    def test_identify_is_recorded_as_a_v2_identify(
+        self, emulator: TrackAPIEmulator, session: requests.Session
+    ) -> None:
+        response = session.put(
+            f"{emulator.url}/api/v1/customers/u1",
+            json={"email": "a@example.com", "plan": "pro"},
+            timeout=TIMEOUT,
+        )
+        assert response.status_code == 200
+        assert emulator.operations == [
+            _identify(attributes={"email": "a@example.com", "plan": "pro"})
+        ]
+        assert emulator.events() == []
+
+
+class TestFraming:
+    def test_post_without_content_length_gets_411(self, emulator: TrackAPIEmulator) -> None:
+        reply = raw_exchange(emulator, b"POST /api/v2/batch HTTP/1.1\r\nHost: x\r\n\r\n{}")
+        assert reply.startswith(b"HTTP/1.1 411 ")
+        assert emulator.requests[0].status == 411
+
+    def test_chunked_body_gets_411(self, emulator: TrackAPIEmulator) -> None:
+        reply = raw_exchange(
+            emulator,
+            b"POST /api/v2/batch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\n{}\r\n0\r\n\r\n",
+        )
+        assert reply.startswith(b"HTTP/1.1 411 ")
+
+    @pytest.mark.parametrize("length", [b"abc", b"-1", b"+2", b"1_0"])
+    def test_invalid_content_length_gets_400(
+        self, emulator: TrackAPIEmulator, length: bytes
+    ) -> None:
+        reply = raw_exchange(
+            emulator,
+            b"POST /api/v2/batch HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n",
+        )
+        assert reply.startswith(b"HTTP/1.1 400 ")
+
+    def test_truncated_body_gets_400_without_hanging(self, emulator: TrackAPIEmulator) -> None:
+        started = time.monotonic()
+        reply = raw_exchange(
+            emulator, b"POST /api/v2/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}"
+        )
+        assert reply.startswith(b"HTTP/1.1 400 ")
+        assert time.monotonic() - started < TIMEOUT
+
+    def test_absurd_content_length_gets_413_and_close(self, emulator: TrackAPIEmulator) -> None:
+        reply = raw_exchange(
+            emulator,
+            b"POST /api/v2/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n",
+        )
+        assert reply.startswith(b"HTTP/1.1 413 ")
+        assert b"Connection: close" in reply
+
+    def test_keep_alive_reuses_the_connection(self, emulator: TrackAPIEmulator) -> None:
+        host, port = emulator.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+        try:
+            token = base64.b64encode(b"emulator-site:emulator-key").decode()
+            headers = {"Authorization": f"Basic {token}"}
+            conn.request("GET", "/api/v1/accounts/region", headers=headers)
+            first = conn.getresponse()
+            first.read()
+            sock = conn.sock
+            conn.request("GET", "/api/v1/accounts/region", headers=headers)
+            second = conn.getresponse()
+            second.read()
+            assert (first.status, second.status) == (200, 200)
+            assert sock is not None
+            assert conn.sock is sock
+        finally:
+            conn.close()
+
+
+class TestWaitForOperations:
+    def test_returns_false_on_timeout_quickly(self, emulator: TrackAPIEmulator) -> None:
+        started = time.monotonic()
+        assert emulator.wait_for_operations(1, timeout=0.05) is False
+        assert time.monotonic() - started < 1.0
+
+    def test_returns_true_when_operations_arrive(
+        self, emulator: TrackAPIEmulator, session: requests.Session
+    ) -> None:
+        sender = threading.Thread(target=post_batch, args=(session, emulator, [event(), event()]))
+        sender.start()
+        try:
+            assert emulator.wait_for_operations(2, timeout=TIMEOUT) is True
+        finally:
+            sender.join(TIMEOUT)
+        assert len(emulator.operations) == 2
+
+    def test_zero_is_immediately_true(self, emulator: TrackAPIEmulator) -> None:
+        assert emulator.wait_for_operations(0, timeout=0) is True
+
+
+class TestReset:
+    def test_reset_forgets_everything(
+        self, emulator: TrackAPIEmulator, session: requests.Session
+    ) -> None:
+        post_batch(session, emulator, [event(), event("")])
+        assert len(emulator.operations) == 1
+        assert len(emulator.requests) == 1
+        assert len(emulator.rejected) == 1
+        emulator.reset()
+        assert (emulator.operations, emulator.requests, emulator.rejected) == ([], [], [])
+        assert emulator.wait_for_operations(1, timeout=0) is False
+
+    def test_snapshots_are_copies(
+        self, emulator: TrackAPIEmulator, session: requests.Session
+    ) -> None:
+        post_batch(session, emulator, [event()])
+        emulator.operations.clear()
+        emulator.requests.clear()
+        assert len(emulator.operations) == 1
+        assert len(emulator.requests) == 1
+
+
+class TestLifecycle:
+    def test_random_ports_differ(self) -> None:
+        with TrackAPIEmulator() as a, TrackAPIEmulator() as b:
+            assert a.url.startswith("http://127.0.0.1:")
+            assert not a.url.endswith("/")
+            assert a.url != b.url
+
+    def test_serves_from_a_named_daemon_thread(self, emulator: TrackAPIEmulator) -> None:
+        threads = [t for t in threading.enumerate() if t.name == "customerio-emulator"]
+        assert threads
+        assert all(t.daemon for t in threads)
+
+    def test_start_returns_self_and_stop_is_idempotent(self) -> None:
+        emu = TrackAPIEmulator()
+        assert emu.start() is emu
+        url = emu.url
+        emu.stop()
+        emu.stop()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{url}/api/v1/accounts/region", timeout=TIMEOUT)
+
+    def test_start_twice_raises(self, emulator: TrackAPIEmulator) -> None:
+        with pytest.raises(RuntimeError, match="already running"):
+            emulator.start()
+
+    def test_url_before_start_raises(self) -> None:
+        with pytest.raises(RuntimeError, match="start"):
+            _ = TrackAPIEmulator().url
+
+    def test_stop_closes_keep_alive_connections(self) -> None:
+        emu = TrackAPIEmulator().start()
+        with requests.Session() as s:
+            s.auth = (emu.site_id, emu.api_key)
+            assert post_batch(s, emu, [event()]).status_code == 200
+            emu.stop()
+            with pytest.raises(requests.ConnectionError):
+                post_batch(s, emu, [event()])
+        assert len(emu.operations) == 1
+
+    def test_restart_keeps_the_url(self) -> None:
+        emu = TrackAPIEmulator().start()
+        try:
+            url = emu.url
+            emu.stop()
+            emu.start()
+            assert emu.url == url
+            auth = (emu.site_id, emu.api_key)
+            response = requests.get(f"{url}/api/v1/accounts/region", auth=auth, timeout=TIMEOUT)
+            assert response.status_code == 200
+        finally:
+            emu.stop()
+
+
+class TestConcurrency:
+    def test_concurrent_senders_are_all_recorded(self, emulator: TrackAPIEmulator) -> None:
+        threads_count, batches, per_batch = 8, 10, 5
+        failures: list[BaseException] = []
+
+        def send(worker: int) -> None:
+            try:
+                with requests.Session() as s:
+                    s.auth = (emulator.site_id, emulator.api_key)
+                    for b in range(batches):
+                        ops = [event(f"{worker}-{b}-{i}") for i in range(per_batch)]
+                        assert post_batch(s, emulator, ops).status_code == 200
+            except BaseException as exc:
+                failures.append(exc)
+
+        workers = [threading.Thread(target=send, args=(w,)) for w in range(threads_count)]
+        for w in workers:
+            w.start()
+        total = threads_count * batches * per_batch
+        assert emulator.wait_for_operations(total, timeout=30)
+        for w in workers:
+            w.join(TIMEOUT)
+        assert failures == []
+        names = [op["name"] for op in emulator.operations]
+        assert len(names) == total
+        assert len(set(names)) == total
+        assert len(emulator.requests) == threads_count * batches
