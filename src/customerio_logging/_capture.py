@@ -108,7 +108,9 @@ def capture_record(record: logging.LogRecord) -> Capture | None:
         tag = msg.get(TAG)
         if not tag or type(tag) is Captured:
             return None
-        return Capture(tag, msg.get("event"), _snapshot_fields(msg, _STRUCTLOG_KEYS), record.created)
+        return Capture(
+            tag, msg.get("event"), _snapshot_fields(msg, _STRUCTLOG_KEYS), record.created
+        )
     tag = record.__dict__.get(TAG)
     if not tag or type(tag) is Captured:
         return None
@@ -259,9 +261,7 @@ def _identifiers(fields: dict[str, Any], *, anonymous_ok: bool) -> dict[str, str
 
 
 def _identifier_value(value: object, key: str) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    elif isinstance(value, uuid.UUID):
+    if (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, uuid.UUID):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
         raise InvalidEventError(
@@ -304,7 +304,9 @@ def _device(fields: dict[str, Any], timestamp: int, *, full: bool) -> dict[str, 
         token = fields.pop(key, None) or token
     if not isinstance(token, str) or not token:
         raise InvalidEventError(
-            "a device action needs device_token='...'", reason="missing_device", field="device.token"
+            "a device action needs device_token='...'",
+            reason="missing_device",
+            field="device.token",
         )
     device: dict[str, Any] = {"token": token}
     if not full:
@@ -346,9 +348,7 @@ def _coerce(value: Any, path: str, depth: int) -> Any:
             field=f"attributes.{path}",
         )
     if isinstance(value, dict):
-        return {
-            _key(k, path): _coerce(v, f"{path}.{k}", depth + 1) for k, v in value.items()
-        }
+        return {_key(k, path): _coerce(v, f"{path}.{k}", depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_coerce(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, set | frozenset):
@@ -383,7 +383,8 @@ def _coerce(value: Any, path: str, depth: int) -> Any:
             return value.decode()
         except UnicodeDecodeError:
             raise InvalidEventError(
-                f"{path} is bytes that are not UTF-8 text", reason="unsupported_value",
+                f"{path} is bytes that are not UTF-8 text",
+                reason="unsupported_value",
                 field=f"attributes.{path}",
             ) from None
     if isinstance(value, BaseModel):

@@ -94,7 +94,9 @@ class Settings:
                 env_var=ENV_VARS["region"],
             )
         object.__setattr__(self, "region", region)
-        object.__setattr__(self, "track_url", _check_track_url(self.track_url or REGION_URLS[region]))
+        object.__setattr__(
+            self, "track_url", _check_track_url(self.track_url or REGION_URLS[region])
+        )
         _require_int("batch_size", self.batch_size, low=1, high=1000)
         _require_int("max_queue_size", self.max_queue_size, low=1)
         _require_int("max_retries", self.max_retries, low=0)
@@ -115,9 +117,7 @@ class Settings:
         object.__setattr__(self, "events", tuple(self.events))
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from keyword arguments, then environment variables, then defaults.
 
         Args:

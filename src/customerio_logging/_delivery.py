@@ -83,7 +83,9 @@ class SessionTransport:
             adapter = _no_retry_adapter()
             session.mount("https://", adapter)
             session.mount("http://", adapter)
-            session.headers["User-Agent"] = f"{_user_agent()} {session.headers.get('User-Agent', '')}".strip()
+            session.headers["User-Agent"] = (
+                f"{_user_agent()} {session.headers.get('User-Agent', '')}".strip()
+            )
             self._session = session
         return self._session
 

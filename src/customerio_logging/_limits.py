@@ -38,4 +38,7 @@ PERSON_ACTIONS: Final = frozenset(
     }
 )
 NAMED_ACTIONS: Final = frozenset({"event", "page", "screen"})
-"""Actions that carry ``name``, ``id`` (a ULID), ``timestamp`` and ``attributes``; they may be anonymous."""
+"""Actions that carry ``name``, ``id`` (a ULID), ``timestamp`` and ``attributes``.
+
+They alone may name an anonymous person (``identifiers: {"anonymous_id": ...}``).
+"""

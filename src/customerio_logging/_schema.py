@@ -28,8 +28,9 @@ class Event(BaseModel):
 
     The class keyword ``name`` is the Customer.io event name; the fields validate the
     event's data under the names the log call uses (``from_``), before the trailing
-    underscore is dropped for the wire. Extra keys are allowed by default (bound context such as ``request_id``
-    rides along); set ``model_config = ConfigDict(extra="forbid")`` for a strict event.
+    underscore is dropped for the wire. Extra keys are allowed by default (bound context
+    such as ``request_id`` rides along); set ``model_config = ConfigDict(extra="forbid")``
+    for a strict event.
 
     Example:
         >>> class PlanChanged(Event, name="plan_changed"):
@@ -189,7 +190,7 @@ def _translate(model: type[BaseModel], exc: pydantic.ValidationError) -> Invalid
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
 _SHIFTS = tuple(range(120, -10, -10))
-_random = random.Random(os.urandom(32))  # noqa: S311 - uniqueness, not secrecy
+_random = random.Random(os.urandom(32))
 
 
 def _reseed() -> None:

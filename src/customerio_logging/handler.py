@@ -40,7 +40,7 @@ class CustomerIOHandler(logging.Handler):
         super().__init__(level)
         self._bridge = bridge
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         """Skip untagged records before logging's filters and lock cost anything."""
         if not record.__dict__.get(TAG):
             msg = record.msg

@@ -546,8 +546,7 @@ def _check_identify(op: dict[str, Any]) -> _Problem | None:
             return _Problem(
                 "attribute_value_too_long",
                 f"attributes.{key}",
-                f"attributes.{key} is {size} bytes; the limit is "
-                f"{MAX_ATTRIBUTE_VALUE_BYTES}",
+                f"attributes.{key} is {size} bytes; the limit is {MAX_ATTRIBUTE_VALUE_BYTES}",
             )
     return None
 
