@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -15,7 +16,7 @@ from ._delivery import Delivery, DeliveryReport, Failure, SessionTransport
 from ._dispatch import Dispatcher
 from ._lifecycle import install_exit_hook
 from ._schema import Operation, Taxonomy
-from .exceptions import InvalidEventError
+from .exceptions import ConfigurationError, InvalidEventError
 
 __all__ = [
     "Bridge",
@@ -183,11 +184,15 @@ class Bridge:
             if self._dispatcher.closed
             else f"the queue is full (max_queue_size={self.settings.max_queue_size})"
         )
+        self.count_dropped(f"event dropped: {reason}")
+        return False
+
+    def count_dropped(self, message: str) -> None:
+        """Count one event that never reached the queue, with why."""
         with self._counters.lock:
             self._counters.dropped += 1
             self._counters.refused += 1
-            self._counters.last_error = f"event dropped: {reason}"
-        return False
+            self._counters.last_error = message
 
     def flush(self, timeout: float | None = None) -> bool:
         """Deliver everything queued so far.
@@ -315,6 +320,11 @@ _log = logging.getLogger("customerio_logging")
 
 
 def _warn(message: str) -> None:
+    if _log.disabled:
+        # dictConfig's default disable_existing_loggers=True silences loggers created
+        # before it ran, ours included; a warning about lost events must still be seen.
+        sys.stderr.write(f"customerio_logging WARNING: {message}\n")
+        return
     _log.warning(message)
 
 
@@ -396,12 +406,22 @@ def stats() -> Stats:
 _unconfigured: tuple[int, str | None] = (0, None)
 
 
-def note_unconfigured(error: Exception) -> None:
-    """Count an event dropped because no bridge could be built; warn the first time."""
+def note_lost(error: Exception) -> None:
+    """Count an event lost before it reached a queue: no bridge could be built, or a bug.
+
+    Warns once when the cause is missing configuration; never raises.
+    """
     global _unconfigured
+    if isinstance(error, ConfigurationError):
+        message = f"customerio_logging is not configured, event dropped: {error}"
+    else:
+        message = f"event dropped: {type(error).__name__} while capturing it"
+    bridge = _bridge
+    if bridge is not None:
+        bridge.count_dropped(message)
+        return
     with _bridge_lock:
         count, _ = _unconfigured
-        message = f"customerio_logging is not configured, event dropped: {error}"
         _unconfigured = (count + 1, message)
     if count == 0:
         _warn(message)
@@ -415,7 +435,8 @@ def _flush_at_exit() -> None:
 
 def _forget_bridge() -> Bridge | None:
     """Forget the process's bridge without stopping it and return it (for tests)."""
-    global _bridge
+    global _bridge, _unconfigured
     with _bridge_lock:
         old, _bridge = _bridge, None
+        _unconfigured = (0, None)
     return old

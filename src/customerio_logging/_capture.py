@@ -103,8 +103,9 @@ class Capture(NamedTuple):
 def capture_record(record: logging.LogRecord) -> Capture | None:
     """Snapshot a stdlib record, or return None if it is not tagged (or already taken)."""
     msg = record.msg
-    if type(msg) is dict:
-        # structlog's ProcessorFormatter puts the whole event dict in record.msg.
+    if type(msg) is dict and TAG in msg:
+        # structlog's ProcessorFormatter puts the whole event dict in record.msg. A dict
+        # message without the tag may still be tagged on the record itself (extra=).
         tag = msg.get(TAG)
         if not tag or type(tag) is Captured:
             return None
@@ -156,6 +157,19 @@ def build_operation(capture: Capture, taxonomy: Taxonomy) -> Operation:
         InvalidEventError: The capture cannot become a valid operation; ``reason`` and
             ``field`` say why.
     """
+    try:
+        return _build_operation(capture, taxonomy)
+    except UnicodeEncodeError:
+        # A str holding a lone surrogate has no UTF-8 form. The error's own text quotes
+        # the character: payload, so it is not repeated here.
+        raise InvalidEventError(
+            "the event holds text that is not valid Unicode (a lone surrogate)",
+            reason="unsupported_value",
+            field=None,
+        ) from None
+
+
+def _build_operation(capture: Capture, taxonomy: Taxonomy) -> Operation:
     fields = dict(capture.fields)
     action = fields.pop(ACTION, "event")
     if action not in PERSON_ACTIONS:
@@ -201,7 +215,17 @@ def build_operation(capture: Capture, taxonomy: Taxonomy) -> Operation:
 
 
 def _finish(op: dict[str, Any], op_id: str, action: str, name: str | None) -> Operation:
-    body = encode(op)
+    try:
+        body = encode(op)
+    except UnicodeEncodeError:
+        raise  # a ValueError too; build_operation reports it
+    except ValueError:
+        # An int too long for str() (sys.get_int_max_str_digits()).
+        raise InvalidEventError(
+            "the event holds an integer too large to encode",
+            reason="unsupported_value",
+            field=None,
+        ) from None
     if len(body) > MAX_OPERATION_BYTES:
         raise InvalidEventError(
             f"the operation is {len(body):,} bytes; the Track API takes at most "
@@ -299,9 +323,9 @@ def _merge_side(value: object, side: str) -> dict[str, str]:
 
 
 def _device(fields: dict[str, Any], timestamp: int, *, full: bool) -> dict[str, Any]:
-    token = None
-    for key in ("device_token", "token", "device_id"):
-        token = fields.pop(key, None) or token
+    # All three names are taken out of the data; the first given wins (device_token).
+    candidates = [fields.pop(key, None) for key in ("device_token", "token", "device_id")]
+    token = next((value for value in candidates if value), None)
     if not isinstance(token, str) or not token:
         raise InvalidEventError(
             "a device action needs device_token='...'",
@@ -390,7 +414,10 @@ def _coerce(value: Any, path: str, depth: int) -> Any:
     if isinstance(value, BaseModel):
         return _coerce(value.model_dump(), path, depth + 1)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _coerce(dataclasses.asdict(value), path, depth + 1)
+        # One level at a time, not dataclasses.asdict: that recurses without a bound and
+        # a cycle would end in RecursionError instead of too_deep.
+        shallow = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return _coerce(shallow, path, depth + 1)
     raise InvalidEventError(
         f"{path} is a {type(value).__qualname__}, which has no JSON form; log a str, number, "
         f"bool, list, dict, datetime, Decimal, UUID, Enum or a pydantic model",

@@ -198,11 +198,16 @@ def _require_seconds(name: str, value: object, *, allow_zero: bool = False) -> N
 def _check_track_url(url: object) -> str:
     hint = f"pass configure(track_url=...) or set {ENV_VARS['track_url']}"
     if not isinstance(url, str):
-        raise ConfigurationError(f"track_url must be a string URL; {hint}", setting="track_url")
+        raise ConfigurationError(
+            f"track_url must be a string URL; {hint}",
+            setting="track_url",
+            env_var=ENV_VARS["track_url"],
+        )
     parts = urlsplit(url.strip())
+    # The URL is never echoed in these errors: a malformed one may still carry the API key.
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ConfigurationError(
-            f"track_url must look like https://host[:port], got {url!r}; {hint}",
+            f"track_url must look like https://host[:port]; {hint}",
             setting="track_url",
             env_var=ENV_VARS["track_url"],
         )
@@ -225,7 +230,7 @@ def _check_track_url(url: object) -> str:
         parts.port  # noqa: B018 - raises ValueError for a malformed port
     except ValueError:
         raise ConfigurationError(
-            f"track_url has an invalid port: {url!r}; {hint}",
+            f"track_url has an invalid port; {hint}",
             setting="track_url",
             env_var=ENV_VARS["track_url"],
         ) from None

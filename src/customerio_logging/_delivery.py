@@ -92,12 +92,13 @@ class SessionTransport:
     def send(self, body: bytes) -> Response:
         """POST ``body`` to ``/api/v2/batch``; see :class:`Transport`."""
         import requests
+        import urllib3
 
         try:
             reply = self._http().post(
                 self._url, data=body, headers=_HEADERS, timeout=self._timeout, allow_redirects=False
             )
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             # requests' messages name the URL, never the body or the credentials.
             raise DeliveryError(
                 f"no response from {self._host}: {type(exc).__name__}", status_code=None
@@ -117,7 +118,10 @@ def _no_retry_adapter() -> Any:
         from customerio.client_base import TCPKeepAliveHTTPAdapter as Adapter
     except ImportError:  # pragma: no cover - an older client without keep-alive
         from requests.adapters import HTTPAdapter as Adapter
-    return Adapter(max_retries=Retry(total=False))
+    # total=0: never retry; urllib3 still wraps a connection error in MaxRetryError, which
+    # requests turns into its own ConnectionError. No status_forcelist: every status is
+    # returned as a response, never raised.
+    return Adapter(max_retries=Retry(total=0, raise_on_redirect=False, raise_on_status=False))
 
 
 def _user_agent() -> str:

@@ -174,7 +174,8 @@ def _translate(model: type[BaseModel], exc: pydantic.ValidationError) -> Invalid
     first = errors[0]
     field = "attributes." + ".".join(str(part) for part in first["loc"]) if first["loc"] else None
     details = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in errors[:5]
+        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {_safe_message(err)}"
+        for err in errors[:5]
     )
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return InvalidEventError(
@@ -182,6 +183,26 @@ def _translate(model: type[BaseModel], exc: pydantic.ValidationError) -> Invalid
         reason="schema_mismatch",
         field=field,
     )
+
+
+# pydantic error types whose message quotes part of the input (a discriminator tag, the
+# offending character, an exception's text): only their type is reported.
+_INPUT_QUOTING_ERRORS = frozenset(
+    {
+        "datetime_object_invalid",
+        "get_attribute_error",
+        "iteration_error",
+        "mapping_type",
+        "timezone_offset",
+        "union_tag_invalid",
+        "uuid_parsing",
+    }
+)
+
+
+def _safe_message(err: Any) -> str:
+    kind = str(err["type"])
+    return f"invalid value ({kind})" if kind in _INPUT_QUOTING_ERRORS else str(err["msg"])
 
 
 # ULIDs: 48 bits of milliseconds and 80 random bits, Crockford base32. Made here rather

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ._bridge import get_bridge, note_unconfigured
+from ._bridge import get_bridge, note_lost
 from ._capture import TAG, capture_record
 from .exceptions import ConfigurationError
 
@@ -57,8 +57,9 @@ class CustomerIOHandler(logging.Handler):
             bridge = self._bridge or get_bridge()
             bridge.submit(capture)
         except ConfigurationError as exc:
-            note_unconfigured(exc)
-        except Exception:  # noqa: BLE001 - logging's contract: report, never raise
+            note_lost(exc)
+        except Exception as exc:  # noqa: BLE001 - logging's contract: report, never raise
+            note_lost(exc)
             self.handleError(record)
 
     def flush(self) -> None:

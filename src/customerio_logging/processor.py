@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._bridge import get_bridge, note_unconfigured
+from ._bridge import get_bridge, note_lost
 from ._capture import TAG, Captured, capture_event_dict
-from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from ._bridge import Bridge
@@ -51,10 +50,8 @@ class CustomerIOProcessor:
                 (self._bridge or get_bridge()).submit(capture)
                 name = tag if isinstance(tag, str) else event_dict.get("event")
                 event_dict[TAG] = Captured(name if isinstance(name, str) else "")
-        except ConfigurationError as exc:
-            note_unconfigured(exc)
         except Exception as exc:  # noqa: BLE001 - a log call must never fail because of us
-            note_unconfigured(exc)
+            note_lost(exc)
         return event_dict
 
     def __repr__(self) -> str:

@@ -1,0 +1,577 @@
+"""Benchmark the log-call-to-Customer.io pipeline against the local Track API emulator.
+
+What it measures (all in one run, baselines included, nothing hard-coded):
+
+(a) µs per call on the app thread: a plain structlog JSON log call, no bridge.
+(b) µs per call: the same call tagged ``cio_event=True`` with ``CustomerIOProcessor`` in
+    the chain, while the dispatch thread batches and posts concurrently (GIL included).
+    The queue is flushed between chunks, outside the timed region.
+(c) µs that ``CustomerIOHandler`` adds to an untagged stdlib record: a logger with a
+    ``NullHandler`` only, against one with ``NullHandler`` + ``CustomerIOHandler``.
+(d) End-to-end events/s: N tagged structlog calls, then ``cio.flush()``; timed from the
+    first call to the flush returning; the emulator must have received all N.
+(e) The official client's one-request-per-event ``CustomerIO.track()``: µs per call and
+    events/s against the emulator's v1 endpoint.
+
+It prints a table (median and best of several timed chunks per metric) and the ratios
+against their targets: (b)/(a) <= 2.0, (c) difference <= 0.5 µs, (d)/(e) >= 30.
+
+The emulator runs in a child process, so its request parsing does not compete for this
+process's GIL (inside the process it costs about as much CPU per event as the bridge
+itself). Its sockets get ``TCP_NODELAY`` through the stdlib's
+``socketserver.StreamRequestHandler.disable_nagle_algorithm``: the emulator as shipped
+writes the response headers and body in two sends, and Nagle's algorithm plus the
+client's delayed ACK then stall every keep-alive response by about 40 ms, which would
+swamp both (d) and (e). ``--stock-emulator`` measures with the emulator as shipped.
+
+Run it from the project root with the project's virtualenv::
+
+    .venv/bin/python benchmarks/bench_pipeline.py            # full run, about a minute
+    .venv/bin/python benchmarks/bench_pipeline.py --quick    # short run, under 15 s
+    .venv/bin/python benchmarks/bench_pipeline.py --check    # exit 1 if a target is missed
+
+Exit status: 0 on success, 1 with ``--check`` when a target is missed, 2 when a sanity
+check fails (events dropped or not all received), whatever the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import logging
+import multiprocessing
+import os
+import socketserver
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, TextIO
+
+import structlog
+from customerio import CustomerIO
+
+import customerio_logging as cio
+from customerio_logging.testing import TrackAPIEmulator
+
+# Targets: the ratios a release should meet on a quiet 2-core machine.
+TARGET_PROCESSOR_RATIO = 2.0  # (b)/(a), at most
+TARGET_HANDLER_EXTRA_US = 0.5  # (c) difference in µs, at most
+TARGET_THROUGHPUT_RATIO = 30.0  # (d)/(e) events/s, at least
+
+EVENT = "plan_changed"
+FLUSH_TIMEOUT = 60.0
+BATCH_SIZE = 500  # the library's default
+FLUSH_INTERVAL = 1.0  # the library's default
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How much work each phase does."""
+
+    name: str
+    warmup_chunks: int  # untimed chunks before (a)/(b) and (c)
+    chunks: int  # timed chunks for (a)/(b) and (c)
+    structlog_calls: int  # calls per chunk in (a)/(b)
+    stdlib_calls: int  # calls per chunk in (c)
+    e2e_events: int  # N in (d)
+    e2e_runs: int
+    client_calls: int  # calls per chunk in (e)
+    client_chunks: int
+
+
+FULL = Plan("full", 2, 15, 10_000, 50_000, 30_000, 3, 250, 6)
+QUICK = Plan("quick", 1, 5, 3_000, 20_000, 6_000, 2, 100, 3)
+
+
+@dataclass(slots=True)
+class Series:
+    """One metric's samples, one per timed chunk (or run)."""
+
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+    @property
+    def max(self) -> float:
+        return max(self.samples)
+
+
+# -- the emulator, in a child process -----------------------------------------------------
+
+
+def _serve_emulator(conn: Connection, nodelay: bool) -> None:
+    """Child process: run the emulator and answer the parent's commands over ``conn``."""
+    if nodelay:
+        # A stdlib knob, set in a process that serves nothing else.
+        socketserver.StreamRequestHandler.disable_nagle_algorithm = True
+    with TrackAPIEmulator() as emu:
+        conn.send((emu.url, emu.site_id, emu.api_key))
+        while True:
+            command, args = conn.recv()
+            if command == "count":
+                conn.send((len(emu.operations), len(emu.rejected)))
+            elif command == "wait":
+                conn.send(emu.wait_for_operations(*args))
+            elif command == "reset":
+                emu.reset()
+                conn.send(None)
+            else:  # "stop"
+                conn.send(None)
+                return
+
+
+class RemoteEmulator:
+    """A ``TrackAPIEmulator`` in a child process, driven over a pipe."""
+
+    def __init__(self, *, nodelay: bool) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve_emulator, args=(child, nodelay), name="emulator", daemon=True
+        )
+        self._process.start()
+        child.close()
+        if not self._conn.poll(30.0):
+            raise RuntimeError("the emulator process did not start within 30 s")
+        self.url, self.site_id, self.api_key = self._conn.recv()
+
+    def _call(self, command: str, *args: Any) -> Any:
+        self._conn.send((command, args))
+        return self._conn.recv()
+
+    def counts(self) -> tuple[int, int]:
+        """Operations accepted and rejected since the last reset."""
+        accepted, rejected = self._call("count")
+        return int(accepted), int(rejected)
+
+    def wait_for_operations(self, n: int, timeout: float) -> bool:
+        return bool(self._call("wait", n, timeout))
+
+    def reset(self) -> None:
+        self._call("reset")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, EOFError):
+            self._call("stop")
+        self._process.join(10.0)
+        self._conn.close()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+class Problems:
+    """Sanity checks that failed: the numbers around them cannot be trusted."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def check(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.items.append(message)
+
+
+def timed_ns(loop: Callable[[int], None], n: int, *, gc_off: bool) -> int:
+    """Run ``loop(n)`` once and return the elapsed nanoseconds."""
+    gc.collect()
+    if gc_off:
+        gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        loop(n)
+        return time.perf_counter_ns() - start
+    finally:
+        gc.enable()
+
+
+def progress(message: str) -> None:
+    print(f"... {message}", file=sys.stderr, flush=True)
+
+
+def structlog_logger(processors: Sequence[Any], out: TextIO) -> Any:
+    """Configure structlog with ``processors`` and return a fresh logger for that chain.
+
+    With ``cache_logger_on_first_use`` the logger keeps the chain it first ran with, so a
+    later ``configure`` for the other variant does not change it.
+    """
+    structlog.configure(
+        processors=list(processors),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
+    )
+    return structlog.get_logger()
+
+
+def plain_chain() -> list[Any]:
+    return [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso"),
+        structlog.processors.JSONRenderer(),
+    ]
+
+
+def bridged_chain() -> list[Any]:
+    return [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso"),
+        cio.CustomerIOProcessor(),
+        structlog.processors.JSONRenderer(),
+    ]
+
+
+def plain_loop(log: Any) -> Callable[[int], None]:
+    def loop(n: int) -> None:
+        for _ in range(n):
+            log.info(EVENT, user_id="u1", from_="free", to="pro")
+
+    return loop
+
+
+def tagged_loop(log: Any) -> Callable[[int], None]:
+    def loop(n: int) -> None:
+        for _ in range(n):
+            log.info(EVENT, cio_event=True, user_id="u1", from_="free", to="pro")
+
+    return loop
+
+
+def stdlib_loop(logger: logging.Logger) -> Callable[[int], None]:
+    extra = {"user_id": "u1", "from_": "free", "to": "pro"}
+
+    def loop(n: int) -> None:
+        for _ in range(n):
+            logger.info(EVENT, extra=extra)
+
+    return loop
+
+
+def stdlib_logger(name: str, handlers: Sequence[logging.Handler]) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    for handler in handlers:
+        logger.addHandler(handler)
+    return logger
+
+
+# -- the phases ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Results:
+    plain_us: Series = field(default_factory=Series)  # (a)
+    processor_us: Series = field(default_factory=Series)  # (b)
+    backlog_pct: Series = field(default_factory=Series)  # (b): chunk still queued at its end
+    processor_dropped: int = 0
+    null_us: Series = field(default_factory=Series)  # (c) NullHandler only
+    handler_us: Series = field(default_factory=Series)  # (c) + CustomerIOHandler
+    handler_extra_us: Series = field(default_factory=Series)  # (c) paired differences
+    e2e_rate: Series = field(default_factory=Series)  # (d) events/s per run
+    e2e_app_us: Series = field(default_factory=Series)  # (d) app-thread µs per call
+    e2e_dropped: int = 0
+    client_us: Series = field(default_factory=Series)  # (e) µs per call
+    client_rate: Series = field(default_factory=Series)  # (e) events/s per chunk
+
+
+def run_structlog_phase(
+    plan: Plan, emu: RemoteEmulator, out: TextIO, results: Results, problems: Problems
+) -> None:
+    """(a) and (b), chunk by chunk, alternating which goes first."""
+    progress(f"(a)/(b): {plan.chunks} x {plan.structlog_calls:,} calls each")
+    emu.reset()
+    before = cio.stats()
+    tagged = 0
+    warm = 200
+    for index in range(plan.warmup_chunks + plan.chunks):
+        timed = index >= plan.warmup_chunks
+        order = ("a", "b") if index % 2 == 0 else ("b", "a")
+        for variant in order:
+            if variant == "a":
+                log = structlog_logger(plain_chain(), out)
+                plain_loop(log)(warm)
+                ns = timed_ns(plain_loop(log), plan.structlog_calls, gc_off=True)
+                if timed:
+                    results.plain_us.samples.append(ns / plan.structlog_calls / 1000)
+                continue
+            log = structlog_logger(bridged_chain(), out)
+            tagged_loop(log)(warm)
+            problems.check(cio.flush(FLUSH_TIMEOUT), "(b) a warm-up flush did not finish")
+            ns = timed_ns(tagged_loop(log), plan.structlog_calls, gc_off=True)
+            backlog = cio.stats().queue_depth
+            problems.check(cio.flush(FLUSH_TIMEOUT), "(b) a flush did not finish")
+            tagged += warm + plan.structlog_calls
+            if timed:
+                results.processor_us.samples.append(ns / plan.structlog_calls / 1000)
+                results.backlog_pct.samples.append(100 * backlog / plan.structlog_calls)
+    after = cio.stats()
+    results.processor_dropped = after.dropped - before.dropped
+    problems.check(results.processor_dropped == 0, f"(b) dropped {results.processor_dropped}")
+    accepted, rejected = emu.counts()
+    problems.check(
+        accepted == tagged and rejected == 0,
+        f"(b) the emulator accepted {accepted} of {tagged} events ({rejected} rejected)",
+    )
+    emu.reset()
+
+
+def run_handler_phase(plan: Plan, results: Results) -> None:
+    """(c): NullHandler only against NullHandler + CustomerIOHandler, untagged records."""
+    progress(f"(c): {plan.chunks} x {plan.stdlib_calls:,} calls each")
+    bare = stdlib_loop(stdlib_logger("bench.null", [logging.NullHandler()]))
+    bridged = stdlib_loop(
+        stdlib_logger("bench.cio", [logging.NullHandler(), cio.CustomerIOHandler()])
+    )
+    n = plan.stdlib_calls
+    for index in range(plan.warmup_chunks + plan.chunks):
+        first, second = (bare, bridged) if index % 2 == 0 else (bridged, bare)
+        first(1000)
+        first_us = timed_ns(first, n, gc_off=True) / n / 1000
+        second(1000)
+        second_us = timed_ns(second, n, gc_off=True) / n / 1000
+        if index < plan.warmup_chunks:
+            continue
+        bare_us, bridged_us = (
+            (first_us, second_us) if first is bare else (second_us, first_us)
+        )
+        results.null_us.samples.append(bare_us)
+        results.handler_us.samples.append(bridged_us)
+        results.handler_extra_us.samples.append(bridged_us - bare_us)
+
+
+def run_end_to_end_phase(
+    plan: Plan, emu: RemoteEmulator, out: TextIO, results: Results, problems: Problems
+) -> None:
+    """(d): N tagged calls, then flush; from the first call to the flush returning."""
+    n = plan.e2e_events
+    progress(f"(d): {plan.e2e_runs} runs of {n:,} events")
+    log = structlog_logger(bridged_chain(), out)
+    loop = tagged_loop(log)
+    before = cio.stats()
+    loop(1000)  # warm-up: the logger, the session's connection, the emulator
+    problems.check(cio.flush(FLUSH_TIMEOUT), "(d) the warm-up flush did not finish")
+    for _ in range(plan.e2e_runs):
+        emu.reset()
+        gc.collect()
+        start = time.perf_counter_ns()
+        loop(n)
+        logged = time.perf_counter_ns()
+        flushed = cio.flush(FLUSH_TIMEOUT)
+        end = time.perf_counter_ns()
+        problems.check(flushed, "(d) flush did not finish")
+        accepted, rejected = emu.counts()
+        problems.check(
+            accepted == n and rejected == 0,
+            f"(d) the emulator accepted {accepted} of {n} events ({rejected} rejected)",
+        )
+        results.e2e_rate.samples.append(n / ((end - start) / 1e9))
+        results.e2e_app_us.samples.append((logged - start) / n / 1000)
+    results.e2e_dropped = cio.stats().dropped - before.dropped
+    problems.check(results.e2e_dropped == 0, f"(d) dropped {results.e2e_dropped}")
+    emu.reset()
+
+
+def run_client_phase(
+    plan: Plan, emu: RemoteEmulator, results: Results, problems: Problems
+) -> None:
+    """(e): the official client, one POST per event, to the emulator's v1 endpoint."""
+    progress(f"(e): {plan.client_chunks} x {plan.client_calls:,} track() calls")
+    emu.reset()
+    client = CustomerIO(site_id=emu.site_id, api_key=emu.api_key, retries=0)
+    # Its URL builder forces https://; this makes track() post to the emulator instead.
+    client.base_url = emu.url + "/api/v1"
+    data = {"from": "free", "to": "pro"}
+
+    def loop(n: int) -> None:
+        for _ in range(n):
+            client.track(customer_id="u1", name=EVENT, data=data)
+
+    calls = 20
+    try:
+        loop(calls)
+        for _ in range(plan.client_chunks):
+            ns = timed_ns(loop, plan.client_calls, gc_off=False)
+            calls += plan.client_calls
+            per_call_us = ns / plan.client_calls / 1000
+            results.client_us.samples.append(per_call_us)
+            results.client_rate.samples.append(1e6 / per_call_us)
+    finally:
+        client.close()
+    accepted, rejected = emu.counts()
+    problems.check(
+        accepted == calls and rejected == 0,
+        f"(e) the emulator accepted {accepted} of {calls} events ({rejected} rejected)",
+    )
+    emu.reset()
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def report(plan: Plan, results: Results, *, stock_emulator: bool) -> bool:
+    """Print the table and the ratios; return True when every target is met."""
+    r = results
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def us_row(label: str, series: Series, size: str) -> None:
+        rows.append((label, f"{series.median:.2f}", f"{series.min:.2f}", "µs/call", size))
+
+    chunk = f"{plan.chunks} x {plan.structlog_calls:,}"
+    stdlib = f"{plan.chunks} x {plan.stdlib_calls:,}"
+    us_row("(a) structlog JSON call, no bridge", r.plain_us, chunk)
+    us_row("(b) same, cio_event=True + CustomerIOProcessor", r.processor_us, chunk)
+    us_row("(c1) stdlib untagged, NullHandler", r.null_us, stdlib)
+    us_row("(c2) stdlib untagged, NullHandler + CustomerIOHandler", r.handler_us, stdlib)
+    us_row("(c) CustomerIOHandler extra (paired c2 - c1)", r.handler_extra_us, stdlib)
+    rows.append(
+        (
+            "(d) end to end: N calls + flush()",
+            f"{r.e2e_rate.median:,.0f}",
+            f"{r.e2e_rate.max:,.0f}",
+            "events/s",
+            f"{plan.e2e_runs} x {plan.e2e_events:,}",
+        )
+    )
+    us_row("(d') app thread during (d)", r.e2e_app_us, f"{plan.e2e_runs} x {plan.e2e_events:,}")
+    client = f"{plan.client_chunks} x {plan.client_calls:,}"
+    us_row("(e) official client track(), 1 POST/event", r.client_us, client)
+    rows.append(
+        (
+            "(e) official client track()",
+            f"{r.client_rate.median:,.0f}",
+            f"{r.client_rate.max:,.0f}",
+            "events/s",
+            client,
+        )
+    )
+
+    headers = ("metric", "median", "best", "unit", "chunks x calls")
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(5)]
+
+    def line(row: Sequence[str]) -> str:
+        return (
+            f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}  "
+            f"{row[3]:<{widths[3]}}  {row[4]}"
+        )
+
+    print()
+    print(line(headers))
+    print("-" * len(line(headers)))
+    for row in rows:
+        print(line(row))
+
+    processor_ratio = r.processor_us.median / r.plain_us.median
+    extra = r.handler_extra_us.median
+    throughput_ratio = r.e2e_rate.median / r.client_rate.median
+    checks = [
+        (
+            "(b)/(a)",
+            f"{processor_ratio:.2f}x",
+            f"<= {TARGET_PROCESSOR_RATIO:g}x",
+            processor_ratio <= TARGET_PROCESSOR_RATIO,
+        ),
+        (
+            "(c) difference",
+            f"{extra:+.2f} µs",
+            f"<= {TARGET_HANDLER_EXTRA_US:g} µs",
+            extra <= TARGET_HANDLER_EXTRA_US,
+        ),
+        (
+            "(d)/(e) events/s",
+            f"{throughput_ratio:,.1f}x",
+            f">= {TARGET_THROUGHPUT_RATIO:g}x",
+            throughput_ratio >= TARGET_THROUGHPUT_RATIO,
+        ),
+    ]
+    print()
+    print(f"{'ratio (medians)':<18}  {'value':>10}  {'target':<10}  result")
+    for name, value, target, ok in checks:
+        print(f"{name:<18}  {value:>10}  {target:<10}  {verdict(ok)}")
+
+    emulator = (
+        "as shipped (Nagle on: ~40 ms stall per keep-alive response)"
+        if stock_emulator
+        else "TCP_NODELAY set (see docstring)"
+    )
+    print()
+    print(f"mode: {plan.name}; best = min time (max events/s); Python {sys.version.split()[0]}")
+    print("gc: disabled inside the timed chunks of (a), (b), (c); enabled in (d), (e)")
+    print(f"emulator: child process on 127.0.0.1, {emulator}")
+    print(
+        f"bridge: batch_size={BATCH_SIZE}, flush_interval={FLUSH_INTERVAL:g}s, "
+        f"spool off; (b) dropped={r.processor_dropped}, (d) dropped={r.e2e_dropped}"
+    )
+    print(
+        f"(b) still queued when a chunk ended (sent during the untimed flush): median "
+        f"{r.backlog_pct.median:.0f}% of the chunk (min {r.backlog_pct.min:.0f}%)"
+    )
+    return all(ok for *_, ok in checks)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a short run (under 15 s)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument(
+        "--stock-emulator",
+        action="store_true",
+        help="leave Nagle's algorithm on in the emulator, as shipped (slow: ~40 ms/request)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    problems = Problems()
+    results = Results()
+    emu = RemoteEmulator(nodelay=not args.stock_emulator)
+    try:
+        with open(os.devnull, "w") as out:
+            cio.configure(
+                site_id=emu.site_id,
+                api_key=emu.api_key,
+                track_url=emu.url,
+                batch_size=BATCH_SIZE,
+                flush_interval=FLUSH_INTERVAL,
+                # Room for every event of a chunk or run: nothing may drop while timed.
+                max_queue_size=max(100_000, 2 * plan.structlog_calls, 2 * plan.e2e_events),
+                spool_path=False,
+            )
+            try:
+                run_structlog_phase(plan, emu, out, results, problems)
+                run_handler_phase(plan, results)
+                run_end_to_end_phase(plan, emu, out, results, problems)
+                run_client_phase(plan, emu, results, problems)
+            finally:
+                cio.shutdown()
+                structlog.reset_defaults()
+    finally:
+        emu.close()
+    met = report(plan, results, stock_emulator=args.stock_emulator)
+    print(f"took {time.perf_counter() - started:.1f}s")
+    if problems.items:
+        for problem in problems.items:
+            print(f"SANITY CHECK FAILED: {problem}", file=sys.stderr)
+        return 2
+    return 1 if args.check and not met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

