@@ -5,7 +5,9 @@ What it measures (all in one run, baselines included, nothing hard-coded):
 (a) µs per call on the app thread: a plain structlog JSON log call, no bridge.
 (b) µs per call: the same call tagged ``cio_event=True`` with ``CustomerIOProcessor`` in
     the chain, while the dispatch thread batches and posts concurrently (GIL included).
-    The queue is flushed between chunks, outside the timed region.
+    The queue is flushed between chunks, outside the timed region. A diagnostic row (b0)
+    times the same chain against a bridge whose thread was never started: the processor's
+    own cost on the app thread, without the dispatch thread competing for the GIL.
 (c) µs that ``CustomerIOHandler`` adds to an untagged stdlib record: a logger with a
     ``NullHandler`` only, against one with ``NullHandler`` + ``CustomerIOHandler``.
 (d) End-to-end events/s: N tagged structlog calls, then ``cio.flush()``; timed from the
@@ -83,8 +85,8 @@ class Plan:
     client_chunks: int
 
 
-FULL = Plan("full", 2, 15, 10_000, 50_000, 30_000, 3, 250, 6)
-QUICK = Plan("quick", 1, 5, 3_000, 20_000, 6_000, 2, 100, 3)
+FULL = Plan("full", 2, 15, 20_000, 50_000, 30_000, 3, 250, 6)
+QUICK = Plan("quick", 1, 7, 5_000, 20_000, 8_000, 2, 150, 3)
 
 
 @dataclass(slots=True)
@@ -220,13 +222,26 @@ def plain_chain() -> list[Any]:
     ]
 
 
-def bridged_chain() -> list[Any]:
+def bridged_chain(bridge: cio.Bridge | None = None) -> list[Any]:
     return [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso"),
-        cio.CustomerIOProcessor(),
+        cio.CustomerIOProcessor(bridge=bridge),
         structlog.processors.JSONRenderer(),
     ]
+
+
+def idle_bridge(emu: RemoteEmulator, capacity: int) -> cio.Bridge:
+    """A bridge that is never started: ``submit`` only queues, no thread takes the work."""
+    settings = cio.Settings(
+        site_id=emu.site_id,
+        api_key=emu.api_key,
+        track_url=emu.url,
+        batch_size=BATCH_SIZE,
+        max_queue_size=capacity,
+        spool_path=False,
+    )
+    return cio.Bridge(settings)
 
 
 def plain_loop(log: Any) -> Callable[[int], None]:
@@ -273,6 +288,7 @@ def stdlib_logger(name: str, handlers: Sequence[logging.Handler]) -> logging.Log
 class Results:
     plain_us: Series = field(default_factory=Series)  # (a)
     processor_us: Series = field(default_factory=Series)  # (b)
+    idle_us: Series = field(default_factory=Series)  # (b0): no dispatch thread
     backlog_pct: Series = field(default_factory=Series)  # (b): chunk still queued at its end
     processor_dropped: int = 0
     null_us: Series = field(default_factory=Series)  # (c) NullHandler only
@@ -288,15 +304,16 @@ class Results:
 def run_structlog_phase(
     plan: Plan, emu: RemoteEmulator, out: TextIO, results: Results, problems: Problems
 ) -> None:
-    """(a) and (b), chunk by chunk, alternating which goes first."""
-    progress(f"(a)/(b): {plan.chunks} x {plan.structlog_calls:,} calls each")
+    """(a), (b) and (b0), chunk by chunk, rotating which goes first."""
+    progress(f"(a)/(b)/(b0): {plan.chunks} x {plan.structlog_calls:,} calls each")
     emu.reset()
     before = cio.stats()
     tagged = 0
     warm = 200
     for index in range(plan.warmup_chunks + plan.chunks):
         timed = index >= plan.warmup_chunks
-        order = ("a", "b") if index % 2 == 0 else ("b", "a")
+        variants = ("a", "b", "b0")
+        order = variants[index % 3 :] + variants[: index % 3]
         for variant in order:
             if variant == "a":
                 log = structlog_logger(plain_chain(), out)
@@ -304,6 +321,15 @@ def run_structlog_phase(
                 ns = timed_ns(plain_loop(log), plan.structlog_calls, gc_off=True)
                 if timed:
                     results.plain_us.samples.append(ns / plan.structlog_calls / 1000)
+                continue
+            if variant == "b0":
+                idle = idle_bridge(emu, plan.structlog_calls + warm)
+                log = structlog_logger(bridged_chain(idle), out)
+                tagged_loop(log)(warm)
+                ns = timed_ns(tagged_loop(log), plan.structlog_calls, gc_off=True)
+                problems.check(idle.stats().dropped == 0, "(b0) the idle bridge dropped events")
+                if timed:
+                    results.idle_us.samples.append(ns / plan.structlog_calls / 1000)
                 continue
             log = structlog_logger(bridged_chain(), out)
             tagged_loop(log)(warm)
@@ -342,9 +368,7 @@ def run_handler_phase(plan: Plan, results: Results) -> None:
         second_us = timed_ns(second, n, gc_off=True) / n / 1000
         if index < plan.warmup_chunks:
             continue
-        bare_us, bridged_us = (
-            (first_us, second_us) if first is bare else (second_us, first_us)
-        )
+        bare_us, bridged_us = (first_us, second_us) if first is bare else (second_us, first_us)
         results.null_us.samples.append(bare_us)
         results.handler_us.samples.append(bridged_us)
         results.handler_extra_us.samples.append(bridged_us - bare_us)
@@ -382,9 +406,7 @@ def run_end_to_end_phase(
     emu.reset()
 
 
-def run_client_phase(
-    plan: Plan, emu: RemoteEmulator, results: Results, problems: Problems
-) -> None:
+def run_client_phase(plan: Plan, emu: RemoteEmulator, results: Results, problems: Problems) -> None:
     """(e): the official client, one POST per event, to the emulator's v1 endpoint."""
     progress(f"(e): {plan.client_chunks} x {plan.client_calls:,} track() calls")
     emu.reset()
@@ -435,6 +457,7 @@ def report(plan: Plan, results: Results, *, stock_emulator: bool) -> bool:
     stdlib = f"{plan.chunks} x {plan.stdlib_calls:,}"
     us_row("(a) structlog JSON call, no bridge", r.plain_us, chunk)
     us_row("(b) same, cio_event=True + CustomerIOProcessor", r.processor_us, chunk)
+    us_row("(b0) diagnostic: (b) with no dispatch thread", r.idle_us, chunk)
     us_row("(c1) stdlib untagged, NullHandler", r.null_us, stdlib)
     us_row("(c2) stdlib untagged, NullHandler + CustomerIOHandler", r.handler_us, stdlib)
     us_row("(c) CustomerIOHandler extra (paired c2 - c1)", r.handler_extra_us, stdlib)

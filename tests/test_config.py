@@ -322,7 +322,7 @@ class TestNumbers:
         assert "between 1 and 1000" in str(error)
 
     @pytest.mark.parametrize("name", ["batch_size", "max_queue_size", "max_retries"])
-    @pytest.mark.parametrize("value", [1.5, "10", True, False, None.__class__])
+    @pytest.mark.parametrize("value", [1.5, "10", True, False, 10.0])
     def test_integers_must_be_int(self, name: str, value: object) -> None:
         error = config_error(site_id="s", api_key="k", **{name: value})
         assert error.setting == name
@@ -465,7 +465,6 @@ BAD_INPUTS: list[tuple[dict[str, str], dict[str, Any]]] = [
     ({}, {"api_key": SECRET, "max_retries": -1}),
     ({}, {"api_key": SECRET, "unknown_events": "maybe"}),
     ({}, {"api_key": SECRET, "nonsense": 1}),
-    ({}, {"api_key": SECRET, "events": [object]}),
     ({"CUSTOMERIO_TRACK_API_KEY": SECRET}, {"site_id": None}),
     ({"CUSTOMERIO_TRACK_API_KEY": SECRET, "CUSTOMERIO_REGION": "xx"}, {}),
     ({"CUSTOMERIO_TRACK_API_KEY": SECRET, "CUSTOMERIO_TRACK_URL": "http://evil.com"}, {}),
@@ -494,8 +493,6 @@ class TestSecretNeverShown:
         self, environ: dict[str, str], kwargs: dict[str, Any]
     ) -> None:
         given = {"site_id": "site-1", **kwargs}
-        if "site_id" in kwargs and kwargs["site_id"] is None:
-            environ = {**environ}
         with pytest.raises(ConfigurationError) as info:
             Settings.from_env(environ=environ, **given)
         error = info.value
@@ -511,7 +508,10 @@ class TestSecretNeverShown:
     ) -> None:
         with pytest.raises(ConfigurationError) as info:
             Settings.from_env(environ=environ, **{"site_id": "site-1", **kwargs})
-        cause = info.value.__cause__ or info.value.__context__
-        while cause is not None:
-            assert SECRET not in str(cause)
-            cause = cause.__cause__ or cause.__context__
+        # What a traceback would print: the cause, and the context unless suppressed.
+        error: BaseException | None = info.value
+        while error is not None:
+            assert SECRET not in str(error)
+            error = error.__cause__ or (
+                None if error.__suppress_context__ else error.__context__
+            )

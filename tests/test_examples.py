@@ -1,0 +1,66 @@
+"""The README's demo command and the examples run and deliver."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CUSTOMERIO_")}
+
+
+class TestDemo:
+    def test_the_demo_delivers_all_but_the_one_invalid_event(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "customerio_logging", "demo", "--json"],
+            capture_output=True, text=True, timeout=120, env=_clean_env(), check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["logged"] == 300
+        assert summary["delivered"] == 299
+        assert [r["reason"] for r in summary["rejected"]] == ["schema_mismatch"]
+        assert summary["stats"]["sent"] == 299
+        assert summary["example_operation"]["type"] == "person"
+
+    def test_the_plain_demo_prints_a_readable_summary(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "customerio_logging", "demo", "--events", "40"],
+            capture_output=True, text=True, timeout=120, env=_clean_env(), check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Delivered 39 operations" in result.stdout
+        assert "schema_mismatch" in result.stdout
+
+    def test_no_command_prints_help_and_exits_2(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "customerio_logging"], capture_output=True, text=True,
+            timeout=60, check=False,
+        )
+        assert result.returncode == 2
+        assert "demo" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("example", "expected"),
+    [
+        ("stdlib_app.py", "'name': 'plan_changed'"),
+        ("structlog_app.py", "rejected: plan_changed schema_mismatch"),
+        ("dictconfig_app.py", "'name': 'order_placed'"),
+    ],
+)
+def test_examples_run_against_the_emulator(example: str, expected: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / example)],
+        capture_output=True, text=True, timeout=120, env=_clean_env(), check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
