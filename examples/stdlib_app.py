@@ -20,8 +20,16 @@ with TrackAPIEmulator() as emulator:
         "plan_changed",
         extra={"cio_event": True, "user_id": "u1", "from_": "free", "to": "pro"},
     )
-    log.info("profile updated", extra={"cio_event": True, "cio_action": "identify",
-                                       "user_id": "u1", "email": "u1@example.com", "plan": "pro"})
+    log.info(
+        "profile updated",
+        extra={
+            "cio_event": True,
+            "cio_action": "identify",
+            "user_id": "u1",
+            "email": "u1@example.com",
+            "plan": "pro",
+        },
+    )
     log.info("an ordinary line, not sent")
 
     cio.flush()

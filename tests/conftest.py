@@ -18,8 +18,12 @@ PROGRAMS = Path(__file__).parent / "programs"
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for var in ("CUSTOMERIO_SITE_ID", "CUSTOMERIO_TRACK_API_KEY", "CUSTOMERIO_REGION",
-                "CUSTOMERIO_TRACK_URL"):
+    for var in (
+        "CUSTOMERIO_SITE_ID",
+        "CUSTOMERIO_TRACK_API_KEY",
+        "CUSTOMERIO_REGION",
+        "CUSTOMERIO_TRACK_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     yield
     old = _bridge._forget_bridge()
@@ -45,7 +49,10 @@ def settings(emulator: TrackAPIEmulator) -> dict[str, object]:
 
 
 def run_program(
-    name: str, emulator: TrackAPIEmulator, *args: str, timeout: float = 60.0,
+    name: str,
+    emulator: TrackAPIEmulator,
+    *args: str,
+    timeout: float = 60.0,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run tests/programs/NAME.py in a fresh interpreter, configured from the environment."""
@@ -58,5 +65,9 @@ def run_program(
     }
     return subprocess.run(
         [sys.executable, str(PROGRAMS / f"{name}.py"), *args],
-        env=environ, capture_output=True, text=True, timeout=timeout, check=False,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )

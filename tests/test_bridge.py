@@ -54,7 +54,8 @@ class TestConfigure:
     ) -> None:
         bridge = cio.configure(**settings)
         assert cio.get_bridge() is bridge
-        assert bridge.thread is not None and bridge.thread.is_alive()
+        assert bridge.thread is not None
+        assert bridge.thread.is_alive()
         assert bridge.thread.name == "customerio-dispatch"
 
     def test_get_bridge_builds_from_the_environment(
@@ -152,8 +153,11 @@ class TestDelivery:
         assert _balanced(stats)
 
     def test_207_fails_only_the_named_operations(self, settings: dict[str, Any]) -> None:
-        errors = {"errors": [{"batch_index": 1, "reason": "invalid", "field": "name",
-                              "message": "bad name"}]}
+        errors = {
+            "errors": [
+                {"batch_index": 1, "reason": "invalid", "field": "name", "message": "bad name"}
+            ]
+        }
         transport = FakeTransport(Response(207, {}, json.dumps(errors).encode()))
         bridge = cio.configure(**settings, transport=transport)
         for i in range(3):
@@ -170,11 +174,17 @@ class TestDelivery:
     @pytest.mark.parametrize(
         ("answer", "reason", "words"),
         [
-            (Response(400, {}, b'{"errors":[{"reason":"bad","message":"nope"}]}'), "http_400",
-             "HTTP 400"),
+            (
+                Response(400, {}, b'{"errors":[{"reason":"bad","message":"nope"}]}'),
+                "http_400",
+                "HTTP 400",
+            ),
             (Response(500, {}, b"oops"), "http_500", "HTTP 500"),
-            (cio.DeliveryError("no response from host: ConnectionError"), "network_error",
-             "no response"),
+            (
+                cio.DeliveryError("no response from host: ConnectionError"),
+                "network_error",
+                "no response",
+            ),
             (RuntimeError("transport bug"), "internal_error", "RuntimeError"),
         ],
     )
@@ -201,8 +211,8 @@ class TestDelivery:
         assert stats.failed == 1
         assert "refused the credentials" in (stats.last_error or "")
         assert "CUSTOMERIO_TRACK_API_KEY" in (stats.last_error or "")
-        everything = repr(stats) + repr(bridge) + repr(bridge.dead_letters()) + repr(
-            bridge.settings
+        everything = (
+            repr(stats) + repr(bridge) + repr(bridge.dead_letters()) + repr(bridge.settings)
         )
         assert SECRET not in everything
 
@@ -212,8 +222,11 @@ class TestDelivery:
             port = sock.getsockname()[1]
         # Nothing listens on `port` now.
         bridge = cio.configure(
-            site_id="s", api_key=SECRET, track_url=f"http://127.0.0.1:{port}",
-            flush_interval=0.05, request_timeout=2.0,
+            site_id="s",
+            api_key=SECRET,
+            track_url=f"http://127.0.0.1:{port}",
+            flush_interval=0.05,
+            request_timeout=2.0,
         )
         bridge.submit(_capture(1))
         assert bridge.flush(5.0) is False
@@ -278,7 +291,8 @@ class TestShutdown:
         cio.shutdown(5.0)
         cio.shutdown(5.0)
         assert len(emulator.operations) == 10
-        assert bridge.thread is not None and not bridge.thread.is_alive()
+        assert bridge.thread is not None
+        assert not bridge.thread.is_alive()
         assert bridge.submit(_capture(99)) is False
         stats = bridge.stats()
         assert (stats.sent, stats.dropped) == (10, 1)
@@ -293,9 +307,7 @@ class TestShutdown:
                 gate.wait(10)
                 return super().send(body)
 
-        bridge = cio.configure(
-            **{**settings, "batch_size": 1}, transport=Hanging(Response(200))
-        )
+        bridge = cio.configure(**{**settings, "batch_size": 1}, transport=Hanging(Response(200)))
         for i in range(5):
             bridge.submit(_capture(i))
         bridge.shutdown(0.2)
@@ -310,7 +322,9 @@ class TestUnknownEvents:
         plan: str
 
     def test_warn_logs_once_per_unknown_name_and_sends(
-        self, settings: dict[str, Any], emulator: TrackAPIEmulator,
+        self,
+        settings: dict[str, Any],
+        emulator: TrackAPIEmulator,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         bridge = cio.configure(**settings, events=[self.Known], unknown_events="warn")

@@ -6,6 +6,7 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 import requests
@@ -17,10 +18,10 @@ from customerio_logging._schema import Operation
 class _Counting(http.server.BaseHTTPRequestHandler):
     status = 503
     hits = 0
-    bodies: list[bytes] = []
-    auth: list[str | None] = []
+    bodies: ClassVar[list[bytes]] = []
+    auth: ClassVar[list[str | None]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         type(self).hits += 1
         length = int(self.headers.get("Content-Length", 0))
         type(self).bodies.append(self.rfile.read(length))
@@ -86,7 +87,7 @@ class TestSessionTransport:
         body = batch_body(_ops(2))
         assert transport.send(body).status == 200
         assert handler.bodies == [body]
-        assert handler.auth[0] is not None and handler.auth[0].startswith("Basic ")
+        assert (handler.auth[0] or "").startswith("Basic ")
         session = transport._http()
         assert session.headers["User-Agent"].startswith("customerio-logging")
         assert "Customer.io Python Client" in session.headers["User-Agent"]
@@ -121,8 +122,13 @@ class TestDelivery:
         assert "207" in (report.error or "")
 
     def test_out_of_range_207_indexes_are_ignored(self) -> None:
-        errors = {"errors": [{"batch_index": 7, "reason": "x"}, {"batch_index": True},
-                             {"batch_index": 0, "reason": "bad", "message": "m " * 300}]}
+        errors = {
+            "errors": [
+                {"batch_index": 7, "reason": "x"},
+                {"batch_index": True},
+                {"batch_index": 0, "reason": "bad", "message": "m " * 300},
+            ]
+        }
 
         class Fixed:
             def send(self, body: bytes) -> Response:
@@ -133,6 +139,6 @@ class TestDelivery:
 
         report = Delivery(Fixed()).deliver(_ops(2))
         assert [op.id for op in report.sent] == [_ops(2)[1].id]
-        ((op, failure),) = report.failed
+        ((_, failure),) = report.failed
         assert failure.reason == "bad"
         assert len(failure.message) <= 200

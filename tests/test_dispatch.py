@@ -99,7 +99,8 @@ class TestBatching:
         for i in range(6):
             dispatcher.submit(_op(i))
         assert dispatcher.flush(5.0)
-        assert dispatcher.thread is not None and dispatcher.thread.is_alive()
+        assert dispatcher.thread is not None
+        assert dispatcher.thread.is_alive()
         assert sum(calls) == 5
         dispatcher.stop(1.0)
 

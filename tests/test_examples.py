@@ -21,7 +21,11 @@ class TestDemo:
     def test_the_demo_delivers_all_but_the_one_invalid_event(self) -> None:
         result = subprocess.run(
             [sys.executable, "-m", "customerio_logging", "demo", "--json"],
-            capture_output=True, text=True, timeout=120, env=_clean_env(), check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=_clean_env(),
+            check=False,
         )
         assert result.returncode == 0, result.stderr
         summary = json.loads(result.stdout)
@@ -34,7 +38,11 @@ class TestDemo:
     def test_the_plain_demo_prints_a_readable_summary(self) -> None:
         result = subprocess.run(
             [sys.executable, "-m", "customerio_logging", "demo", "--events", "40"],
-            capture_output=True, text=True, timeout=120, env=_clean_env(), check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=_clean_env(),
+            check=False,
         )
         assert result.returncode == 0, result.stderr
         assert "Delivered 39 operations" in result.stdout
@@ -42,8 +50,11 @@ class TestDemo:
 
     def test_no_command_prints_help_and_exits_2(self) -> None:
         result = subprocess.run(
-            [sys.executable, "-m", "customerio_logging"], capture_output=True, text=True,
-            timeout=60, check=False,
+            [sys.executable, "-m", "customerio_logging"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert result.returncode == 2
         assert "demo" in result.stderr
@@ -60,7 +71,11 @@ class TestDemo:
 def test_examples_run_against_the_emulator(example: str, expected: str) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / example)],
-        capture_output=True, text=True, timeout=120, env=_clean_env(), check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_clean_env(),
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert expected in result.stdout

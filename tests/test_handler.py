@@ -163,16 +163,21 @@ class TestProcessor:
 
 class TestBothInstalled:
     def test_structlog_through_stdlib_is_sent_once(
-        self, settings: dict[str, Any], emulator: TrackAPIEmulator, logger: logging.Logger,
+        self,
+        settings: dict[str, Any],
+        emulator: TrackAPIEmulator,
+        logger: logging.Logger,
         structlog_reset: None,
     ) -> None:
         cio.configure(**settings)
         handler = cio.CustomerIOHandler()
         handler.setFormatter(
-            structlog.stdlib.ProcessorFormatter(processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.JSONRenderer(),
-            ])
+            structlog.stdlib.ProcessorFormatter(
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.JSONRenderer(),
+                ]
+            )
         )
         logger.addHandler(handler)
         structlog.configure(
@@ -189,7 +194,10 @@ class TestBothInstalled:
         assert [op["name"] for op in emulator.operations] == ["once"]
 
     def test_structlog_through_stdlib_without_the_processor_is_recognised(
-        self, settings: dict[str, Any], emulator: TrackAPIEmulator, logger: logging.Logger,
+        self,
+        settings: dict[str, Any],
+        emulator: TrackAPIEmulator,
+        logger: logging.Logger,
         structlog_reset: None,
     ) -> None:
         cio.configure(**settings)

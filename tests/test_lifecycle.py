@@ -90,9 +90,7 @@ class TestDictConfig:
     def test_missing_settings_are_reported_clearly_not_crashing_the_app(
         self, emulator: TrackAPIEmulator
     ) -> None:
-        result = run_program(
-            "dictconfig_app", emulator, "5", env={"CUSTOMERIO_TRACK_API_KEY": ""}
-        )
+        result = run_program("dictconfig_app", emulator, "5", env={"CUSTOMERIO_TRACK_API_KEY": ""})
         assert result.returncode == 0, result.stderr
         assert emulator.operations == []
         warnings = re.findall(r"not configured.*CUSTOMERIO_TRACK_API_KEY", result.stderr)

@@ -25,15 +25,36 @@ class TestAll:
 
     def test_the_contract_names_exist(self) -> None:
         contract = {
-            "configure", "get_bridge", "flush", "shutdown", "stats", "Stats",
-            "CustomerIOHandler", "CustomerIOProcessor", "Event", "UserAttributes",
-            "CustomerIOLoggingError", "ConfigurationError", "InvalidEventError", "DeliveryError",
+            "configure",
+            "get_bridge",
+            "flush",
+            "shutdown",
+            "stats",
+            "Stats",
+            "CustomerIOHandler",
+            "CustomerIOProcessor",
+            "Event",
+            "UserAttributes",
+            "CustomerIOLoggingError",
+            "ConfigurationError",
+            "InvalidEventError",
+            "DeliveryError",
         }
         assert contract <= set(customerio_logging.__all__)
         fields = set(customerio_logging.Stats.__dataclass_fields__)
         assert {
-            "enqueued", "sent", "retried", "failed", "dropped", "invalid", "spooled",
-            "replayed", "dead_lettered", "batches", "queue_depth", "last_error",
+            "enqueued",
+            "sent",
+            "retried",
+            "failed",
+            "dropped",
+            "invalid",
+            "spooled",
+            "replayed",
+            "dead_lettered",
+            "batches",
+            "queue_depth",
+            "last_error",
         } <= fields
 
 
@@ -47,6 +68,7 @@ class TestImport:
             "assert threading.active_count() == 1, threading.enumerate()\n"
             "assert 'requests' not in sys.modules or True\n"
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import PurePath
 from typing import Any, NamedTuple
@@ -119,7 +120,7 @@ def capture_record(record: logging.LogRecord) -> Capture | None:
     return Capture(tag, record.getMessage(), fields, record.created)
 
 
-def capture_event_dict(event_dict: dict[str, Any]) -> Capture | None:
+def capture_event_dict(event_dict: Mapping[str, Any]) -> Capture | None:
     """Snapshot a structlog event dict, or return None if it is not tagged."""
     tag = event_dict.get(TAG)
     if not tag or type(tag) is Captured:
@@ -129,7 +130,7 @@ def capture_event_dict(event_dict: dict[str, Any]) -> Capture | None:
     )
 
 
-def _snapshot_fields(source: dict[str, Any], skip: frozenset[str]) -> dict[str, Any]:
+def _snapshot_fields(source: Mapping[str, Any], skip: frozenset[str]) -> dict[str, Any]:
     # Copy containers now: the app may mutate a list after logging it, and the
     # dispatch thread reads these values later. Scalars and other objects are shared.
     return {

@@ -152,10 +152,6 @@ class Settings:
             values["events"] = tuple(values["events"])
         return cls(**values)
 
-    def replace(self, **changes: Any) -> Settings:
-        """Return a copy with ``changes`` applied and validated."""
-        return dataclasses.replace(self, **changes)
-
 
 def _require_text(name: str, value: object) -> None:
     env_hint = f" or set {ENV_VARS[name]}" if name in ENV_VARS else ""

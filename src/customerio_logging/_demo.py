@@ -93,7 +93,12 @@ def _log_through_stdlib(count: int) -> int:
                 log.info(
                     "plan changed for %s",
                     user,
-                    extra={"cio_event": "plan_changed", "user_id": user, "from_": "free", "to": "pro"},
+                    extra={
+                        "cio_event": "plan_changed",
+                        "user_id": user,
+                        "from_": "free",
+                        "to": "pro",
+                    },
                 )
             log.info("an ordinary log line: never sent to Customer.io")
     finally:
@@ -105,7 +110,10 @@ def _log_through_structlog(count: int) -> int:
     try:
         import structlog
     except ImportError:
-        print("structlog is not installed: pip install 'customerio-logging[structlog]'", file=sys.stderr)
+        print(
+            "structlog is not installed: pip install 'customerio-logging[structlog]'",
+            file=sys.stderr,
+        )
         return _log_through_stdlib(count)
     structlog.configure(
         processors=[

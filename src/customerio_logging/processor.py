@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from ._bridge import get_bridge, note_lost
@@ -40,7 +41,9 @@ class CustomerIOProcessor:
     def __init__(self, *, bridge: Bridge | None = None) -> None:
         self._bridge = bridge
 
-    def __call__(self, logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
         tag = event_dict.get(TAG)
         if not tag or type(tag) is Captured:
             return event_dict
