@@ -28,8 +28,8 @@ swamp both (d) and (e). ``--stock-emulator`` measures with the emulator as shipp
 
 Run it from the project root with the project's virtualenv::
 
-    .venv/bin/python benchmarks/bench_pipeline.py            # full run, about a minute
-    .venv/bin/python benchmarks/bench_pipeline.py --quick    # short run, under 15 s
+    .venv/bin/python benchmarks/bench_pipeline.py            # full run, ~35 s
+    .venv/bin/python benchmarks/bench_pipeline.py --quick    # short run, ~6 s
     .venv/bin/python benchmarks/bench_pipeline.py --check    # exit 1 if a target is missed
 
 Exit status: 0 on success, 1 with ``--check`` when a target is missed, 2 when a sanity
@@ -533,7 +533,7 @@ def report(plan: Plan, results: Results, *, stock_emulator: bool) -> bool:
     )
     print()
     print(f"mode: {plan.name}; best = min time (max events/s); Python {sys.version.split()[0]}")
-    print("gc: disabled inside the timed chunks of (a), (b), (c); enabled in (d), (e)")
+    print("gc: disabled inside the timed chunks of (a), (b), (b0), (c); enabled in (d), (e)")
     print(f"emulator: child process on 127.0.0.1, {emulator}")
     print(
         f"bridge: batch_size={BATCH_SIZE}, flush_interval={FLUSH_INTERVAL:g}s, "

@@ -12,11 +12,12 @@ import dataclasses
 import datetime as dt
 import enum
 import json
+import json.encoder
 import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import PurePath
 from typing import Any, NamedTuple
@@ -188,20 +189,24 @@ def _build_operation(capture: Capture, taxonomy: Taxonomy) -> Operation:
         op["action"] = action
         op["primary"] = _merge_side(fields.pop("primary", None), "primary")
         op["secondary"] = _merge_side(fields.pop("secondary", None), "secondary")
-        return _finish(op, op_id, action, None)
+        return _finish(op_id, action, None, lambda: encode(op))
 
-    op["identifiers"] = _identifiers(fields, anonymous_ok=action in NAMED_ACTIONS)
-    op["action"] = action
+    identifiers = _identifiers(fields, anonymous_ok=action in NAMED_ACTIONS)
     if action in NAMED_ACTIONS:
         name = _event_name(capture)
         if action == "event":
             fields = taxonomy.validate_event(name, fields)
         # No separate check of MAX_EVENT_DATA_BYTES: the per-operation limit is smaller.
         data = _coerce_data(fields)
-        op.update(name=name, id=op_id, timestamp=timestamp)
-        if data:
-            op["attributes"] = data
-    elif action == "identify":
+        return _finish(
+            op_id,
+            action,
+            name,
+            lambda: _named_body(identifiers, action, name, op_id, timestamp, data),
+        )
+    op["identifiers"] = identifiers
+    op["action"] = action
+    if action == "identify":
         data = _coerce_data(taxonomy.validate_attributes(fields))
         _check_identify_attributes(data)
         op["timestamp"] = timestamp
@@ -212,12 +217,33 @@ def _build_operation(capture: Capture, taxonomy: Taxonomy) -> Operation:
     elif action == "delete_device":
         op["device"] = _device(fields, timestamp, full=False)
     # suppress, unsuppress and delete carry nothing but the person.
-    return _finish(op, op_id, action, name)
+    return _finish(op_id, action, None, lambda: encode(op))
 
 
-def _finish(op: dict[str, Any], op_id: str, action: str, name: str | None) -> Operation:
+def _named_body(
+    identifiers: dict[str, str],
+    action: str,
+    name: str,
+    op_id: str,
+    timestamp: int,
+    data: dict[str, Any],
+) -> bytes:
+    # The hot path: one event per log call. Written out rather than built as a dict and
+    # encoded whole, which costs twice as much; only `data` goes through the encoder. The
+    # key and action come from fixed sets and the id is ASCII: none needs escaping.
+    ((key, value),) = identifiers.items()
+    text = (
+        f'{{"type":"person","identifiers":{{"{key}":{_quote(value)}}},"action":"{action}",'
+        f'"name":{_quote(name)},"id":"{op_id}","timestamp":{timestamp}'
+    )
+    if data:
+        text += ',"attributes":' + _encode_text(data)
+    return (text + "}").encode()
+
+
+def _finish(op_id: str, action: str, name: str | None, make_body: Callable[[], bytes]) -> Operation:
     try:
-        body = encode(op)
+        body = make_body()
     except UnicodeEncodeError:
         raise  # a ValueError too; build_operation reports it
     except ValueError:
@@ -238,11 +264,43 @@ def _finish(op: dict[str, Any], op_id: str, action: str, name: str | None) -> Op
 
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_quote = json.encoder.encode_basestring  # a str as a JSON string, as _encoder writes it
+
+
+def _fast_encode() -> Callable[[Any], str]:
+    """``_encoder.encode``, minus the C encoder it builds anew on every call.
+
+    Halves the cost of encoding a small dict (once per event). Built from the same C
+    function JSONEncoder uses, with the arguments CPython 3.11+ passes it; checked
+    against ``_encoder`` once, and ``_encoder.encode`` is used if anything differs.
+    Values reach it already coerced, so its missing cycle check (``markers=None``) and
+    its ``default`` never matter.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+
+    def refuse(value: Any) -> Any:
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    try:
+        iterencode = make(None, refuse, _quote, None, ":", ",", False, False, False)  # type: ignore[misc]
+
+        def fast(value: Any) -> str:
+            return "".join(iterencode(value, 0))
+
+        sample = {"a": [1, 2.5, None, True, 'é\n"x'], "b": {"c": -3}}
+        if fast(sample) == _encoder.encode(sample):
+            return fast
+    except Exception:  # noqa: BLE001, S110 - any surprise means: use the public encoder
+        pass
+    return _encoder.encode
+
+
+_encode_text = _fast_encode()
 
 
 def encode(value: Any) -> bytes:
     """Compact UTF-8 JSON, as the Track API receives it."""
-    return _encoder.encode(value).encode()
+    return _encode_text(value).encode()
 
 
 def _event_name(capture: Capture) -> str:

@@ -79,13 +79,17 @@ class Dispatcher(Generic[T]):
         self._batch: list[Operation] = []
         self._batch_bytes = BODY_OVERHEAD
         self._busy = 0
+        # Flush and stop markers in the queue, counted so that `queued` is O(1). Changed
+        # under a lock: flushes come from any thread, and they are rare.
+        self._markers = 0
+        self._markers_lock = threading.Lock()
         self.taken = 0
         """Items the thread has taken off the queue (read by the bridge's counters)."""
 
     @property
     def queued(self) -> int:
         """Items in the queue, not yet taken by the thread."""
-        return sum(1 for item in list(self._queue) if not isinstance(item, _Flush | _Stop))
+        return max(0, len(self._queue) - self._markers)
 
     @property
     def depth(self) -> int:
@@ -128,7 +132,7 @@ class Dispatcher(Generic[T]):
         if thread is threading.current_thread():
             return False  # the thread cannot wait for itself
         marker = _Flush()
-        self._queue.append(marker)
+        self._put_marker(marker)
         self._wake.set()
         return marker.done.wait(max(0.0, timeout))
 
@@ -144,7 +148,7 @@ class Dispatcher(Generic[T]):
             self.flush(timeout)
         self._closed = True
         if thread is not None and thread.is_alive():
-            self._queue.append(_STOP)
+            self._put_marker(_STOP)
             self._wake.set()
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -154,11 +158,22 @@ class Dispatcher(Generic[T]):
                 item = self._queue.popleft()
             except IndexError:
                 break
-            if isinstance(item, _Flush):
-                item.done.set()
-            elif not isinstance(item, _Stop):
+            if isinstance(item, _Flush | _Stop):
+                self._took_marker()
+                if isinstance(item, _Flush):
+                    item.done.set()
+            else:
                 left.append(item)
         return left
+
+    def _put_marker(self, marker: _Flush | _Stop) -> None:
+        with self._markers_lock:
+            self._markers += 1
+            self._queue.append(marker)
+
+    def _took_marker(self) -> None:
+        with self._markers_lock:
+            self._markers -= 1
 
     def _run(self) -> None:
         queue = self._queue
@@ -171,9 +186,11 @@ class Dispatcher(Generic[T]):
             while queue:
                 item = queue.popleft()
                 if isinstance(item, _Flush):
+                    self._took_marker()
                     self._send_batch()
                     item.done.set()
                 elif isinstance(item, _Stop):
+                    self._took_marker()
                     self._send_batch()
                     return
                 else:

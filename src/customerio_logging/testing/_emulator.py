@@ -622,6 +622,9 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.1 keeps connections alive, as the client's requests Session expects.
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes; with Nagle's algorithm on, the second waits
+    # for the client's delayed ACK (about 40 ms) on every keep-alive response.
+    disable_nagle_algorithm = True
     timeout = _SOCKET_TIMEOUT
     server_version = "customerio-emulator"
 
