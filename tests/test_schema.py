@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import subprocess
@@ -422,12 +421,12 @@ class TestOperation:
         assert LEAK not in repr([self.op])
 
     def test_frozen(self) -> None:
-        with pytest.raises(dataclasses.FrozenInstanceError):
+        with pytest.raises(AttributeError):
             self.op.body = b""  # type: ignore[misc]
 
     def test_equality_is_by_value(self) -> None:
-        assert self.op == dataclasses.replace(self.op)
-        assert self.op != dataclasses.replace(self.op, id="01HF0000000000000000000001")
+        assert self.op == self.op._replace()
+        assert self.op != self.op._replace(id="01HF0000000000000000000001")
 
 
 class TestNewUlid:

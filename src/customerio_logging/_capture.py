@@ -75,8 +75,10 @@ _STRUCTLOG_KEYS = frozenset(
     }
 )
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+_PLAIN = frozenset({str, int, bool, type(None)})  # JSON-ready as they are (floats may be NaN)
 _MAX_DEPTH = 32
 _ID_KEYS = ("user_id", "customer_id")
+_SHORT_IDENTIFIER = MAX_IDENTIFIER_BYTES // 4  # UTF-8 takes at most 4 bytes a character
 
 
 class Captured(str):
@@ -189,7 +191,7 @@ def _build_operation(capture: Capture, taxonomy: Taxonomy) -> Operation:
         op["action"] = action
         op["primary"] = _merge_side(fields.pop("primary", None), "primary")
         op["secondary"] = _merge_side(fields.pop("secondary", None), "secondary")
-        return _finish(op_id, action, None, lambda: encode(op))
+        return _finish(op, op_id, action)
 
     identifiers = _identifiers(fields, anonymous_ok=action in NAMED_ACTIONS)
     if action in NAMED_ACTIONS:
@@ -198,12 +200,11 @@ def _build_operation(capture: Capture, taxonomy: Taxonomy) -> Operation:
             fields = taxonomy.validate_event(name, fields)
         # No separate check of MAX_EVENT_DATA_BYTES: the per-operation limit is smaller.
         data = _coerce_data(fields)
-        return _finish(
-            op_id,
-            action,
-            name,
-            lambda: _named_body(identifiers, action, name, op_id, timestamp, data),
-        )
+        try:
+            body = _named_body(identifiers, action, name, op_id, timestamp, data)
+        except ValueError as exc:
+            raise _encoding_error(exc) from None
+        return _checked(op_id, action, name, body)
     op["identifiers"] = identifiers
     op["action"] = action
     if action == "identify":
@@ -217,7 +218,7 @@ def _build_operation(capture: Capture, taxonomy: Taxonomy) -> Operation:
     elif action == "delete_device":
         op["device"] = _device(fields, timestamp, full=False)
     # suppress, unsuppress and delete carry nothing but the person.
-    return _finish(op_id, action, None, lambda: encode(op))
+    return _finish(op, op_id, action)
 
 
 def _named_body(
@@ -241,18 +242,26 @@ def _named_body(
     return (text + "}").encode()
 
 
-def _finish(op_id: str, action: str, name: str | None, make_body: Callable[[], bytes]) -> Operation:
+def _finish(op: dict[str, Any], op_id: str, action: str) -> Operation:
     try:
-        body = make_body()
-    except UnicodeEncodeError:
-        raise  # a ValueError too; build_operation reports it
-    except ValueError:
-        # An int too long for str() (sys.get_int_max_str_digits()).
-        raise InvalidEventError(
-            "the event holds an integer too large to encode",
-            reason="unsupported_value",
-            field=None,
-        ) from None
+        body = encode(op)
+    except ValueError as exc:
+        raise _encoding_error(exc) from None
+    return _checked(op_id, action, None, body)
+
+
+def _encoding_error(exc: ValueError) -> Exception:
+    if isinstance(exc, UnicodeEncodeError):
+        return exc  # build_operation reports it, without quoting the text
+    # An int too long for str() (sys.get_int_max_str_digits()).
+    return InvalidEventError(
+        "the event holds an integer too large to encode",
+        reason="unsupported_value",
+        field=None,
+    )
+
+
+def _checked(op_id: str, action: str, name: str | None, body: bytes) -> Operation:
     if len(body) > MAX_OPERATION_BYTES:
         raise InvalidEventError(
             f"the operation is {len(body):,} bytes; the Track API takes at most "
@@ -260,7 +269,7 @@ def _finish(op_id: str, action: str, name: str | None, make_body: Callable[[], b
             reason="operation_too_large",
             field=None,
         )
-    return Operation(id=op_id, action=action, name=name, body=body)
+    return Operation(op_id, action, name, body)
 
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -344,6 +353,8 @@ def _identifiers(fields: dict[str, Any], *, anonymous_ok: bool) -> dict[str, str
 
 
 def _identifier_value(value: object, key: str) -> str:
+    if type(value) is str and 0 < len(value) <= _SHORT_IDENTIFIER and not value.isspace():
+        return value  # the common case: short enough whatever its characters' UTF-8 width
     if (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, uuid.UUID):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
@@ -412,8 +423,12 @@ def _device(fields: dict[str, Any], timestamp: int, *, full: bool) -> dict[str, 
 
 def _coerce_data(fields: dict[str, Any]) -> dict[str, Any]:
     # A trailing underscore lets a log call use a Python keyword: from_ -> "from".
+    # Most values are str, int, bool or None and need no call (once per key per event).
+    plain = _PLAIN
     return {
-        (key[:-1] if key.endswith("_") and len(key) > 1 else key): _coerce(value, key, 0)
+        (key[:-1] if key[-1:] == "_" and len(key) > 1 else key): (
+            value if type(value) in plain else _coerce(value, key, 0)
+        )
         for key, value in fields.items()
     }
 

@@ -422,8 +422,11 @@ def _v1_document(body: bytes) -> dict[str, Any] | None:
 # -- operation validation ----------------------------------------------------------------
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _json_size(value: object) -> int:
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    return len(_COMPACT.encode(value).encode())
 
 
 def _utf8_size(text: str) -> int:
@@ -457,7 +460,9 @@ def _check_batch_operation(op: object) -> _Problem | None:
     if problem is not None:
         return problem
     if action in NAMED_ACTIONS:
-        return _check_named(op)
+        # The whole operation fit MAX_OPERATION_BYTES, so its attributes fit the larger
+        # MAX_EVENT_DATA_BYTES: no need to measure them again.
+        return _check_named(op, measure_attributes=MAX_OPERATION_BYTES > MAX_EVENT_DATA_BYTES)
     if action == "identify":
         return _check_identify(op)
     if action in ("add_device", "delete_device"):
@@ -490,7 +495,7 @@ def _check_identifiers(
     return None
 
 
-def _check_named(op: dict[str, Any]) -> _Problem | None:
+def _check_named(op: dict[str, Any], *, measure_attributes: bool = True) -> _Problem | None:
     name = op.get("name")
     if not isinstance(name, str) or not name:
         return _Problem("invalid_name", "name", "name must be a non-empty string")
@@ -509,7 +514,7 @@ def _check_named(op: dict[str, Any]) -> _Problem | None:
         attributes = op["attributes"]
         if not isinstance(attributes, dict):
             return _Problem("invalid_attributes", "attributes", "attributes must be an object")
-        size = _json_size(attributes)
+        size = _json_size(attributes) if measure_attributes else 0
         if size > MAX_EVENT_DATA_BYTES:
             return _Problem(
                 "attributes_too_large",
