@@ -128,6 +128,7 @@ class Bridge:
         self._counters = _Counters()
         self._dead_letters: deque[DeadLetter] = deque(maxlen=_DEAD_LETTERS_KEPT)
         self._warned_unknown: set[str] = set()
+        self._warn_unknown = bool(settings.events) and settings.unknown_events == "warn"
         self._dispatcher: Dispatcher[Capture] = Dispatcher(
             process=self._process,
             send=self._send,
@@ -264,11 +265,11 @@ class Bridge:
             self._reject(capture, "internal_error", None, f"{type(exc).__name__} while building")
             return None
         if (
-            op.action == "event"
-            and self.settings.unknown_events == "warn"
+            self._warn_unknown
+            and op.action == "event"
             and op.name is not None
-            and not self._taxonomy.is_known(op.name)
             and op.name not in self._warned_unknown
+            and not self._taxonomy.is_known(op.name)
         ):
             self._warned_unknown.add(op.name)
             _warn(f"event {op.name!r} is not declared in configure(events=...); sent anyway")

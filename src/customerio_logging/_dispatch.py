@@ -185,39 +185,44 @@ class Dispatcher(Generic[T]):
             self._wake.clear()
             while queue:
                 item = queue.popleft()
-                if isinstance(item, _Flush):
+                kind = type(item)
+                if kind is _Flush:
                     self._took_marker()
                     self._send_batch()
-                    item.done.set()
-                elif isinstance(item, _Stop):
+                    item.done.set()  # type: ignore[union-attr]
+                elif kind is _Stop:
                     self._took_marker()
                     self._send_batch()
                     return
                 else:
-                    self._add(item)
+                    self._add(item)  # type: ignore[arg-type]
             now = self._clock()
             if now >= next_tick:
                 self._send_batch()
                 next_tick = now + self._flush_interval
 
     def _add(self, item: T) -> None:
+        # Once per event: kept lean, it runs while the app's threads wait for the GIL.
         self.taken += 1
         self._busy = 1
         try:
             op = self._process(item)
         except Exception:  # noqa: BLE001 - `process` accounts for its items; the thread lives on
             op = None
-        finally:
-            self._busy = 0
+        self._busy = 0
         if op is None:
             return
-        added = len(op.body) + (1 if self._batch else 0)
-        if self._batch and self._batch_bytes + added > self._body_limit:
-            self._send_batch()
-            added = len(op.body)
-        self._batch.append(op)
-        self._batch_bytes += added
-        if len(self._batch) >= self._batch_size:
+        batch = self._batch
+        size = len(op.body)
+        if batch:
+            size += 1  # the comma
+            if self._batch_bytes + size > self._body_limit:
+                self._send_batch()
+                batch = self._batch
+                size -= 1
+        batch.append(op)
+        self._batch_bytes += size
+        if len(batch) >= self._batch_size:
             self._send_batch()
 
     def _send_batch(self) -> None:
