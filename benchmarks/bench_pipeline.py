@@ -20,11 +20,7 @@ against their targets: (b)/(a) <= 2.0, (c) difference <= 0.5 µs, (d)/(e) >= 30.
 
 The emulator runs in a child process, so its request parsing does not compete for this
 process's GIL (inside the process it costs about as much CPU per event as the bridge
-itself). Its sockets get ``TCP_NODELAY`` through the stdlib's
-``socketserver.StreamRequestHandler.disable_nagle_algorithm``: the emulator as shipped
-writes the response headers and body in two sends, and Nagle's algorithm plus the
-client's delayed ACK then stall every keep-alive response by about 40 ms, which would
-swamp both (d) and (e). ``--stock-emulator`` measures with the emulator as shipped.
+itself). On a two-core machine it still competes for the cores.
 
 Run it from the project root with the project's virtualenv::
 
@@ -44,7 +40,6 @@ import gc
 import logging
 import multiprocessing
 import os
-import socketserver
 import statistics
 import sys
 import time
@@ -111,11 +106,8 @@ class Series:
 # -- the emulator, in a child process -----------------------------------------------------
 
 
-def _serve_emulator(conn: Connection, nodelay: bool) -> None:
+def _serve_emulator(conn: Connection) -> None:
     """Child process: run the emulator and answer the parent's commands over ``conn``."""
-    if nodelay:
-        # A stdlib knob, set in a process that serves nothing else.
-        socketserver.StreamRequestHandler.disable_nagle_algorithm = True
     with TrackAPIEmulator() as emu:
         conn.send((emu.url, emu.site_id, emu.api_key))
         while True:
@@ -135,11 +127,11 @@ def _serve_emulator(conn: Connection, nodelay: bool) -> None:
 class RemoteEmulator:
     """A ``TrackAPIEmulator`` in a child process, driven over a pipe."""
 
-    def __init__(self, *, nodelay: bool) -> None:
+    def __init__(self) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(
-            target=_serve_emulator, args=(child, nodelay), name="emulator", daemon=True
+            target=_serve_emulator, args=(child,), name="emulator", daemon=True
         )
         self._process.start()
         child.close()
@@ -445,7 +437,7 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def report(plan: Plan, results: Results, *, stock_emulator: bool) -> bool:
+def report(plan: Plan, results: Results) -> bool:
     """Print the table and the ratios; return True when every target is met."""
     r = results
     rows: list[tuple[str, str, str, str, str]] = []
@@ -526,15 +518,10 @@ def report(plan: Plan, results: Results, *, stock_emulator: bool) -> bool:
     for name, value, target, ok in checks:
         print(f"{name:<18}  {value:>10}  {target:<10}  {verdict(ok)}")
 
-    emulator = (
-        "as shipped (Nagle on: ~40 ms stall per keep-alive response)"
-        if stock_emulator
-        else "TCP_NODELAY set (see docstring)"
-    )
     print()
     print(f"mode: {plan.name}; best = min time (max events/s); Python {sys.version.split()[0]}")
     print("gc: disabled inside the timed chunks of (a), (b), (b0), (c); enabled in (d), (e)")
-    print(f"emulator: child process on 127.0.0.1, {emulator}")
+    print("emulator: child process on 127.0.0.1")
     print(
         f"bridge: batch_size={BATCH_SIZE}, flush_interval={FLUSH_INTERVAL:g}s, "
         f"spool off; (b) dropped={r.processor_dropped}, (d) dropped={r.e2e_dropped}"
@@ -550,11 +537,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a short run (under 15 s)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    parser.add_argument(
-        "--stock-emulator",
-        action="store_true",
-        help="leave Nagle's algorithm on in the emulator, as shipped (slow: ~40 ms/request)",
-    )
     return parser.parse_args(argv)
 
 
@@ -564,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     problems = Problems()
     results = Results()
-    emu = RemoteEmulator(nodelay=not args.stock_emulator)
+    emu = RemoteEmulator()
     try:
         with open(os.devnull, "w") as out:
             cio.configure(
@@ -587,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 structlog.reset_defaults()
     finally:
         emu.close()
-    met = report(plan, results, stock_emulator=args.stock_emulator)
+    met = report(plan, results)
     print(f"took {time.perf_counter() - started:.1f}s")
     if problems.items:
         for problem in problems.items:
