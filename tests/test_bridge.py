@@ -48,6 +48,18 @@ class FakeTransport:
         self.closed = True
 
 
+class GatedTransport(FakeTransport):
+    """A FakeTransport whose sends wait until `gate` is set: a hanging network."""
+
+    def __init__(self, *answers: Response | Exception) -> None:
+        super().__init__(*answers)
+        self.gate = threading.Event()
+
+    def send(self, body: bytes) -> Response:
+        self.gate.wait(10)
+        return super().send(body)
+
+
 class TestConfigure:
     def test_configure_builds_the_shared_bridge_and_starts_its_thread(
         self, settings: dict[str, Any]
@@ -258,23 +270,16 @@ class TestDelivery:
 
 class TestQueueFull:
     def test_a_full_queue_drops_and_counts_without_blocking(self, settings: dict[str, Any]) -> None:
-        gate = threading.Event()
-
-        class Slow(FakeTransport):
-            def send(self, body: bytes) -> Response:
-                gate.wait(10)
-                return super().send(body)
-
+        transport = GatedTransport(Response(200))
         bridge = cio.configure(
-            **{**settings, "batch_size": 1, "max_queue_size": 10},
-            transport=Slow(Response(200)),
+            **{**settings, "batch_size": 1, "max_queue_size": 10}, transport=transport
         )
         results = [bridge.submit(_capture(i)) for i in range(100)]
         assert results.count(False) >= 80
         stats = bridge.stats()
         assert stats.dropped == results.count(False)
         assert "queue is full" in (stats.last_error or "")
-        gate.set()
+        transport.gate.set()
         assert bridge.flush(5.0)
         stats = bridge.stats()
         assert stats.enqueued == 100
@@ -300,21 +305,15 @@ class TestShutdown:
         assert bridge.flush(5.0) is True
 
     def test_what_the_deadline_cuts_off_is_counted_dropped(self, settings: dict[str, Any]) -> None:
-        gate = threading.Event()
-
-        class Hanging(FakeTransport):
-            def send(self, body: bytes) -> Response:
-                gate.wait(10)
-                return super().send(body)
-
-        bridge = cio.configure(**{**settings, "batch_size": 1}, transport=Hanging(Response(200)))
+        transport = GatedTransport(Response(200))
+        bridge = cio.configure(**{**settings, "batch_size": 1}, transport=transport)
         for i in range(5):
             bridge.submit(_capture(i))
         bridge.shutdown(0.2)
         stats = bridge.stats()
         assert stats.dropped >= 3
         assert "shutdown" in (stats.last_error or "")
-        gate.set()
+        transport.gate.set()
 
 
 class TestUnknownEvents:

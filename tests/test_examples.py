@@ -13,20 +13,22 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CUSTOMERIO_")}
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run this interpreter with ``args``, with no CUSTOMERIO_* settings in the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOMERIO_")}
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 class TestDemo:
     def test_the_demo_delivers_all_but_the_one_invalid_event(self) -> None:
-        result = subprocess.run(
-            [sys.executable, "-m", "customerio_logging", "demo", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=_clean_env(),
-            check=False,
-        )
+        result = _run("-m", "customerio_logging", "demo", "--json")
         assert result.returncode == 0, result.stderr
         summary = json.loads(result.stdout)
         assert summary["logged"] == 300
@@ -36,26 +38,13 @@ class TestDemo:
         assert summary["example_operation"]["type"] == "person"
 
     def test_the_plain_demo_prints_a_readable_summary(self) -> None:
-        result = subprocess.run(
-            [sys.executable, "-m", "customerio_logging", "demo", "--events", "40"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=_clean_env(),
-            check=False,
-        )
+        result = _run("-m", "customerio_logging", "demo", "--events", "40")
         assert result.returncode == 0, result.stderr
         assert "Delivered 39 operations" in result.stdout
         assert "schema_mismatch" in result.stdout
 
     def test_no_command_prints_help_and_exits_2(self) -> None:
-        result = subprocess.run(
-            [sys.executable, "-m", "customerio_logging"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = _run("-m", "customerio_logging")
         assert result.returncode == 2
         assert "demo" in result.stderr
 
@@ -69,14 +58,7 @@ class TestDemo:
     ],
 )
 def test_examples_run_against_the_emulator(example: str, expected: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / example)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_clean_env(),
-        check=False,
-    )
+    result = _run(str(ROOT / "examples" / example))
     assert result.returncode == 0, result.stderr
     assert expected in result.stdout
 
@@ -84,13 +66,6 @@ def test_examples_run_against_the_emulator(example: str, expected: str) -> None:
 def test_the_benchmark_runs_and_its_sanity_checks_hold() -> None:
     # Timing targets are not asserted here (shared, noisy machines); only that the
     # benchmark runs and every event it logs is delivered (exit 2 otherwise).
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_pipeline.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_clean_env(),
-        check=False,
-    )
+    result = _run(str(ROOT / "benchmarks" / "bench_pipeline.py"), "--quick")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "(d)/(e) events/s" in result.stdout
