@@ -12,7 +12,17 @@ import logging
 import logging.config
 import os
 
-from customerio_logging.testing import TrackAPIEmulator
+
+def _report() -> None:
+    if emulator is not None:
+        print("emulator received:", emulator.operations)
+
+
+# Registered before customerio_logging is imported, so it runs after the library's exit
+# hook (atexit runs hooks last-in, first-out) and sees what was delivered.
+atexit.register(_report)
+
+from customerio_logging.testing import TrackAPIEmulator  # noqa: E402 - after the hook above
 
 LOGGING = {
     "version": 1,
@@ -24,6 +34,7 @@ LOGGING = {
     "root": {"level": "INFO", "handlers": ["console", "customerio"]},
 }
 
+emulator = None
 if "CUSTOMERIO_SITE_ID" not in os.environ:
     emulator = TrackAPIEmulator().start()
     os.environ.update(
@@ -31,9 +42,6 @@ if "CUSTOMERIO_SITE_ID" not in os.environ:
         CUSTOMERIO_TRACK_API_KEY=emulator.api_key,
         CUSTOMERIO_TRACK_URL=emulator.url,
     )
-    # Registered before the bridge exists, so it runs after the bridge's exit hook
-    # (atexit runs hooks last-in, first-out) and sees what was delivered.
-    atexit.register(lambda: print("emulator received:", emulator.operations))
 
 logging.config.dictConfig(LOGGING)
 logging.getLogger("shop").info(

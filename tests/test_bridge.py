@@ -348,3 +348,121 @@ class TestUnknownEvents:
 
 def test_forget_bridge_helper_is_reset_between_tests() -> None:
     assert _bridge.current_bridge() is None
+
+
+class TestReviewFindings:
+    """Regressions found in review: each once lost, double-counted or stalled events."""
+
+    def test_after_a_timed_out_shutdown_every_event_is_still_accounted(
+        self, settings: dict[str, Any]
+    ) -> None:
+        transport = GatedTransport(Response(200))
+        bridge = cio.configure(**{**settings, "batch_size": 5}, transport=transport)
+        for i in range(50):
+            bridge.submit(_capture(i))
+        bridge.shutdown(0.2)
+        stats = bridge.stats()
+        assert stats.enqueued == 50
+        assert _balanced(stats)
+        transport.gate.set()
+
+    def test_flush_after_shutdown_returns_at_once_even_with_a_send_hanging(
+        self, settings: dict[str, Any]
+    ) -> None:
+        import time
+
+        transport = GatedTransport(Response(200))
+        bridge = cio.configure(**{**settings, "batch_size": 1}, transport=transport)
+        bridge.submit(_capture(1))
+        bridge.shutdown(0.1)
+        started = time.monotonic()
+        assert bridge.flush(5.0) is False
+        cio.CustomerIOHandler().flush()
+        assert time.monotonic() - started < 1.0
+        transport.gate.set()
+
+    def test_flush_defaults_to_the_configured_shutdown_timeout(
+        self, settings: dict[str, Any]
+    ) -> None:
+        import time
+
+        transport = GatedTransport(Response(200))
+        cio.configure(**{**settings, "shutdown_timeout": 0.2}, transport=transport)
+        cio.get_bridge().submit(_capture(1))
+        started = time.monotonic()
+        assert cio.flush() is False
+        assert time.monotonic() - started < 2.0
+        transport.gate.set()
+
+    def test_the_handlers_flush_never_waits_for_delivery(self, settings: dict[str, Any]) -> None:
+        import time
+
+        transport = GatedTransport(Response(200))
+        bridge = cio.configure(**{**settings, "flush_interval": 60.0}, transport=transport)
+        bridge.submit(_capture(1))
+        started = time.monotonic()
+        cio.CustomerIOHandler().flush()
+        assert time.monotonic() - started < 0.5
+        # It did ask: the partial batch goes without waiting for the 60 s interval.
+        transport.gate.set()
+        assert bridge.flush(5.0)
+        assert len(transport.bodies) == 1
+
+    def test_invalid_events_keep_no_more_than_a_name_of_their_message(
+        self, settings: dict[str, Any]
+    ) -> None:
+        bridge = cio.configure(**settings)
+        message = "card 4111111111111111 " + "x" * 200_000
+        bridge.submit(Capture(True, message, {"user_id": "u1"}, 1.0))
+        bridge.submit(Capture(True, "e", {"user_id": "u1", "cio_action": "token=SECRET" * 10}, 1.0))
+        assert bridge.flush(5.0)
+        first, second = bridge.dead_letters()
+        assert first.reason == "name_too_long"
+        assert len(first.name or "") <= 100
+        assert len(first.message) <= 300
+        stats = bridge.stats()
+        assert len(stats.last_error or "") < 500
+        assert second.reason == "invalid_action"
+        assert ("token=SECRET" * 2) not in second.message
+
+    def test_concurrent_configure_never_returns_a_bridge_that_never_ran(
+        self, settings: dict[str, Any]
+    ) -> None:
+        returned: list[cio.Bridge] = []
+
+        def configure() -> None:
+            returned.append(cio.configure(**settings))
+
+        threads = [threading.Thread(target=configure) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(bridge.thread is not None for bridge in returned)
+        live = cio.get_bridge()
+        assert live in returned
+        assert live.thread is not None
+        assert live.thread.is_alive()
+
+    def test_urllib3_records_from_the_dispatch_thread_stay_out_of_app_handlers(
+        self, settings: dict[str, Any], emulator: TrackAPIEmulator
+    ) -> None:
+        seen: list[logging.LogRecord] = []
+
+        class Collect(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen.append(record)
+
+        root = logging.getLogger()
+        handler, level = Collect(), root.level
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG)
+        try:
+            bridge = cio.configure(**settings)
+            bridge.submit(_capture(1))
+            assert bridge.flush(5.0)
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+        assert len(emulator.operations) == 1
+        assert [r.name for r in seen if r.threadName == "customerio-dispatch"] == []

@@ -824,6 +824,7 @@ VALUES: list[tuple[str, object, object]] = [
     ("decimal fraction", Decimal("1.25"), 1.25),
     ("decimal nan", Decimal("NaN"), None),
     ("decimal inf", Decimal("-Infinity"), None),
+    ("decimal beyond a float", Decimal("1" * 400 + ".5"), None),
     ("uuid", uuid.UUID(int=255), "00000000-0000-0000-0000-0000000000ff"),
     ("enum", Color.RED, "red"),
     ("enum tuple value", Color.PAIR, [1, 2]),

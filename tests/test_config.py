@@ -130,9 +130,23 @@ class TestPrecedence:
         assert settings.region == "eu"
         assert settings.track_url == "http://127.0.0.1:9000"
 
-    def test_kwarg_region_with_env_track_url_keeps_the_url(self) -> None:
+    def test_kwarg_region_beats_env_track_url(self) -> None:
+        # Explicit arguments win over the environment: region="eu" picks the EU host
+        # even when the environment names another URL.
         settings = make({"CUSTOMERIO_TRACK_URL": "https://proxy.example.com"}, region="eu")
+        assert settings.track_url == "https://track-eu.customer.io"
+
+    def test_kwarg_track_url_beats_kwarg_region_default_host(self) -> None:
+        settings = make(region="eu", track_url="https://proxy.example.com")
         assert settings.track_url == "https://proxy.example.com"
+
+    def test_a_region_host_as_track_url_sets_the_region(self) -> None:
+        settings = make({"CUSTOMERIO_TRACK_URL": "https://track-eu.customer.io/"})
+        assert (settings.region, settings.track_url) == ("eu", "https://track-eu.customer.io")
+
+    def test_a_region_contradicting_its_host_is_refused(self) -> None:
+        with pytest.raises(ConfigurationError, match="'us' region's host but region is 'eu'"):
+            make(region="eu", track_url="https://track.customer.io")
 
     def test_events_become_a_tuple(self) -> None:
         class Signup(Event, name="config_signup"):

@@ -219,3 +219,41 @@ class TestBothInstalled:
 class _NullBridge:
     def submit(self, capture: object) -> bool:
         return True
+
+
+class TestNeverTwice:
+    def test_two_handlers_on_one_logger_chain_send_once(
+        self, settings: dict[str, Any], emulator: TrackAPIEmulator
+    ) -> None:
+        cio.configure(**settings)
+        parent = logging.getLogger("twice")
+        child = logging.getLogger("twice.app")
+        child.setLevel(logging.INFO)
+        parent.addHandler(cio.CustomerIOHandler())
+        child.addHandler(cio.CustomerIOHandler())
+        try:
+            child.info("evt", extra={"cio_event": True, "user_id": "u1"})
+            assert cio.flush(5.0)
+        finally:
+            for log in (parent, child):
+                for handler in list(log.handlers):
+                    log.removeHandler(handler)
+        assert len(emulator.operations) == 1
+        assert cio.stats().enqueued == 1
+
+    def test_processor_then_handler_count_one_lost_event_once(
+        self, logger: logging.Logger, structlog_reset: None
+    ) -> None:
+        # No settings anywhere: the event is lost, and must be counted once, not twice.
+        logger.addHandler(cio.CustomerIOHandler())
+        structlog.configure(
+            processors=[
+                cio.CustomerIOProcessor(),
+                structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            ],
+            logger_factory=lambda *args: logger,
+            wrapper_class=structlog.stdlib.BoundLogger,
+        )
+        structlog.get_logger().info("evt", cio_event=True, user_id="u1")
+        stats = cio.stats()
+        assert (stats.enqueued, stats.dropped) == (1, 1)

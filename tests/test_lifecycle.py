@@ -51,12 +51,18 @@ class TestExitWithoutFlush:
             server.bind(("127.0.0.1", 0))
             server.listen(64)
             port = server.getsockname()[1]
+            # Three handlers: logging.shutdown() flushes each after the exit hook ran out
+            # of time; none may start the deadline again.
             code = (
                 "import logging, customerio_logging as cio\n"
                 f"cio.configure(site_id='s', api_key='k', track_url='http://127.0.0.1:{port}',"
                 " shutdown_timeout=1.0, request_timeout=30.0)\n"
-                "log = logging.getLogger('a'); log.addHandler(cio.CustomerIOHandler())\n"
+                "log = logging.getLogger('a')\n"
+                "for _ in range(3): log.addHandler(cio.CustomerIOHandler())\n"
                 "log.warning('e', extra={'cio_event': True, 'user_id': 'u'})\n"
+                "import time; started = time.monotonic()\n"
+                "import atexit\n"
+                "atexit.register(lambda: print(f'exit:{time.monotonic() - started:.2f}'))\n"
             )
             started = time.monotonic()
             result = subprocess.run(
@@ -64,7 +70,10 @@ class TestExitWithoutFlush:
             )
             elapsed = time.monotonic() - started
         assert result.returncode == 0, result.stderr
-        assert elapsed < 10, f"exit took {elapsed:.1f}s with shutdown_timeout=1.0"
+        assert elapsed < 10, f"the process took {elapsed:.1f}s"
+        # From the script's end to the last atexit hook: the one 1 s deadline, once.
+        (exit_seconds,) = re.findall(r"exit:([0-9.]+)", result.stdout)
+        assert float(exit_seconds) < 2.5, result.stdout
 
 
 class TestDictConfig:
@@ -80,12 +89,23 @@ class TestDictConfig:
         }
         assert ops[0]["attributes"] == {"total": 0}
 
-    def test_reconfiguring_logging_does_not_deadlock_or_lose_events(
+    def test_reconfiguring_logging_does_not_stall_or_lose_events(
         self, emulator: TrackAPIEmulator
     ) -> None:
         result = run_program("dictconfig_app", emulator, "300", "reconfigure", timeout=30)
         assert result.returncode == 0, result.stderr
         assert len(emulator.operations) == 300
+        (seconds,) = re.findall(r"reconfigure took ([0-9.]+)s", result.stderr)
+        # dictConfig flushes the old handlers under logging's lock: that must not wait
+        # for delivery (shutdown_timeout is 5 s).
+        assert float(seconds) < 1.0
+
+    def test_events_logged_by_the_apps_own_exit_hooks_are_delivered(
+        self, emulator: TrackAPIEmulator
+    ) -> None:
+        result = run_program("exit_hook_app", emulator)
+        assert result.returncode == 0, result.stderr
+        assert sorted(op["name"] for op in emulator.operations) == ["app_started", "app_stopped"]
 
     def test_missing_settings_are_reported_clearly_not_crashing_the_app(
         self, emulator: TrackAPIEmulator

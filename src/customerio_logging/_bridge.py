@@ -10,11 +10,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ._capture import Capture, build_operation
+from ._capture import ACTION, Capture, build_operation
 from ._config import Settings
 from ._delivery import Delivery, DeliveryReport, Failure, SessionTransport
-from ._dispatch import Dispatcher
+from ._dispatch import THREAD_NAME, Dispatcher
 from ._lifecycle import install_exit_hook
+from ._limits import MAX_NAME_BYTES
 from ._schema import Operation, Taxonomy
 from .exceptions import ConfigurationError, InvalidEventError
 
@@ -30,6 +31,12 @@ __all__ = [
 ]
 
 _DEAD_LETTERS_KEPT = 1000
+_MESSAGE_CHARS = 300  # an explanation never needs more; a longer one quotes data
+
+
+def _short(text: str, limit: int = MAX_NAME_BYTES) -> str:
+    """``text`` cut to ``limit`` characters: what goes into counters and dead letters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +107,7 @@ class _Counters:
         self.retried = 0
         self.failed = 0
         self.dropped = 0
-        self.refused = 0
+        self.untaken = 0  # events dropped before the dispatch thread took them
         self.invalid = 0
         self.batches = 0
         self.last_error: str | None = None
@@ -163,10 +170,10 @@ class Bridge:
         return self._dispatcher.thread
 
     def start(self) -> Bridge:
-        """Start the dispatch thread and arrange the flush at exit (idempotent)."""
+        """Start the dispatch thread (idempotent)."""
         if not self._shut_down:
+            _quiet_http_logs_on_dispatch_thread()
             self._dispatcher.start()
-            install_exit_hook(_flush_at_exit)
         return self
 
     # -- the app's side ---------------------------------------------------------------
@@ -178,6 +185,8 @@ class Bridge:
             False when the event was dropped (queue full or bridge shut down); the drop
             is counted.
         """
+        if self._warn_unknown:
+            self._warn_if_unknown(capture)
         if self._dispatcher.submit(capture):
             return True
         reason = (
@@ -188,11 +197,27 @@ class Bridge:
         self.count_dropped(f"event dropped: {reason}")
         return False
 
+    def _warn_if_unknown(self, capture: Capture) -> None:
+        # Here on the app's thread rather than on the dispatch thread: that thread never
+        # logs, so it never waits for logging's locks (see CustomerIOHandler.flush).
+        name = capture.tag if isinstance(capture.tag, str) else capture.message
+        if (
+            isinstance(name, str)
+            and capture.fields.get(ACTION, "event") == "event"
+            and name.strip() not in self._warned_unknown
+            and not self._taxonomy.is_known(name.strip())
+        ):
+            self._warned_unknown.add(name.strip())
+            _warn(
+                f"event {_short(name.strip())!r} is not declared in configure(events=...); "
+                f"sent anyway"
+            )
+
     def count_dropped(self, message: str) -> None:
         """Count one event that never reached the queue, with why."""
         with self._counters.lock:
             self._counters.dropped += 1
-            self._counters.refused += 1
+            self._counters.untaken += 1
             self._counters.last_error = message
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -205,10 +230,18 @@ class Bridge:
             True when every event queued before the call was settled within ``timeout``
             and no delivery failed meanwhile; ``stats()`` tells the details.
         """
+        if self._shut_down:
+            # The exit hook, then logging.shutdown() calling every handler's flush: one
+            # deadline for the whole exit, spent once.
+            return self._dispatcher.depth == 0
         wait = self.settings.shutdown_timeout if timeout is None else timeout
         failed_before = self._counters.failed
         done = self._dispatcher.flush(wait)
         return done and self._counters.failed == failed_before
+
+    def request_flush(self) -> None:
+        """Ask the dispatch thread to send what is queued now, without waiting for it."""
+        self._dispatcher.request_flush()
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Flush, stop the thread and close the client, within ``timeout``; idempotent."""
@@ -221,6 +254,7 @@ class Bridge:
         if left:
             with self._counters.lock:
                 self._counters.dropped += len(left)
+                self._counters.untaken += len(left)
                 self._counters.last_error = (
                     f"{len(left)} events were still queued when shutdown's {wait:g}s ran out"
                 )
@@ -237,7 +271,7 @@ class Bridge:
         with c.lock:
             queued, depth = dispatcher.queued, dispatcher.depth
             return Stats(
-                enqueued=c.refused + dispatcher.taken + queued,
+                enqueued=c.untaken + dispatcher.taken + queued,
                 sent=c.sent,
                 retried=c.retried,
                 failed=c.failed,
@@ -264,30 +298,23 @@ class Bridge:
         except Exception as exc:  # noqa: BLE001 - a user validator or a bug: count, don't die
             self._reject(capture, "internal_error", None, f"{type(exc).__name__} while building")
             return None
-        if (
-            self._warn_unknown
-            and op.action == "event"
-            and op.name is not None
-            and op.name not in self._warned_unknown
-            and not self._taxonomy.is_known(op.name)
-        ):
-            self._warned_unknown.add(op.name)
-            _warn(f"event {op.name!r} is not declared in configure(events=...); sent anyway")
         return op
 
     def _reject(self, capture: Capture, reason: str, field: str | None, message: str) -> None:
         name = capture.tag if isinstance(capture.tag, str) else capture.message
+        # A "name" may be a whole log message: keep at most an event name's worth of it.
+        short_name = _short(name.strip()) if isinstance(name, str) else None
         letter = DeadLetter(
             id=None,
-            name=name if isinstance(name, str) else None,
+            name=short_name,
             reason=reason,
             field=field,
-            message=message,
+            message=_short(message, _MESSAGE_CHARS),
             at=time.time(),
         )
         with self._counters.lock:
             self._counters.invalid += 1
-            self._counters.last_error = f"invalid event {letter.name!r}: {message}"
+            self._counters.last_error = f"invalid event {short_name!r}: {letter.message}"
             self._dead_letters.append(letter)
 
     def _send(self, ops: list[Operation]) -> None:
@@ -320,6 +347,35 @@ class Bridge:
 _log = logging.getLogger("customerio_logging")
 
 
+class _NotOnDispatchThread(logging.Filter):
+    """Drops records made on the dispatch thread."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName != THREAD_NAME
+
+
+_HTTP_LOGGERS = (
+    "urllib3.connectionpool",
+    "urllib3.connection",
+    "urllib3.response",
+    "urllib3.util.retry",
+    "urllib3.poolmanager",
+)
+_quiet_filter = _NotOnDispatchThread()
+
+
+def _quiet_http_logs_on_dispatch_thread() -> None:
+    """Keep urllib3's records about our own requests out of the app's handlers.
+
+    Without this, each batch's debug lines reach the app's handlers from the dispatch
+    thread, and a handler that waits for a flush would wait for itself.
+    """
+    for name in _HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if _quiet_filter not in logger.filters:
+            logger.addFilter(_quiet_filter)
+
+
 def _warn(message: str) -> None:
     if _log.disabled:
         # dictConfig's default disable_existing_loggers=True silences loggers created
@@ -331,6 +387,7 @@ def _warn(message: str) -> None:
 
 _bridge: Bridge | None = None
 _bridge_lock = threading.Lock()
+_configure_lock = threading.Lock()
 
 
 def configure(**settings: Any) -> Bridge:
@@ -344,11 +401,14 @@ def configure(**settings: Any) -> Bridge:
     """
     global _bridge
     new = Bridge(Settings.from_env(**settings))
-    with _bridge_lock:
-        old, _bridge = _bridge, new
-    if old is not None:
-        old.shutdown()
-    return new.start()
+    # One configure at a time, so that none returns a bridge another has already
+    # replaced and shut down.
+    with _configure_lock:
+        with _bridge_lock:
+            old, _bridge = _bridge, new
+        if old is not None:
+            old.shutdown()
+        return new.start()
 
 
 def get_bridge() -> Bridge:
@@ -377,14 +437,20 @@ def current_bridge() -> Bridge | None:
     return _bridge
 
 
-def flush(timeout: float = 5.0) -> bool:
-    """Deliver everything queued so far; see :meth:`Bridge.flush`. True if nothing is set up."""
+def flush(timeout: float | None = None) -> bool:
+    """Deliver everything queued so far; see :meth:`Bridge.flush`. True if nothing is set up.
+
+    Args:
+        timeout: Seconds to wait at most; the bridge's ``shutdown_timeout`` (5 by
+            default) when None.
+    """
     bridge = _bridge
     return True if bridge is None else bridge.flush(timeout)
 
 
-def shutdown(timeout: float = 5.0) -> None:
-    """Flush and stop the bridge, within ``timeout`` seconds; idempotent."""
+def shutdown(timeout: float | None = None) -> None:
+    """Flush and stop the bridge, within ``timeout`` seconds (``shutdown_timeout`` when
+    None); idempotent."""
     bridge = _bridge
     if bridge is not None:
         bridge.shutdown(timeout)
@@ -432,6 +498,12 @@ def _flush_at_exit() -> None:
     bridge = _bridge
     if bridge is not None:
         bridge.shutdown(bridge.settings.shutdown_timeout)
+
+
+# Registered at import, not when the first bridge starts: atexit runs hooks last-in,
+# first-out, so this one runs after the hooks an app registers later (their events are
+# still delivered) and before logging.shutdown(), registered when logging was imported.
+install_exit_hook(_flush_at_exit)
 
 
 def _forget_bridge() -> Bridge | None:

@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel
 
 from ._limits import (
+    DEVICE_PLATFORMS,
+    IDENTIFIER_KEYS,
     MAX_ATTRIBUTE_NAME_BYTES,
     MAX_ATTRIBUTE_VALUE_BYTES,
     MAX_IDENTIFIER_BYTES,
@@ -177,8 +179,10 @@ def _build_operation(capture: Capture, taxonomy: Taxonomy) -> Operation:
     fields = dict(capture.fields)
     action = fields.pop(ACTION, "event")
     if action not in PERSON_ACTIONS:
+        # Quote a short prefix only: enough to spot a typo, never a payload.
+        shown = repr(action[:20]) if isinstance(action, str) else type(action).__name__
         raise InvalidEventError(
-            f"cio_action {action!r} is not one of {', '.join(sorted(PERSON_ACTIONS))}",
+            f"cio_action {shown} is not one of {', '.join(sorted(PERSON_ACTIONS))}",
             reason="invalid_action",
             field="action",
         )
@@ -383,7 +387,7 @@ def _merge_side(value: object, side: str) -> dict[str, str]:
             field=side,
         )
     ((key, raw),) = value.items()
-    if key not in ("id", "email", "cio_id"):
+    if key not in IDENTIFIER_KEYS:
         raise InvalidEventError(
             f"merge {side} must be identified by id, email or cio_id, not {key!r}",
             reason="invalid_identifier",
@@ -406,7 +410,7 @@ def _device(fields: dict[str, Any], timestamp: int, *, full: bool) -> dict[str, 
     if not full:
         return device
     platform = fields.pop("platform", None)
-    if platform not in ("ios", "android"):
+    if platform not in DEVICE_PLATFORMS:
         raise InvalidEventError(
             "add_device needs platform='ios' or platform='android'",
             reason="invalid_device",
@@ -473,7 +477,10 @@ def _coerce(value: Any, path: str, depth: int) -> Any:
     if isinstance(value, Decimal):
         if not value.is_finite():
             return None
-        return int(value) if value == value.to_integral_value() else float(value)
+        if value == value.to_integral_value():
+            return int(value)
+        as_float = float(value)  # beyond a float's range this is inf: null, like inf itself
+        return as_float if math.isfinite(as_float) else None
     if isinstance(value, uuid.UUID | PurePath):
         return str(value)
     if isinstance(value, bytes):

@@ -97,6 +97,15 @@ class Settings:
         object.__setattr__(
             self, "track_url", _check_track_url(self.track_url or REGION_URLS[region])
         )
+        for other, url in REGION_URLS.items():
+            if other != region and self.track_url == url:
+                raise ConfigurationError(
+                    f"track_url is the {other!r} region's host but region is {region!r}: "
+                    f"set one of them, not both (region, {ENV_VARS['region']}, track_url, "
+                    f"{ENV_VARS['track_url']})",
+                    setting="track_url",
+                    env_var=ENV_VARS["track_url"],
+                )
         _require_int("batch_size", self.batch_size, low=1, high=1000)
         _require_int("max_queue_size", self.max_queue_size, low=1)
         _require_int("max_retries", self.max_retries, low=0)
@@ -138,9 +147,17 @@ class Settings:
                 setting=unknown[0],
             )
         values = {name: value for name, value in overrides.items() if value is not None}
+        region_passed = "region" in values
         for name, var in ENV_VARS.items():
+            if name == "track_url" and region_passed:
+                continue  # a region passed explicitly picks its own host over the env's URL
             if name not in values and env.get(var, "").strip():
                 values[name] = env[var].strip()
+        if "region" not in values and isinstance(values.get("track_url"), str):
+            # A track_url that is a region's own host says which region it is.
+            for region, url in REGION_URLS.items():
+                if values["track_url"].strip().rstrip("/") == url:
+                    values["region"] = region
         for name in ("site_id", "api_key"):
             if name not in values:
                 raise ConfigurationError(
@@ -199,8 +216,8 @@ def _check_track_url(url: object) -> str:
             setting="track_url",
             env_var=ENV_VARS["track_url"],
         )
-    parts = urlsplit(url.strip())
     # The URL is never echoed in these errors: a malformed one may still carry the API key.
+    parts = urlsplit(url.strip())
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ConfigurationError(
             f"track_url must look like https://host[:port]; {hint}",
@@ -208,7 +225,6 @@ def _check_track_url(url: object) -> str:
             env_var=ENV_VARS["track_url"],
         )
     if parts.username or parts.password or parts.query or parts.fragment:
-        # Never echo the URL here: it may carry credentials.
         raise ConfigurationError(
             f"track_url must not contain credentials, a query or a fragment; {hint}",
             setting="track_url",

@@ -38,9 +38,11 @@ _STOP = _Stop()
 class Dispatcher(Generic[T]):
     """Owns the queue and the one thread that turns queued items into sent batches.
 
-    ``submit`` runs on the app's threads and is O(1): a length check and a deque append
-    (both atomic under the GIL), and a wake-up only once a full batch is waiting. All
-    other work happens on the thread.
+    ``submit`` runs on the app's threads and is O(1): a length check and a deque append,
+    and a wake-up only once a full batch is waiting. The check and the append are each
+    atomic under the GIL but not together, so the queue may pass ``max_queue_size`` by
+    at most the number of threads submitting at that instant. All other work happens on
+    the thread.
 
     Args:
         process: Turns a queued item into an operation, or None when it was rejected
@@ -125,9 +127,12 @@ class Dispatcher(Generic[T]):
         return True
 
     def flush(self, timeout: float) -> bool:
-        """Send everything queued before this call; True if that finished within ``timeout``."""
+        """Send everything queued before this call; True if that finished within ``timeout``.
+
+        Returns at once after ``stop``: the deadline for the exit was spent there.
+        """
         thread = self._thread
-        if thread is None or not thread.is_alive():
+        if self._closed or thread is None or not thread.is_alive():
             return self.depth == 0
         if thread is threading.current_thread():
             return False  # the thread cannot wait for itself
@@ -136,13 +141,19 @@ class Dispatcher(Generic[T]):
         self._wake.set()
         return marker.done.wait(max(0.0, timeout))
 
+    def request_flush(self) -> None:
+        """Have the thread send its partial batch now; returns without waiting."""
+        if not self._closed:
+            self._put_marker(_Flush())
+            self._wake.set()
+
     def stop(self, timeout: float) -> list[T]:
         """Flush, then stop the thread, all within ``timeout`` seconds.
 
         Returns:
             The items still queued when the deadline passed (not sent).
         """
-        deadline = time.monotonic() + max(0.0, timeout)
+        deadline = self._clock() + max(0.0, timeout)
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             self.flush(timeout)
@@ -151,7 +162,7 @@ class Dispatcher(Generic[T]):
             self._put_marker(_STOP)
             self._wake.set()
             if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
+                thread.join(max(0.0, deadline - self._clock()))
         left: list[T] = []
         while True:
             try:

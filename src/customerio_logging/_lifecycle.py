@@ -16,10 +16,12 @@ def install_exit_hook(on_exit: Callable[[], None]) -> None:
     """Run ``on_exit`` at interpreter exit, once, however often this is called.
 
     ``on_exit`` must find the current bridge itself and flush it within that bridge's
-    ``shutdown_timeout``: one deadline for the whole exit. Registered after ``logging``
-    is imported, so it runs before ``logging.shutdown`` closes the handlers (atexit runs
-    hooks last-in, first-out). The dispatch thread is a daemon thread so that the
-    interpreter never waits on it before the atexit hooks run.
+    ``shutdown_timeout``: one deadline for the whole exit. The bridge module calls this
+    when it is imported: after ``logging`` is (so the hook runs before
+    ``logging.shutdown`` closes the handlers: atexit runs hooks last-in, first-out) and
+    before the app registers its own hooks (so events they log are still delivered).
+    The dispatch thread is a daemon thread so that the interpreter never waits on it
+    before the atexit hooks run.
     """
     global _installed
     with _lock:

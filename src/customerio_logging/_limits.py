@@ -23,6 +23,9 @@ MAX_IDENTIFY_ATTRIBUTES: Final = 300
 IDENTIFIER_KEYS: Final = ("id", "email", "cio_id")
 """The person identifiers an operation may carry, exactly one of them."""
 
+DEVICE_PLATFORMS: Final = ("ios", "android")
+"""The platforms ``add_device`` accepts."""
+
 PERSON_ACTIONS: Final = frozenset(
     {
         "event",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import TYPE_CHECKING
 
-from ._bridge import get_bridge, note_lost
+from ._bridge import current_bridge, get_bridge, note_lost
 from ._capture import TAG, capture_record
 from .exceptions import ConfigurationError
 
@@ -13,6 +14,11 @@ if TYPE_CHECKING:
     from ._bridge import Bridge
 
 __all__ = ["CustomerIOHandler"]
+
+# Records already taken by a CustomerIOHandler. Two handlers on one logger chain (one on
+# the root, one on "app") see the same record; the record itself is not ours to mark.
+# Weak: a record leaves this set when logging is done with it.
+_taken: weakref.WeakSet[logging.LogRecord] = weakref.WeakSet()
 
 
 class CustomerIOHandler(logging.Handler):
@@ -50,10 +56,13 @@ class CustomerIOHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Capture the record and queue it; O(1) and never raises."""
+        if record in _taken:
+            return  # another CustomerIOHandler up the logger chain already took it
         try:
             capture = capture_record(record)
             if capture is None:
                 return
+            _taken.add(record)
             bridge = self._bridge or get_bridge()
             bridge.submit(capture)
         except ConfigurationError as exc:
@@ -63,15 +72,16 @@ class CustomerIOHandler(logging.Handler):
             self.handleError(record)
 
     def flush(self) -> None:
-        """Deliver what is queued, waiting at most the bridge's ``shutdown_timeout``.
+        """Ask the dispatch thread to send what is queued now; never waits.
 
-        Bounded because ``logging`` may call it while holding its module lock.
+        ``logging`` calls this while holding its module lock (``dictConfig``,
+        ``logging.shutdown``), and the dispatch thread may need that lock to log:
+        waiting here could stall the app's logging. To wait for delivery, call
+        ``customerio_logging.flush()``; at exit the exit hook does.
         """
-        from ._bridge import current_bridge
-
         bridge = self._bridge or current_bridge()
         if bridge is not None:
-            bridge.flush()
+            bridge.request_flush()
 
     def __repr__(self) -> str:
         return f"<CustomerIOHandler ({logging.getLevelName(self.level)})>"

@@ -51,10 +51,12 @@ class CustomerIOProcessor:
             capture = capture_event_dict(event_dict)
             if capture is not None:
                 (self._bridge or get_bridge()).submit(capture)
-                name = tag if isinstance(tag, str) else event_dict.get("event")
-                event_dict[TAG] = Captured(name if isinstance(name, str) else "")
         except Exception as exc:  # noqa: BLE001 - a log call must never fail because of us
             note_lost(exc)
+        # Taken, whatever became of it (queued, or counted lost): a CustomerIOHandler
+        # further down must neither send nor count it again.
+        name = tag if isinstance(tag, str) else event_dict.get("event")
+        event_dict[TAG] = Captured(name if isinstance(name, str) else "")
         return event_dict
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Final, Self, cast
 from urllib.parse import unquote, urlsplit
 
 from customerio_logging._limits import (
+    DEVICE_PLATFORMS,
     IDENTIFIER_KEYS,
     MAX_ATTRIBUTE_NAME_BYTES,
     MAX_ATTRIBUTE_VALUE_BYTES,
@@ -33,7 +34,6 @@ from customerio_logging._limits import (
 __all__ = ["RecordedRequest", "TrackAPIEmulator"]
 
 _THREAD_NAME: Final = "customerio-emulator"
-_DEVICE_PLATFORMS: Final = ("ios", "android")
 # Crockford base32, 26 characters; a leading digit above 7 would overflow 128 bits.
 _ULID_RE: Final = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}", re.IGNORECASE)
 _V1_CUSTOMER_RE: Final = re.compile(r"/api/v1/customers/(?P<id>[^/]+)(?P<events>/events)?")
@@ -573,11 +573,11 @@ def _check_device(op: dict[str, Any], *, need_platform: bool) -> _Problem | None
     token = device.get("token")
     if not isinstance(token, str) or not token:
         return _Problem("invalid_device", "device.token", "device.token must be a non-empty string")
-    if need_platform and device.get("platform") not in _DEVICE_PLATFORMS:
+    if need_platform and device.get("platform") not in DEVICE_PLATFORMS:
         return _Problem(
             "invalid_device",
             "device.platform",
-            f"device.platform must be one of {list(_DEVICE_PLATFORMS)}",
+            f"device.platform must be one of {list(DEVICE_PLATFORMS)}",
         )
     return None
 
