@@ -6,6 +6,7 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -39,7 +40,7 @@ class _Counting(http.server.BaseHTTPRequestHandler):
 def counting_server() -> Iterator[tuple[str, type[_Counting]]]:
     handler = type("Handler", (_Counting,), {"hits": 0, "bodies": [], "auth": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", handler
@@ -142,3 +143,52 @@ class TestDelivery:
         ((_, failure),) = report.failed
         assert failure.reason == "bad"
         assert len(failure.message) <= 200
+
+
+class TestEnvironmentSettings:
+    """The session reads proxies and the CA bundle from the environment once, as requests
+    would on every request."""
+
+    def test_a_proxy_from_the_environment_is_used(
+        self, counting_server: tuple[str, type[_Counting]], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from customerio import CustomerIO
+
+        proxy, handler = counting_server
+        handler.status = 200
+        for var in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        # Nothing listens on port 9: only the proxy can answer.
+        transport = SessionTransport(
+            CustomerIO("site", "key", retries=0), "http://127.0.0.1:9", timeout=5.0
+        )
+        assert transport.send(b'{"batch":[]}').status == 200
+        assert handler.hits == 1
+        transport.close()
+
+    def test_no_proxy_is_honoured(
+        self, counting_server: tuple[str, type[_Counting]], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from customerio import CustomerIO
+
+        url, handler = counting_server
+        handler.status = 200
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        transport = SessionTransport(CustomerIO("site", "key", retries=0), url, timeout=5.0)
+        assert transport.send(b'{"batch":[]}').status == 200
+        transport.close()
+
+    def test_a_ca_bundle_from_the_environment_is_used(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        from customerio import CustomerIO
+
+        bundle = tmp_path / "ca.pem"
+        bundle.write_text("not used: nothing is sent")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+        transport = SessionTransport(
+            CustomerIO("site", "key", retries=0), "https://track.customer.io", timeout=5.0
+        )
+        assert transport._http().verify == str(bundle)
