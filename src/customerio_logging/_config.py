@@ -57,6 +57,16 @@ class Settings:
         shutdown_timeout: Seconds the exit hook and ``shutdown()`` may spend delivering.
         request_timeout: Seconds one HTTP request may take (connect and read).
         max_retries: Attempts after the first for a batch that failed transiently.
+        retry_base_delay: Seconds before the first retry; each retry doubles it (with
+            jitter) up to ``retry_max_delay``.
+        retry_max_delay: Longest wait between two attempts.
+        retry_budget: Most seconds one batch may spend being retried, waits included.
+        max_retry_after: Longest ``Retry-After`` honoured, in seconds; a longer one is
+            cut to this.
+        max_requests_per_second: The rate limit on requests to the Track API, shared by
+            everything the bridge sends.
+        install_signal_handlers: Flush on SIGTERM (then chain to the previous handler)
+            when ``configure()`` runs on the main thread.
         spool_path: Where undeliverable events wait on disk; ``False`` disables the spool,
             ``None`` picks the default location.
         events: The app's event taxonomy: ``Event`` subclasses.
@@ -76,6 +86,12 @@ class Settings:
     shutdown_timeout: float = 5.0
     request_timeout: float = 10.0
     max_retries: int = 5
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 30.0
+    retry_budget: float = 60.0
+    max_retry_after: float = 60.0
+    max_requests_per_second: float = 100.0
+    install_signal_handlers: bool = True
     spool_path: str | os.PathLike[str] | Literal[False] | None = None
     events: tuple[type[Event], ...] = ()
     unknown_events: UnknownEvents = "allow"
@@ -117,6 +133,23 @@ class Settings:
         _require_seconds("flush_interval", self.flush_interval)
         _require_seconds("shutdown_timeout", self.shutdown_timeout, allow_zero=True)
         _require_seconds("request_timeout", self.request_timeout)
+        _require_seconds("retry_base_delay", self.retry_base_delay)
+        _require_seconds("retry_max_delay", self.retry_max_delay)
+        _require_seconds("retry_budget", self.retry_budget, allow_zero=True)
+        _require_seconds("max_retry_after", self.max_retry_after, allow_zero=True)
+        _require_seconds(
+            "max_requests_per_second", self.max_requests_per_second, unit="requests per second"
+        )
+        if self.retry_max_delay < self.retry_base_delay:
+            raise ConfigurationError(
+                f"retry_max_delay must be >= retry_base_delay "
+                f"({self.retry_max_delay:g} < {self.retry_base_delay:g})",
+                setting="retry_max_delay",
+            )
+        if not isinstance(self.install_signal_handlers, bool):
+            raise ConfigurationError(
+                "install_signal_handlers must be True or False", setting="install_signal_handlers"
+            )
         if self.unknown_events not in _UNKNOWN_EVENTS:
             raise ConfigurationError(
                 f"unknown_events must be one of {', '.join(_UNKNOWN_EVENTS)}; "
@@ -198,14 +231,16 @@ def _require_int(name: str, value: object, *, low: int, high: int | None = None)
         raise ConfigurationError(f"{name} must be {bound}, got {value}", setting=name)
 
 
-def _require_seconds(name: str, value: object, *, allow_zero: bool = False) -> None:
+def _require_seconds(
+    name: str, value: object, *, allow_zero: bool = False, unit: str = "seconds"
+) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise ConfigurationError(
-            f"{name} must be a finite number of seconds, got {value!r}", setting=name
+            f"{name} must be a finite number of {unit}, got {value!r}", setting=name
         )
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{name} must be {bound} seconds, got {value}", setting=name)
+        raise ConfigurationError(f"{name} must be {bound} {unit}, got {value}", setting=name)
 
 
 def _check_track_url(url: object) -> str:
