@@ -203,7 +203,8 @@ class TestDelivery:
     def test_a_failed_batch_is_counted_with_its_reason(
         self, settings: dict[str, Any], answer: Response | Exception, reason: str, words: str
     ) -> None:
-        bridge = cio.configure(**settings, transport=FakeTransport(answer))
+        # max_retries=0: the answer is final at once (retries are tested in TestRetries).
+        bridge = cio.configure(**settings, transport=FakeTransport(answer), max_retries=0)
         for i in range(4):
             bridge.submit(_capture(i))
         assert bridge.flush(5.0) is False
@@ -213,20 +214,35 @@ class TestDelivery:
         assert {d.reason for d in bridge.dead_letters()} == {reason}
         assert _balanced(stats)
 
-    def test_refused_credentials_say_so_without_the_key(self, emulator: TrackAPIEmulator) -> None:
+    def test_refused_credentials_hold_the_events_and_say_so_without_the_key(
+        self, emulator: TrackAPIEmulator, caplog: pytest.LogCaptureFixture
+    ) -> None:
         bridge = cio.configure(
             site_id=emulator.site_id, api_key=SECRET, track_url=emulator.url, flush_interval=0.05
         )
-        bridge.submit(_capture(1))
-        assert bridge.flush(5.0) is False
+        for i in range(3):
+            bridge.submit(_capture(i))
+        # The batch is held, not failed: the flush cannot finish.
+        assert bridge.flush(0.5) is False
         stats = bridge.stats()
-        assert stats.failed == 1
+        assert (stats.failed, stats.queue_depth) == (0, 3)
         assert "refused the credentials" in (stats.last_error or "")
         assert "CUSTOMERIO_TRACK_API_KEY" in (stats.last_error or "")
+        # One clear warning, on the app's side, at the next log call.
+        with caplog.at_level(logging.WARNING, logger="customerio_logging"):
+            bridge.submit(_capture(3))
+            bridge.submit(_capture(4))
+        assert len([r for r in caplog.records if "refused the credentials" in r.message]) == 1
+        # No tight loop: one request, however long we wait.
+        assert len(emulator.requests) == 1
+        bridge.shutdown(0.2)
+        stats = bridge.stats()
+        assert stats.failed + stats.dropped == 5
+        assert _balanced(stats)
         everything = (
             repr(stats) + repr(bridge) + repr(bridge.dead_letters()) + repr(bridge.settings)
         )
-        assert SECRET not in everything
+        assert SECRET not in everything + caplog.text
 
     def test_an_unreachable_api_is_a_counted_network_error(self) -> None:
         with socket.socket() as sock:
@@ -239,6 +255,7 @@ class TestDelivery:
             track_url=f"http://127.0.0.1:{port}",
             flush_interval=0.05,
             request_timeout=2.0,
+            max_retries=0,
         )
         bridge.submit(_capture(1))
         assert bridge.flush(5.0) is False

@@ -236,6 +236,7 @@ class TestBatch:
         assert response.json()["errors"][0]["reason"] == "request_too_large"
         assert emulator.operations == []
         assert emulator.requests[0].body_bytes == len(body)
+        assert emulator.requests[0].op_count == len(ops)
         # The body was drained, so the same keep-alive connection serves the next request.
         assert post_batch(session, emulator, [event()]).status_code == 200
 

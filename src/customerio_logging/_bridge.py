@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -14,9 +16,17 @@ from ._capture import ACTION, Capture, build_operation
 from ._config import Settings
 from ._delivery import Delivery, DeliveryReport, Failure, SessionTransport
 from ._dispatch import THREAD_NAME, Dispatcher
-from ._lifecycle import install_exit_hook
+from ._lifecycle import (
+    cover_multiprocessing_exit,
+    install_exit_hook,
+    install_fork_hook,
+    install_sigterm_handler,
+)
 from ._limits import MAX_NAME_BYTES
+from ._pacing import Pacer
+from ._retry import RetryPolicy
 from ._schema import Operation, Taxonomy
+from ._schema import _reseed as _reseed_ids
 from .exceptions import ConfigurationError, InvalidEventError
 
 __all__ = [
@@ -102,7 +112,9 @@ class _Counters:
     """Counters written by the dispatch thread (and, for drops, by the app's threads)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # Reentrant: the SIGTERM handler runs on the main thread between two bytecodes,
+        # maybe while that thread is in count_dropped() or stats() holding this lock.
+        self.lock = threading.RLock()
         self.sent = 0
         self.retried = 0
         self.failed = 0
@@ -131,7 +143,23 @@ class Bridge:
         transport = settings.transport or SessionTransport(
             self.client, settings.track_url, timeout=settings.request_timeout
         )
-        self._delivery = Delivery(transport)
+        pacer = Pacer(settings.max_requests_per_second)
+        self._delivery = Delivery(
+            transport,
+            pacer=pacer,
+            policy=RetryPolicy(
+                pacer=pacer,
+                max_retries=settings.max_retries,
+                base_delay=settings.retry_base_delay,
+                max_delay=settings.retry_max_delay,
+                budget=settings.retry_budget,
+                max_retry_after=settings.max_retry_after,
+            ),
+            notify=self._delivery_problem,
+        )
+        # Problems met on the dispatch thread, to be logged on an app thread: the
+        # dispatch thread never logs (see CustomerIOHandler.flush).
+        self._pending_warnings: list[str] = []
         self._counters = _Counters()
         self._dead_letters: deque[DeadLetter] = deque(maxlen=_DEAD_LETTERS_KEPT)
         self._warned_unknown: set[str] = set()
@@ -143,7 +171,11 @@ class Bridge:
             flush_interval=settings.flush_interval,
             max_queue_size=settings.max_queue_size,
         )
-        self._shutdown_lock = threading.Lock()
+        self._shutdown_lock = threading.RLock()  # reentrant for the SIGTERM handler
+        # The process whose state this is; 0 once a fork hook reset it for a child
+        # whose thread is still to start (see submit).
+        self._pid = os.getpid()
+        self._restart = False
         self._shut_down = False
 
     def __repr__(self) -> str:
@@ -173,6 +205,7 @@ class Bridge:
         """Start the dispatch thread (idempotent)."""
         if not self._shut_down:
             _quiet_http_logs_on_dispatch_thread()
+            cover_multiprocessing_exit()
             self._dispatcher.start()
         return self
 
@@ -185,6 +218,10 @@ class Bridge:
             False when the event was dropped (queue full or bridge shut down); the drop
             is counted.
         """
+        if self._pid != os.getpid():
+            self._adopt_after_fork()
+        if self._pending_warnings:
+            self._emit_pending_warnings()
         if self._warn_unknown:
             self._warn_if_unknown(capture)
         if self._dispatcher.submit(capture):
@@ -250,6 +287,9 @@ class Bridge:
                 return
             self._shut_down = True
         wait = self.settings.shutdown_timeout if timeout is None else timeout
+        # Every wait in delivery (rate limit, retry backoff, a 429 pause, refused
+        # credentials) now ends by this deadline.
+        self._delivery.pacer.set_deadline(time.monotonic() + wait)
         left = self._dispatcher.stop(wait)
         if left:
             with self._counters.lock:
@@ -287,7 +327,57 @@ class Bridge:
         with self._counters.lock:
             return list(self._dead_letters)
 
+    def _emit_pending_warnings(self) -> None:
+        with self._counters.lock:
+            pending, self._pending_warnings = self._pending_warnings, []
+        for message in pending:
+            _warn(message)
+
+    # -- fork -------------------------------------------------------------------------
+
+    def _reset_after_fork(self) -> None:
+        """Make this bridge the forked child's own, as if just built; start no thread.
+
+        The parent sends what it had queued, once: the child drops its copy of the
+        queue and of the batch in flight. Counters start at zero. Every lock, event and
+        condition is new (a parent thread may have held one at the fork), and so is the
+        HTTP session; the parent's stays the parent's. The child's first submit starts
+        the thread (never the fork hook).
+        """
+        old_transport = self._delivery.transport
+        was_running = self._dispatcher.thread is not None
+        shut_down = self._shut_down
+        # Everything this bridge owns is what __init__ builds: build it again.
+        Bridge.__init__(self, self.settings)
+        if shut_down:
+            self._shut_down = True
+            self._dispatcher.stop(0.0)
+        self._restart = was_running and not shut_down
+        self._pid = 0  # the first submit finishes the move (see _adopt_after_fork)
+        # The default transport drops its session (the client makes a new one); an
+        # injected transport is told the same way. The parent's session is not worth a
+        # crash in the child.
+        with contextlib.suppress(Exception):
+            old_transport.close()
+
+    def _adopt_after_fork(self) -> None:
+        """The first submit in a forked child: reset if no fork hook did, start the thread."""
+        if self._pid != 0:
+            # A fork that bypassed os.fork's hooks; theirs did not run either, so the
+            # ids' random part must be reseeded too, lest the child repeat the parent's.
+            _reseed_ids()
+            self._reset_after_fork()
+        self._pid = os.getpid()
+        if self._restart:
+            self._restart = False
+            self.start()
+
     # -- the dispatch thread's side ---------------------------------------------------
+
+    def _delivery_problem(self, message: str) -> None:
+        with self._counters.lock:
+            self._counters.last_error = message
+            self._pending_warnings.append(message)
 
     def _process(self, capture: Capture) -> Operation | None:
         try:
@@ -334,6 +424,7 @@ class Bridge:
         with self._counters.lock:
             c = self._counters
             c.batches += 1
+            c.retried += report.retried
             c.sent += len(report.sent)
             c.failed += len(report.failed)
             self._dead_letters.extend(letters)
@@ -394,7 +485,9 @@ def configure(**settings: Any) -> Bridge:
     """Build the process's bridge and start its thread.
 
     Explicit keyword arguments win over environment variables, which win over defaults.
-    A bridge configured earlier is shut down (flushed) first.
+    A bridge configured earlier is shut down (flushed) first. Called on the main thread
+    with ``install_signal_handlers`` (the default), it also installs, once per process,
+    a SIGTERM handler that delivers what is queued, then chains to the previous handler.
 
     Raises:
         ConfigurationError: A setting is missing or malformed.
@@ -408,7 +501,10 @@ def configure(**settings: Any) -> Bridge:
             old, _bridge = _bridge, new
         if old is not None:
             old.shutdown()
-        return new.start()
+        new.start()
+    if new.settings.install_signal_handlers:
+        install_sigterm_handler(_on_sigterm)
+    return new
 
 
 def get_bridge() -> Bridge:
@@ -504,6 +600,38 @@ def _flush_at_exit() -> None:
 # first-out, so this one runs after the hooks an app registers later (their events are
 # still delivered) and before logging.shutdown(), registered when logging was imported.
 install_exit_hook(_flush_at_exit)
+
+
+def _on_sigterm(final: bool) -> None:
+    """SIGTERM: deliver what is queued within ``shutdown_timeout``; then the handler chains.
+
+    When the process is about to die (``final``) the bridge is shut down: one deadline.
+    Otherwise (the previous handler ignores SIGTERM, or is the app's own, which may
+    drain requests before exiting) it is flushed and keeps running; the exit hook
+    delivers what is logged afterwards.
+    """
+    bridge = _bridge
+    if bridge is None:
+        return
+    if final:
+        bridge.shutdown(bridge.settings.shutdown_timeout)
+    else:
+        bridge.flush(bridge.settings.shutdown_timeout)
+
+
+def _after_fork_in_child() -> None:
+    global _bridge_lock, _configure_lock
+    # A parent thread may have held them at the fork: that thread does not exist here.
+    _bridge_lock = threading.Lock()
+    _configure_lock = threading.Lock()
+    bridge = _bridge
+    if bridge is not None:
+        # Should it fail, the bridge's first submit in the child tries again.
+        with contextlib.suppress(Exception):
+            bridge._reset_after_fork()
+
+
+install_fork_hook(_after_fork_in_child)
 
 
 def _forget_bridge() -> Bridge | None:

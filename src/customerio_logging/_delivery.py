@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+from ._pacing import Pacer
 from .exceptions import DeliveryError
 
 if TYPE_CHECKING:
     import requests
 
+    from ._retry import RetryPolicy
     from ._schema import Operation
 
 __all__ = [
@@ -157,47 +159,119 @@ class DeliveryReport:
 
     sent: list[Operation] = field(default_factory=list)
     failed: list[tuple[Operation, Failure]] = field(default_factory=list)
+    retried: int = 0
+    """Requests repeated after a transient failure."""
+    requests: int = 0
+    """Requests made, retries and split halves included."""
     error: str | None = None
     """A summary for ``Stats.last_error`` when something went wrong."""
 
+    def fail(self, ops: Sequence[Operation], failure: Failure) -> None:
+        """Count ``ops`` failed for one reason."""
+        self.failed.extend((op, failure) for op in ops)
+        self.error = failure.message
+
 
 class Delivery:
-    """Sends batches through a transport and reads the Track API's answer.
+    """Delivers one batch: paced, retried, split when too large, bisected when refused.
 
-    Retries are not done here yet: ``attempt`` is the seam where the retry policy wraps
-    one send.
+    - Every request waits its turn with the :class:`Pacer` (rate limit, 429 pause).
+    - Transient failures are retried by the :class:`RetryPolicy`.
+    - 413: the batch is split in halves and each half delivered; one operation alone
+      still too large fails with ``request_too_large``.
+    - 400 on a batch: split in halves until the refused operations are alone; only those
+      fail, the rest are delivered.
+    - 207: only the operations the answer names fail; none is sent again.
+    - 401/403: the credentials were refused. The batch is held (which holds the whole
+      pipeline: the queue keeps the events, up to ``max_queue_size``) and tried again
+      after a growing pause, 30 s up to 5 min, until it goes through or the shutdown
+      deadline passes. ``notify`` is told at once.
+
+    Args:
+        transport: Sends one body.
+        pacer: Paces requests; also carries the shutdown deadline.
+        policy: Retries transient failures; none when None.
+        notify: Called with a message when the credentials are refused (on the sending
+            thread; it must not block).
     """
 
-    def __init__(self, transport: Transport, *, attempt: Callable[[bytes], Response] | None = None):
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        pacer: Pacer | None = None,
+        policy: RetryPolicy | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
         self.transport = transport
-        self._attempt = attempt or transport.send
+        self.pacer = pacer or Pacer(rate=1000.0)
+        self._policy = policy
+        self._notify = notify
+        self.credentials_refused = False
 
     def deliver(self, ops: Sequence[Operation]) -> DeliveryReport:
-        """Send ``ops`` as one batch and sort them into sent and failed."""
+        """Send ``ops`` (in as many requests as it takes) and sort them into sent and failed."""
         report = DeliveryReport()
-        if not ops:
-            return report
-        try:
-            response = self._attempt(batch_body(ops))
-        except DeliveryError as exc:
-            failure = Failure("network_error", str(exc), status=exc.status_code)
-            report.failed = [(op, failure) for op in ops]
-            report.error = str(exc)
-            return report
-        status = response.status
-        if status == 207:
-            return _partial(ops, response)
-        if 200 <= status < 300:
-            report.sent = list(ops)
-            return report
-        failure = _whole_batch_failure(response)
-        report.failed = [(op, failure) for op in ops]
-        report.error = failure.message
+        if ops:
+            self._deliver(list(ops), report)
         return report
 
+    def _deliver(self, ops: list[Operation], report: DeliveryReport) -> None:
+        try:
+            response = self._send(batch_body(ops), report)
+        except DeliveryError as exc:
+            report.fail(ops, Failure("network_error", str(exc), status=exc.status_code))
+            return
+        status = response.status
+        if status == 207:
+            _partial(ops, response, report)
+        elif 200 <= status < 300:
+            report.sent.extend(ops)
+        elif status in (400, 413) and len(ops) > 1:
+            middle = len(ops) // 2
+            self._deliver(ops[:middle], report)
+            self._deliver(ops[middle:], report)
+        else:
+            report.fail(ops, _whole_batch_failure(response))
 
-def _partial(ops: Sequence[Operation], response: Response) -> DeliveryReport:
-    report = DeliveryReport()
+    def _send(self, body: bytes, report: DeliveryReport) -> Response:
+        refusals = 0
+        while True:
+            if self._policy is None:
+                response = self._attempt(body, report)
+            else:
+                response, retries = self._policy.run(lambda: self._attempt(body, report))
+                report.retried += retries
+            if response.status not in (401, 403):
+                self.credentials_refused = False
+                return response
+            failure = _whole_batch_failure(response)
+            if not self.credentials_refused and self._notify is not None:
+                self._notify(failure.message)
+            self.credentials_refused = True
+            if self.pacer.expired():
+                return response
+            # No tight loop on refused credentials: wait long, then try the same batch.
+            self.pacer.sleep(min(_REFUSED_MAX_PAUSE, _REFUSED_PAUSE * 2**refusals))
+            refusals += 1
+            if self.pacer.expired():
+                return response
+
+    def _attempt(self, body: bytes, report: DeliveryReport) -> Response:
+        if not self.pacer.acquire():
+            raise DeliveryError(
+                "not sent: the shutdown deadline passed while the batch waited its turn",
+                status_code=None,
+            )
+        report.requests += 1
+        return self.transport.send(body)
+
+
+_REFUSED_PAUSE = 30.0
+_REFUSED_MAX_PAUSE = 300.0
+
+
+def _partial(ops: Sequence[Operation], response: Response, report: DeliveryReport) -> None:
     errors = _errors(response.body)
     by_index: dict[int, Failure] = {}
     for err in errors:
@@ -221,11 +295,16 @@ def _partial(ops: Sequence[Operation], response: Response) -> DeliveryReport:
         # A 207 whose errors cannot be read: the API accepted the rest, and resending
         # could duplicate what it kept. Count them sent and say so.
         report.error = "HTTP 207 without readable errors: operations counted as sent"
-    return report
 
 
 def _whole_batch_failure(response: Response) -> Failure:
     status = response.status
+    if status == 413:
+        return Failure(
+            "request_too_large",
+            "HTTP 413: the Track API refused the request as too large, even for one operation",
+            status=status,
+        )
     if status in (401, 403):
         return Failure(
             "unauthorized",

@@ -32,6 +32,39 @@ class _Stop:
     __slots__ = ()
 
 
+class _Wake:
+    """What the thread sleeps on: ``threading.Event``'s interface on a reentrant lock.
+
+    The SIGTERM handler flushes on the main thread between two bytecodes, possibly in
+    the middle of that thread's own ``set()`` (a ``submit`` filling a batch). An
+    Event's plain lock would then be taken twice by one thread: a deadlock.
+    """
+
+    __slots__ = ("_cond", "_flag")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.RLock())
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._cond:
+            self._flag = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._flag = False
+
+    def wait(self, timeout: float) -> bool:
+        with self._cond:
+            if not self._flag:
+                self._cond.wait(timeout)
+            return self._flag
+
+
 _STOP = _Stop()
 
 
@@ -74,7 +107,7 @@ class Dispatcher(Generic[T]):
         self._body_limit = body_limit
         self._clock = clock
         self._queue: deque[T | _Flush | _Stop] = deque()
-        self._wake = threading.Event()
+        self._wake = _Wake()
         self._closed = False
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -82,9 +115,10 @@ class Dispatcher(Generic[T]):
         self._batch_bytes = BODY_OVERHEAD
         self._busy = 0
         # Flush and stop markers in the queue, counted so that `queued` is O(1). Changed
-        # under a lock: flushes come from any thread, and they are rare.
+        # under a lock: flushes come from any thread, and they are rare. Reentrant: the
+        # SIGTERM handler may flush while the main thread is in here.
         self._markers = 0
-        self._markers_lock = threading.Lock()
+        self._markers_lock = threading.RLock()
         self.taken = 0
         """Items the thread has taken off the queue (read by the bridge's counters)."""
 

@@ -1,15 +1,30 @@
-"""Process lifecycle: the exit hook that flushes the bridge before the interpreter ends."""
+"""Process lifecycle: flush the bridge at exit and on SIGTERM; make it the child's after fork."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import os
+import signal
+import sys
 import threading
 from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
-__all__ = ["install_exit_hook"]
+__all__ = [
+    "cover_multiprocessing_exit",
+    "install_exit_hook",
+    "install_fork_hook",
+    "install_sigterm_handler",
+]
 
-_installed = False
 _lock = threading.Lock()
+
+# -- exit ------------------------------------------------------------------------------
+
+_on_exit: Callable[[], None] | None = None
+_exiting = False  # set once the exit hook runs: SIGTERM then lets the exit finish
 
 
 def install_exit_hook(on_exit: Callable[[], None]) -> None:
@@ -23,8 +38,137 @@ def install_exit_hook(on_exit: Callable[[], None]) -> None:
     The dispatch thread is a daemon thread so that the interpreter never waits on it
     before the atexit hooks run.
     """
-    global _installed
+    global _on_exit
     with _lock:
-        if not _installed:
-            atexit.register(on_exit)
-            _installed = True
+        if _on_exit is None:
+            _on_exit = on_exit
+            atexit.register(_run_exit_hook)
+
+
+def _run_exit_hook() -> None:
+    global _exiting
+    _exiting = True
+    on_exit = _on_exit
+    if on_exit is not None:
+        on_exit()
+
+
+_covered_pid = 0
+
+
+def cover_multiprocessing_exit() -> None:
+    """Have a ``multiprocessing`` child run the exit hook too; cheap when called again.
+
+    ``multiprocessing`` ends the children it forks with ``os._exit``, which skips
+    atexit; it runs its own finalizers first. It clears them when the child starts, so
+    this registers one from the child itself (the bridge calls it when it starts a
+    thread). Lowest priority: it runs after the finalizers that may still log.
+    """
+    global _covered_pid
+    pid = os.getpid()
+    if _covered_pid == pid:
+        return
+    _covered_pid = pid
+    process = sys.modules.get("multiprocessing.process")
+    if process is None or process.parent_process() is None:
+        return  # not a multiprocessing child: atexit runs as usual
+    from multiprocessing import util
+
+    util.Finalize(None, _run_exit_hook, exitpriority=-100)
+
+
+# -- fork ------------------------------------------------------------------------------
+
+_fork_hooked = False
+
+
+def install_fork_hook(after_in_child: Callable[[], None]) -> None:
+    """Run ``after_in_child`` in every child ``os.fork()`` makes; registered once.
+
+    It runs in the child before ``fork()`` returns there, on the only thread the child
+    has: it must not start threads, wait or do I/O, only make state the child's own.
+    Forks that bypass ``os.fork`` (a C extension calling ``fork()``) skip it; the bridge
+    also checks its pid when an event is submitted.
+    """
+    global _fork_hooked
+    with _lock:
+        if not _fork_hooked:
+            os.register_at_fork(after_in_child=lambda: _after_fork_in_child(after_in_child))
+            _fork_hooked = True
+
+
+def _after_fork_in_child(after_in_child: Callable[[], None]) -> None:
+    global _lock
+    # A parent thread may have held it at the fork: that thread does not exist here.
+    _lock = threading.Lock()
+    after_in_child()
+
+
+# -- SIGTERM ---------------------------------------------------------------------------
+
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+_on_sigterm: Callable[[bool], None] | None = None
+_previous_sigterm: _Handler = None
+
+
+def install_sigterm_handler(on_sigterm: Callable[[bool], None]) -> bool:
+    """On SIGTERM, call ``on_sigterm`` then do what the previous handler would have done.
+
+    Installed at most once per process, so configuring again neither stacks handlers
+    nor chains one to itself. ``on_sigterm(final)`` is told whether the process is
+    about to end: True when the previous disposition was the default (it then shuts
+    the bridge down, and the process is killed by SIGTERM again, exit status -15/143),
+    False when the previous handler was ``SIG_IGN`` (the process keeps running) or a
+    Python callable (called after the flush with ``(signum, frame)``; it decides).
+
+    It runs on the main thread between two bytecodes, possibly while that thread holds
+    one of the bridge's locks; so the bridge's locks that it takes are reentrant, and it
+    never starts a thread. Arriving while the exit hook runs, it lets that exit finish
+    (within its deadline). As PID 1 of a container, which the kernel does not kill with
+    a default-disposition signal, it exits with status 143 itself.
+
+    Returns:
+        True when the handler is installed (now or before). False off the main thread,
+        where Python cannot install signal handlers, or when the current handler was
+        set outside Python (``signal.getsignal`` returns None): it could not be chained
+        to, so it is left alone.
+    """
+    global _on_sigterm, _previous_sigterm
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    with _lock:
+        if _on_sigterm is not None:
+            return True
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is None:
+            return False
+        try:
+            signal.signal(signal.SIGTERM, _handle_sigterm)
+        except ValueError:  # not the main interpreter's main thread
+            return False
+        _on_sigterm, _previous_sigterm = on_sigterm, previous
+        return True
+
+
+def _handle_sigterm(signum: int, frame: FrameType | None) -> None:
+    previous = _previous_sigterm
+    final = not callable(previous) and previous != signal.SIG_IGN
+    on_sigterm = _on_sigterm
+    # Already exiting: the exit hook is delivering within its deadline; let it finish.
+    if not _exiting and on_sigterm is not None:
+        # The signal is honoured whatever happened to the flush.
+        with contextlib.suppress(Exception):
+            on_sigterm(final)
+    if callable(previous):
+        previous(signum, frame)
+        return
+    if not final or _exiting:
+        return
+    # Die by the signal, as the default disposition would have: same exit status, no
+    # atexit hooks, no finally blocks.
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    # Still here: PID 1 in a container, whose default-disposition signals the kernel
+    # drops. Exit the way a shell reports death by that signal.
+    os._exit(128 + signum)

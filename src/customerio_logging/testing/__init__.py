@@ -3,8 +3,11 @@
 ``TrackAPIEmulator`` serves the Track API endpoints the library and the official client use
 on ``127.0.0.1``, answers as Customer.io does (200, 207, 400, 401, 413) and records what it
 accepted, so a test can assert on the events an app logged without the real service.
+A ``FaultPlan`` makes it fail on purpose, reproducibly: scripted statuses, a failure rate,
+dropped connections, a rate limit with ``Retry-After``, slow answers, a lower 413 threshold
+and chosen operations refused in a 207.
 """
 
-from customerio_logging.testing._emulator import RecordedRequest, TrackAPIEmulator
+from customerio_logging.testing._emulator import FaultPlan, RecordedRequest, TrackAPIEmulator
 
-__all__ = ["RecordedRequest", "TrackAPIEmulator"]
+__all__ = ["FaultPlan", "RecordedRequest", "TrackAPIEmulator"]

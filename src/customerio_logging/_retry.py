@@ -1,0 +1,130 @@
+"""Which failed sends are tried again, and how long to wait first (tenacity)."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import tenacity
+
+from .exceptions import DeliveryError
+
+if TYPE_CHECKING:
+    from ._delivery import Response
+    from ._pacing import Pacer
+
+__all__ = ["RetryPolicy", "is_retryable", "retry_after"]
+
+
+def is_retryable(status: int) -> bool:
+    """408, 429 and 5xx but 501 (not implemented) and 505 (HTTP version): worth a retry."""
+    return status in (408, 429) or (500 <= status <= 599 and status not in (501, 505))
+
+
+def retry_after(
+    headers: Mapping[str, str], *, now: Callable[[], float] = time.time
+) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP date)."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now())
+
+
+class RetryPolicy:
+    """Runs one send, and again after transient failures, within a budget.
+
+    Retried: network errors (``DeliveryError`` without a status) and the statuses
+    :func:`is_retryable` names. Waits grow exponentially from ``base_delay`` up to
+    ``max_delay``, with jitter (half fixed, half random), unless the answer carried
+    ``Retry-After`` (429, 503): then that, capped at ``max_retry_after``, and a 429
+    pauses the whole pipeline through the pacer. Retrying stops after ``max_retries``
+    retries, once ``budget`` seconds would be exceeded, or when the pacer's shutdown
+    deadline has passed. Every wait goes through the pacer, so it ends at that deadline.
+    """
+
+    def __init__(
+        self,
+        *,
+        pacer: Pacer,
+        max_retries: int,
+        base_delay: float,
+        max_delay: float,
+        budget: float,
+        max_retry_after: float,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._pacer = pacer
+        self._max_retries = max_retries
+        self._base_delay = base_delay
+        self._max_delay = max_delay
+        self._budget = budget
+        self._max_retry_after = max_retry_after
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    def run(self, attempt: Callable[[], Response]) -> tuple[Response, int]:
+        """Call ``attempt`` until it succeeds or retrying stops.
+
+        Returns:
+            The last response (whatever its status) and how many retries were made.
+
+        Raises:
+            DeliveryError: The last attempt got no response at all.
+        """
+        started = self._clock()
+        retries = 0
+
+        def count(state: tenacity.RetryCallState) -> None:
+            nonlocal retries
+            retries += 1
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            spent = self._clock() - started + state.upcoming_sleep
+            return (
+                state.attempt_number > self._max_retries
+                or spent > self._budget
+                or self._pacer.expired()
+            )
+
+        retrying = tenacity.Retrying(
+            retry=(
+                tenacity.retry_if_exception_type(DeliveryError)
+                | tenacity.retry_if_result(lambda response: is_retryable(response.status))
+            ),
+            wait=self._wait,
+            stop=stop,
+            sleep=self._pacer.sleep,
+            before_sleep=count,
+            # When retrying stops, hand back the last outcome instead of tenacity's
+            # RetryError: its response, or its DeliveryError raised again.
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        )
+        response = retrying(attempt)
+        return response, retries
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        outcome = state.outcome
+        response = None if outcome is None or outcome.failed else outcome.result()
+        if response is not None and response.status in (429, 503):
+            asked = retry_after(response.headers)
+            if asked is not None:
+                seconds = min(asked, self._max_retry_after)
+                if response.status == 429:
+                    self._pacer.pause(seconds)
+                return seconds
+        ceiling: float = min(self._max_delay, self._base_delay * 2.0 ** (state.attempt_number - 1))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)

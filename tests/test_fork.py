@@ -1,0 +1,115 @@
+"""Fork safety, in subprocesses: each process's events arrive once, sent by that process."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from customerio_logging.testing import TrackAPIEmulator
+
+from .conftest import run_program
+
+N = 25
+TIMEOUT = 60.0
+
+
+def _users(*prefixes: str) -> set[str]:
+    return {f"{prefix}{i}" for prefix in prefixes for i in range(N)}
+
+
+def _assert_each_once(emulator: TrackAPIEmulator, users: set[str]) -> None:
+    ops = emulator.operations
+    ids = Counter(op["id"] for op in ops)
+    assert [i for i, n in ids.items() if n > 1] == [], "an operation id arrived twice"
+    people = Counter(op["identifiers"]["id"] for op in ops)
+    assert [u for u, n in people.items() if n > 1] == [], "an event arrived twice"
+    assert set(people) == users
+
+
+def _child_stats(stdout: str) -> dict[str, Any]:
+    (line,) = [line for line in stdout.splitlines() if line.startswith("child-stats ")]
+    stats: dict[str, Any] = json.loads(line.removeprefix("child-stats "))
+    return stats
+
+
+def _assert_zero(stats: dict[str, Any]) -> None:
+    counters = {k: v for k, v in stats.items() if k not in ("last_error", "transport_closed_here")}
+    assert set(counters.values()) == {0}, stats
+    assert stats["last_error"] is None
+
+
+class TestOsFork:
+    """configure() in the parent, then fork: gunicorn --preload's pattern."""
+
+    @pytest.mark.parametrize("child_exit", ["flush-sys-exit", "flush-os-exit", "return"])
+    def test_the_parents_queued_events_go_once_and_the_childs_arrive(
+        self, emulator: TrackAPIEmulator, child_exit: str
+    ) -> None:
+        # The parent's events are still queued at the fork (flush_interval is 60 s); the
+        # child ends with flush() then sys.exit() or os._exit(), or returns without
+        # flushing (its exit hook delivers).
+        result = run_program(
+            "fork_app", emulator, str(N), "--child-exit", child_exit, timeout=TIMEOUT
+        )
+        assert result.returncode == 0, result.stderr
+        assert "child-exit 0" in result.stdout, result.stderr
+        _assert_zero(_child_stats(result.stdout))
+        _assert_each_once(emulator, _users("p", "c", "q"))
+
+    def test_a_batch_in_flight_at_the_fork_is_sent_by_the_parent_only(
+        self, emulator: TrackAPIEmulator
+    ) -> None:
+        # The parent's dispatch thread is inside send() with batch "p" when the process
+        # forks, with "r" queued behind it; the child sends neither.
+        result = run_program("fork_app", emulator, str(N), "--in-flight", timeout=TIMEOUT)
+        assert result.returncode == 0, result.stderr
+        stats = _child_stats(result.stdout)
+        _assert_zero(stats)
+        assert stats["transport_closed_here"] is True, "the child kept the parent's session"
+        _assert_each_once(emulator, _users("p", "r", "c", "q"))
+
+    @pytest.mark.parametrize("in_flight", [False, True])
+    def test_a_fork_that_skips_os_fork_hooks_is_caught_on_submit(
+        self, emulator: TrackAPIEmulator, in_flight: bool
+    ) -> None:
+        # libc's fork() runs no at-fork hook: the bridge sees its pid changed on the
+        # child's first event and resets then.
+        args = ["--via", "raw-fork", *(["--in-flight"] if in_flight else [])]
+        result = run_program("fork_app", emulator, str(N), *args, timeout=TIMEOUT)
+        assert result.returncode == 0, result.stderr
+        assert "child-exit 0" in result.stdout, result.stderr
+        _assert_each_once(emulator, _users("p", "c", "q", *(["r"] if in_flight else [])))
+
+
+class TestMultiprocessing:
+    """multiprocessing with the fork start method ends children with os._exit."""
+
+    @pytest.mark.parametrize("child_exit", ["flush-sys-exit", "return"])
+    def test_a_process_child_delivers_its_events_and_not_the_parents(
+        self, emulator: TrackAPIEmulator, child_exit: str
+    ) -> None:
+        result = run_program(
+            "fork_app",
+            emulator,
+            str(N),
+            "--via",
+            "mp-process",
+            "--child-exit",
+            child_exit,
+            timeout=TIMEOUT,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "child-exit 0" in result.stdout, result.stderr
+        _assert_zero(_child_stats(result.stdout))
+        _assert_each_once(emulator, _users("p", "c", "q"))
+
+    def test_pool_workers_deliver_their_events_when_the_pool_closes(
+        self, emulator: TrackAPIEmulator
+    ) -> None:
+        result = run_program("fork_app", emulator, str(N), "--via", "mp-pool", timeout=TIMEOUT)
+        assert result.returncode == 0, result.stderr
+        assert "pool-workers " in result.stdout
+        _assert_each_once(emulator, _users("p", "q", "w0-", "w1-", "w2-", "w3-"))
