@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 __all__ = ["Pacer"]
 
+_MIN_WAIT = 1e-4
+
 
 class Pacer:
     """Paces requests to the Track API; shared by everything one bridge sends.
@@ -110,5 +112,6 @@ class Pacer:
                     if self._tokens >= 1 - 1e-9:
                         self._tokens = max(0.0, self._tokens - 1)
                         return True
-                    wait = (1 - self._tokens) / self._rate
+                    # Never a vanishing wait: a spin of ever tinier sleeps helps no one.
+                    wait = max(_MIN_WAIT, (1 - self._tokens) / self._rate)
             self.sleep(wait)
