@@ -73,6 +73,21 @@ def outcome(capture: Capture) -> Operation | InvalidEventError:
         return error
 
 
+def _any_action(action: str) -> Operation:
+    """An operation of ``action`` from a capture that carries what every action needs."""
+    return build_operation(
+        cap(
+            user_id="u",
+            cio_action=action,
+            device_token="t",
+            platform="ios",
+            primary="a",
+            secondary="b",
+        ),
+        Taxonomy(),
+    )
+
+
 def invalid(capture: Capture, taxonomy: Taxonomy | None = None) -> InvalidEventError:
     with pytest.raises(InvalidEventError) as info:
         build_operation(capture, taxonomy or Taxonomy())
@@ -735,17 +750,7 @@ class TestActions:
 
     @pytest.mark.parametrize("action", sorted(PERSON_ACTIONS))
     def test_every_action_is_compact_json_under_the_limit(self, action: str) -> None:
-        op = build_operation(
-            cap(
-                user_id="u",
-                cio_action=action,
-                device_token="t",
-                platform="ios",
-                primary="a",
-                secondary="b",
-            ),
-            Taxonomy(),
-        )
+        op = _any_action(action)
         assert op.action == action
         assert encode(json.loads(op.body)) == op.body
         assert len(op.body) <= MAX_OPERATION_BYTES
@@ -1027,17 +1032,7 @@ class TestTimestampAndId:
 
     @pytest.mark.parametrize("action", sorted(PERSON_ACTIONS))
     def test_every_operation_has_an_id(self, action: str) -> None:
-        op = build_operation(
-            cap(
-                user_id="u",
-                cio_action=action,
-                device_token="t",
-                platform="ios",
-                primary="a",
-                secondary="b",
-            ),
-            Taxonomy(),
-        )
+        op = _any_action(action)
         assert ULID.from_str(op.id).milliseconds == int(CREATED * 1000)
 
     def test_ids_are_unique(self) -> None:
