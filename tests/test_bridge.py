@@ -483,3 +483,30 @@ class TestReviewFindings:
             root.setLevel(level)
         assert len(emulator.operations) == 1
         assert [r.name for r in seen if r.threadName == "customerio-dispatch"] == []
+
+
+class TestSecondReview:
+    def test_a_thread_still_sending_at_the_deadline_ends_when_its_send_returns(
+        self, settings: dict[str, Any]
+    ) -> None:
+        transport = GatedTransport(Response(200))
+        bridge = cio.configure(**{**settings, "batch_size": 1}, transport=transport)
+        bridge.submit(_capture(1))
+        bridge.shutdown(0.1)
+        thread = bridge.thread
+        assert thread is not None
+        transport.gate.set()
+        thread.join(5.0)
+        assert not thread.is_alive()
+
+    def test_refused_credentials_are_warned_at_flush_without_another_event(
+        self, emulator: TrackAPIEmulator, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        bridge = cio.configure(
+            site_id=emulator.site_id, api_key=SECRET, track_url=emulator.url, flush_interval=0.05
+        )
+        bridge.submit(_capture(1))
+        with caplog.at_level(logging.WARNING, logger="customerio_logging"):
+            assert bridge.flush(0.5) is False
+        assert [r for r in caplog.records if "refused the credentials" in r.getMessage()]
+        assert SECRET not in caplog.text

@@ -217,8 +217,25 @@ class TestRetries:
         delivery = _delivery(transport, clock, max_retries=100, budget=1e9)
         delivery.pacer.set_deadline(clock.now + 3.0)
         report = delivery.deliver(_ops(1))
-        assert len(report.failed) == 1
+        # Not failed: still deliverable, but the deadline came first. Counted dropped.
+        assert (len(report.failed), len(report.dropped)) == (0, 1)
+        assert "deadline" in (report.error or "")
         assert clock.now <= 1000.0 + 3.0 + 1e-9
+
+    @pytest.mark.parametrize("asked", ["0", "Mon, 01 Jan 1990 00:00:00 GMT"])
+    def test_a_retry_after_of_zero_or_the_past_is_no_tight_loop(self, asked: str) -> None:
+        clock = FakeClock()
+        transport = Scripted(_script(Response(503, {"Retry-After": asked}), Response(200)))
+        report = _delivery(transport, clock).deliver(_ops(1))
+        assert len(report.sent) == 1
+        assert clock.sleeps[0] >= 0.25  # our own backoff, at least
+
+    def test_a_long_retry_after_is_honoured_even_past_the_budget(self) -> None:
+        clock = FakeClock()
+        transport = Scripted(_script(Response(429, {"Retry-After": "60"}), Response(200)))
+        report = _delivery(transport, clock, budget=60.0, max_retry_after=60.0).deliver(_ops(1))
+        assert len(report.sent) == 1
+        assert clock.sleeps[0] == 60.0
 
 
 class TestPacer:

@@ -391,3 +391,15 @@ class TestBoundedEnds:
         # Start-up, the 0.5 s flush in the program, then the exit hook's 1 s deadline.
         assert elapsed < 0.5 + 1.0 + 2 * MARGIN
         assert "Traceback" not in result.stderr
+
+
+def test_sigterm_during_the_apps_own_shutdown_lets_it_finish(
+    emulator: TrackAPIEmulator,
+) -> None:
+    from customerio_logging.testing import FaultPlan
+
+    # The first batch gets a 503 asking for 1 s: the shutdown is mid-retry at SIGTERM.
+    emulator.set_faults(FaultPlan(script=(503,), retry_after=1))
+    result = run_program("sigterm_during_shutdown", emulator, timeout=30)
+    assert result.returncode == -signal.SIGTERM, result.stderr
+    assert len(emulator.accepted_ids()) == 5

@@ -160,6 +160,7 @@ class Bridge:
         # Problems met on the dispatch thread, to be logged on an app thread: the
         # dispatch thread never logs (see CustomerIOHandler.flush).
         self._pending_warnings: list[str] = []
+        self._deadline: float | None = None  # when shutdown must be done (monotonic)
         self._counters = _Counters()
         self._dead_letters: deque[DeadLetter] = deque(maxlen=_DEAD_LETTERS_KEPT)
         self._warned_unknown: set[str] = set()
@@ -274,6 +275,7 @@ class Bridge:
         wait = self.settings.shutdown_timeout if timeout is None else timeout
         failed_before = self._counters.failed
         done = self._dispatcher.flush(wait)
+        self._emit_pending_warnings()
         return done and self._counters.failed == failed_before
 
     def request_flush(self) -> None:
@@ -289,7 +291,8 @@ class Bridge:
         wait = self.settings.shutdown_timeout if timeout is None else timeout
         # Every wait in delivery (rate limit, retry backoff, a 429 pause, refused
         # credentials) now ends by this deadline.
-        self._delivery.pacer.set_deadline(time.monotonic() + wait)
+        self._deadline = time.monotonic() + wait
+        self._delivery.pacer.set_deadline(self._deadline)
         left = self._dispatcher.stop(wait)
         if left:
             with self._counters.lock:
@@ -303,6 +306,15 @@ class Bridge:
             # A thread still sending would race the close; it is a daemon and ends
             # with the interpreter.
             self._delivery.transport.close()
+        self._emit_pending_warnings()
+
+    def wait_for_shutdown(self) -> None:
+        """Wait, at most until its deadline, for a shutdown under way to finish sending."""
+        deadline, thread = self._deadline, self._dispatcher.thread
+        if deadline is not None and thread is not None and thread is not threading.current_thread():
+            # join(), not an Event: safe even if this thread was interrupted (SIGTERM)
+            # inside the very code that would set one.
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def stats(self) -> Stats:
         """A snapshot of the counters."""
@@ -328,6 +340,8 @@ class Bridge:
             return list(self._dead_letters)
 
     def _emit_pending_warnings(self) -> None:
+        if not self._pending_warnings:
+            return
         with self._counters.lock:
             pending, self._pending_warnings = self._pending_warnings, []
         for message in pending:
@@ -354,11 +368,14 @@ class Bridge:
             self._dispatcher.stop(0.0)
         self._restart = was_running and not shut_down
         self._pid = 0  # the first submit finishes the move (see _adopt_after_fork)
-        # The default transport drops its session (the client makes a new one); an
-        # injected transport is told the same way. The parent's session is not worth a
-        # crash in the child.
-        with contextlib.suppress(Exception):
-            old_transport.close()
+        # The default transport was rebuilt by __init__, with a new client and session;
+        # the parent's is left alone, not closed: closing takes urllib3's pool lock, which
+        # the parent's sending thread may have held at the fork (a hang in the child).
+        # An injected transport is the app's object, reused here: it is told to drop its
+        # connections through close(). Not worth a crash in the child either way.
+        if self.settings.transport is not None:
+            with contextlib.suppress(Exception):
+                old_transport.close()
 
     def _adopt_after_fork(self) -> None:
         """The first submit in a forked child: reset if no fork hook did, start the thread."""
@@ -423,8 +440,9 @@ class Bridge:
         ]
         with self._counters.lock:
             c = self._counters
-            c.batches += 1
+            c.batches += report.requests
             c.retried += report.retried
+            c.dropped += len(report.dropped)
             c.sent += len(report.sent)
             c.failed += len(report.failed)
             self._dead_letters.extend(letters)
@@ -615,6 +633,9 @@ def _on_sigterm(final: bool) -> None:
         return
     if final:
         bridge.shutdown(bridge.settings.shutdown_timeout)
+        # A shutdown already under way (the app's own, or configure() replacing this
+        # bridge) returned at once above: let it finish within its deadline first.
+        bridge.wait_for_shutdown()
     else:
         bridge.flush(bridge.settings.shutdown_timeout)
 

@@ -159,6 +159,8 @@ class DeliveryReport:
 
     sent: list[Operation] = field(default_factory=list)
     failed: list[tuple[Operation, Failure]] = field(default_factory=list)
+    dropped: list[Operation] = field(default_factory=list)
+    """Not sent because the shutdown deadline passed first."""
     retried: int = 0
     """Requests repeated after a transient failure."""
     requests: int = 0
@@ -219,6 +221,10 @@ class Delivery:
     def _deliver(self, ops: list[Operation], report: DeliveryReport) -> None:
         try:
             response = self._send(batch_body(ops), report)
+        except _DeadlinePassedError as exc:
+            report.dropped.extend(ops)
+            report.error = str(exc)
+            return
         except DeliveryError as exc:
             report.fail(ops, Failure("network_error", str(exc), status=exc.status_code))
             return
@@ -259,12 +265,16 @@ class Delivery:
 
     def _attempt(self, body: bytes, report: DeliveryReport) -> Response:
         if not self.pacer.acquire():
-            raise DeliveryError(
-                "not sent: the shutdown deadline passed while the batch waited its turn",
+            raise _DeadlinePassedError(
+                "events not sent: the shutdown deadline passed while they waited their turn",
                 status_code=None,
             )
         report.requests += 1
         return self.transport.send(body)
+
+
+class _DeadlinePassedError(DeliveryError):
+    """The batch never went: the shutdown deadline came first (its events are dropped)."""
 
 
 _REFUSED_PAUSE = 30.0

@@ -209,6 +209,11 @@ class Dispatcher(Generic[T]):
                     item.done.set()
             else:
                 left.append(item)
+        if thread is not None and thread.is_alive():
+            # Still sending past the deadline: the drain above took its stop marker too.
+            # Give it one back, so it ends once that send returns instead of living on.
+            self._put_marker(_STOP)
+            self._wake.set()
         return left
 
     def _put_marker(self, marker: _Flush | _Stop) -> None:

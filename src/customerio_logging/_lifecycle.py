@@ -143,11 +143,13 @@ def install_sigterm_handler(on_sigterm: Callable[[bool], None]) -> bool:
         previous = signal.getsignal(signal.SIGTERM)
         if previous is None:
             return False
+        # Both set before the handler goes in: a SIGTERM right after must find them.
+        _on_sigterm, _previous_sigterm = on_sigterm, previous
         try:
             signal.signal(signal.SIGTERM, _handle_sigterm)
         except ValueError:  # not the main interpreter's main thread
+            _on_sigterm, _previous_sigterm = None, None
             return False
-        _on_sigterm, _previous_sigterm = on_sigterm, previous
         return True
 
 

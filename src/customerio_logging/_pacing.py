@@ -56,11 +56,6 @@ class Pacer:
                 self._deadline = deadline
             self._wakeup.notify_all()
 
-    def clear_deadline(self) -> None:
-        """Forget the deadline (a new process after fork, or a bridge started again)."""
-        with self._lock:
-            self._deadline = None
-
     def expired(self) -> bool:
         """True once the deadline has passed: nothing more should be attempted."""
         deadline = self._deadline

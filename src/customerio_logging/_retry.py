@@ -87,13 +87,24 @@ class RetryPolicy:
         """
         started = self._clock()
         retries = 0
+        asked = False  # whether the upcoming wait is the server's (Retry-After)
 
         def count(state: tenacity.RetryCallState) -> None:
             nonlocal retries
             retries += 1
 
+        def wait(state: tenacity.RetryCallState) -> float:
+            nonlocal asked
+            seconds, asked = self._wait(state)
+            return seconds
+
         def stop(state: tenacity.RetryCallState) -> bool:
-            spent = self._clock() - started + state.upcoming_sleep
+            spent = self._clock() - started
+            if not asked:
+                # Our own backoff must fit the budget; a wait the server asked for (capped
+                # at max_retry_after) is honoured even past it, or a 429 near the end of
+                # the budget would throw the batch away.
+                spent += state.upcoming_sleep
             return (
                 state.attempt_number > self._max_retries
                 or spent > self._budget
@@ -105,7 +116,7 @@ class RetryPolicy:
                 tenacity.retry_if_exception_type(DeliveryError)
                 | tenacity.retry_if_result(lambda response: is_retryable(response.status))
             ),
-            wait=self._wait,
+            wait=wait,
             stop=stop,
             sleep=self._pacer.sleep,
             before_sleep=count,
@@ -116,15 +127,19 @@ class RetryPolicy:
         response = retrying(attempt)
         return response, retries
 
-    def _wait(self, state: tenacity.RetryCallState) -> float:
+    def _wait(self, state: tenacity.RetryCallState) -> tuple[float, bool]:
+        """Seconds to wait before the next attempt, and whether the server asked for them."""
+        ceiling = min(self._max_delay, self._base_delay * 2.0 ** (state.attempt_number - 1))
+        backoff: float = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
         outcome = state.outcome
         response = None if outcome is None or outcome.failed else outcome.result()
         if response is not None and response.status in (429, 503):
             asked = retry_after(response.headers)
             if asked is not None:
-                seconds = min(asked, self._max_retry_after)
+                # A minimum, never less than our own backoff: "Retry-After: 0" or a date
+                # in the past must not turn retries into a tight loop.
+                seconds = max(backoff, min(asked, self._max_retry_after))
                 if response.status == 429:
                     self._pacer.pause(seconds)
-                return seconds
-        ceiling: float = min(self._max_delay, self._base_delay * 2.0 ** (state.attempt_number - 1))
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+                return seconds, True
+        return backoff, False
