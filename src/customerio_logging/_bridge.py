@@ -14,7 +14,7 @@ from typing import Any
 
 from ._capture import ACTION, Capture, build_operation
 from ._config import Settings
-from ._delivery import Delivery, DeliveryReport, Failure, SessionTransport
+from ._delivery import Delivery, DeliveryReport, Failure, SessionTransport, shorten
 from ._dispatch import THREAD_NAME, Dispatcher
 from ._lifecycle import (
     cover_multiprocessing_exit,
@@ -45,8 +45,8 @@ _MESSAGE_CHARS = 300  # an explanation never needs more; a longer one quotes dat
 
 
 def _short(text: str, limit: int = MAX_NAME_BYTES) -> str:
-    """``text`` cut to ``limit`` characters: what goes into counters and dead letters."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` as counters and dead letters keep it: at most an event name's length."""
+    return shorten(text, limit)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ __all__ = [
     "SessionTransport",
     "Transport",
     "batch_body",
+    "shorten",
 ]
 
 BATCH_PATH = "/api/v2/batch"
@@ -342,9 +343,13 @@ def _errors(body: bytes) -> list[dict[str, Any]]:
     return [err for err in errors if isinstance(err, dict)]
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line and cut to ``limit`` characters: for counters, errors and
+    dead letters, which must never carry a payload's worth of anything."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _api_text(value: object, limit: int = 200) -> str | None:
     # The API's words go into counters and errors: keep them short and single-line.
-    if value is None:
-        return None
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return None if value is None else shorten(str(value), limit)
