@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from customerio_logging import _bridge
+from customerio_logging._delivery import Response
 from customerio_logging.testing import TrackAPIEmulator
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -71,3 +73,39 @@ def run_program(
         timeout=timeout,
         check=False,
     )
+
+
+class FakeTransport:
+    """A transport answering from a script: a Response, or an exception to raise."""
+
+    def __init__(self, *answers: Response | Exception) -> None:
+        self.answers = list(answers)
+        self.bodies: list[bytes] = []
+        self.closed = False
+
+    def send(self, body: bytes) -> Response:
+        self.bodies.append(body)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class GatedTransport(FakeTransport):
+    """A FakeTransport whose sends wait until `gate` is set: a hanging network.
+
+    `entered` is set once a send is in flight.
+    """
+
+    def __init__(self, *answers: Response | Exception) -> None:
+        super().__init__(*answers)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def send(self, body: bytes) -> Response:
+        self.entered.set()
+        self.gate.wait(10)
+        return super().send(body)

@@ -17,6 +17,8 @@ from customerio_logging._delivery import Response
 from customerio_logging._limits import BATCH_BODY_BYTES
 from customerio_logging.testing import TrackAPIEmulator
 
+from .conftest import FakeTransport, GatedTransport
+
 SECRET = "sk_live_DO_NOT_LEAK_42"
 
 
@@ -27,37 +29,6 @@ def _capture(i: int, **fields: Any) -> Capture:
 def _balanced(stats: cio.Stats) -> bool:
     settled = stats.sent + stats.failed + stats.invalid + stats.dropped
     return stats.enqueued == settled + stats.spooled + stats.dead_lettered + stats.queue_depth
-
-
-class FakeTransport:
-    """A transport answering from a script: a Response, or an exception to raise."""
-
-    def __init__(self, *answers: Response | Exception) -> None:
-        self.answers = list(answers)
-        self.bodies: list[bytes] = []
-        self.closed = False
-
-    def send(self, body: bytes) -> Response:
-        self.bodies.append(body)
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class GatedTransport(FakeTransport):
-    """A FakeTransport whose sends wait until `gate` is set: a hanging network."""
-
-    def __init__(self, *answers: Response | Exception) -> None:
-        super().__init__(*answers)
-        self.gate = threading.Event()
-
-    def send(self, body: bytes) -> Response:
-        self.gate.wait(10)
-        return super().send(body)
 
 
 class TestConfigure:
@@ -381,21 +352,6 @@ class TestReviewFindings:
         stats = bridge.stats()
         assert stats.enqueued == 50
         assert _balanced(stats)
-        transport.gate.set()
-
-    def test_flush_after_shutdown_returns_at_once_even_with_a_send_hanging(
-        self, settings: dict[str, Any]
-    ) -> None:
-        import time
-
-        transport = GatedTransport(Response(200))
-        bridge = cio.configure(**{**settings, "batch_size": 1}, transport=transport)
-        bridge.submit(_capture(1))
-        bridge.shutdown(0.1)
-        started = time.monotonic()
-        assert bridge.flush(5.0) is False
-        cio.CustomerIOHandler().flush()
-        assert time.monotonic() - started < 1.0
         transport.gate.set()
 
     def test_flush_defaults_to_the_configured_shutdown_timeout(

@@ -27,7 +27,7 @@ from customerio_logging._capture import Capture
 from customerio_logging._delivery import Response
 from customerio_logging.testing import TrackAPIEmulator
 
-from .conftest import PROGRAMS, run_program
+from .conftest import PROGRAMS, GatedTransport, run_program
 
 MARGIN = 2.5  # seconds a process may take beyond its deadline: start-up, scheduling
 HARD_TIMEOUT = 30.0  # no subprocess lives longer, whatever happens
@@ -321,29 +321,13 @@ class TestSigterm:
         assert elapsed < 1.0 + MARGIN
 
 
-class _HangingTransport:
-    """Sends hang until released: a batch stuck in flight."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.entered = threading.Event()
-
-    def send(self, body: bytes) -> Response:
-        self.entered.set()
-        self.release.wait(10)
-        return Response(200)
-
-    def close(self) -> None:
-        pass
-
-
 class TestBoundedEnds:
     """Handler close, logging.shutdown(), dictConfig and exit while a batch hangs."""
 
     def test_handler_close_is_idempotent_and_returns_at_once_while_a_send_hangs(
         self, settings: dict[str, Any]
     ) -> None:
-        transport = _HangingTransport()
+        transport = GatedTransport(Response(200))
         bridge = cio.configure(**{**settings, "batch_size": 1}, transport=transport)
         bridge.submit(Capture(True, "job_done", {"user_id": "u1"}, 1_700_000_000.0))
         assert transport.entered.wait(5.0)
@@ -353,20 +337,22 @@ class TestBoundedEnds:
         handler.close()
         handler.flush()
         assert time.monotonic() - started < 0.5
-        transport.release.set()
+        transport.gate.set()
 
     def test_flush_after_shutdown_returns_at_once_while_a_send_hangs(
         self, settings: dict[str, Any]
     ) -> None:
-        transport = _HangingTransport()
+        transport = GatedTransport(Response(200))
         bridge = cio.configure(**{**settings, "batch_size": 1}, transport=transport)
         bridge.submit(Capture(True, "job_done", {"user_id": "u1"}, 1_700_000_000.0))
         assert transport.entered.wait(5.0)
         bridge.shutdown(0.1)
         started = time.monotonic()
+        assert bridge.flush(5.0) is False
         assert cio.flush(5.0) is False  # the event in flight is not settled
+        cio.CustomerIOHandler().flush()
         assert time.monotonic() - started < 0.5
-        transport.release.set()
+        transport.gate.set()
 
     @pytest.mark.parametrize("mode", ["logging-shutdown", "dictconfig", "close"])
     def test_ending_logging_while_a_batch_hangs_stays_within_the_deadline(
