@@ -19,14 +19,18 @@ PROGRAMS = Path(__file__).parent / "programs"
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     for var in (
         "CUSTOMERIO_SITE_ID",
         "CUSTOMERIO_TRACK_API_KEY",
         "CUSTOMERIO_REGION",
         "CUSTOMERIO_TRACK_URL",
+        "CUSTOMERIO_SPOOL_PATH",
     ):
         monkeypatch.delenv(var, raising=False)
+    # The default spool lives in the user's state directory: keep each test's apart,
+    # in its own temporary folder (subprocesses inherit it).
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     yield
     old = _bridge._forget_bridge()
     if old is not None:

@@ -145,9 +145,10 @@ class TestDelivery:
         bridge = cio.configure(**settings, transport=transport)
         for i in range(3):
             bridge.submit(_capture(i))
-        assert bridge.flush(5.0) is False  # one operation failed
+        assert bridge.flush(5.0) is False  # one operation was refused
         stats = bridge.stats()
-        assert (stats.sent, stats.failed, len(transport.bodies)) == (2, 1, 1)
+        assert (stats.sent, stats.dead_lettered, len(transport.bodies)) == (2, 1, 1)
+        assert (stats.failed, stats.spooled) == (0, 0)
         (letter,) = bridge.dead_letters()
         assert (letter.reason, letter.field, letter.message) == ("invalid", "name", "bad name")
         sent_ids = [op["id"] for op in json.loads(transport.bodies[0])["batch"]]
@@ -155,32 +156,41 @@ class TestDelivery:
         assert "207" in (stats.last_error or "")
 
     @pytest.mark.parametrize(
-        ("answer", "reason", "words"),
+        ("answer", "reason", "words", "counter"),
         [
             (
                 Response(400, {}, b'{"errors":[{"reason":"bad","message":"nope"}]}'),
                 "http_400",
                 "HTTP 400",
+                "dead_lettered",  # refused for good: sending again cannot help
             ),
-            (Response(500, {}, b"oops"), "http_500", "HTTP 500"),
+            (Response(500, {}, b"oops"), "http_500", "HTTP 500", "failed"),
             (
                 cio.DeliveryError("no response from host: ConnectionError"),
                 "network_error",
                 "no response",
+                "failed",
             ),
-            (RuntimeError("transport bug"), "internal_error", "RuntimeError"),
+            (RuntimeError("transport bug"), "internal_error", "RuntimeError", "failed"),
         ],
     )
-    def test_a_failed_batch_is_counted_with_its_reason(
-        self, settings: dict[str, Any], answer: Response | Exception, reason: str, words: str
+    def test_without_a_spool_a_failed_batch_is_counted_with_its_reason(
+        self,
+        settings: dict[str, Any],
+        answer: Response | Exception,
+        reason: str,
+        words: str,
+        counter: str,
     ) -> None:
         # max_retries=0: the answer is final at once (retries are tested in TestRetries).
-        bridge = cio.configure(**settings, transport=FakeTransport(answer), max_retries=0)
+        bridge = cio.configure(
+            **settings, transport=FakeTransport(answer), max_retries=0, spool_path=False
+        )
         for i in range(4):
             bridge.submit(_capture(i))
         assert bridge.flush(5.0) is False
         stats = bridge.stats()
-        assert (stats.sent, stats.failed) == (0, 4)
+        assert (stats.sent, getattr(stats, counter), stats.spooled) == (0, 4, 0)
         assert words in (stats.last_error or "")
         assert {d.reason for d in bridge.dead_letters()} == {reason}
         assert _balanced(stats)
@@ -189,7 +199,11 @@ class TestDelivery:
         self, emulator: TrackAPIEmulator, caplog: pytest.LogCaptureFixture
     ) -> None:
         bridge = cio.configure(
-            site_id=emulator.site_id, api_key=SECRET, track_url=emulator.url, flush_interval=0.05
+            site_id=emulator.site_id,
+            api_key=SECRET,
+            track_url=emulator.url,
+            flush_interval=0.05,
+            spool_path=False,
         )
         for i in range(3):
             bridge.submit(_capture(i))
@@ -227,6 +241,7 @@ class TestDelivery:
             flush_interval=0.05,
             request_timeout=2.0,
             max_retries=0,
+            spool_path=False,
         )
         bridge.submit(_capture(1))
         assert bridge.flush(5.0) is False
@@ -260,7 +275,9 @@ class TestQueueFull:
     def test_a_full_queue_drops_and_counts_without_blocking(self, settings: dict[str, Any]) -> None:
         transport = GatedTransport(Response(200))
         bridge = cio.configure(
-            **{**settings, "batch_size": 1, "max_queue_size": 10}, transport=transport
+            **{**settings, "batch_size": 1, "max_queue_size": 10},
+            transport=transport,
+            on_full="drop",
         )
         results = [bridge.submit(_capture(i)) for i in range(100)]
         assert results.count(False) >= 80
@@ -278,7 +295,7 @@ class TestShutdown:
     def test_shutdown_delivers_then_refuses_and_is_idempotent(
         self, settings: dict[str, Any], emulator: TrackAPIEmulator
     ) -> None:
-        bridge = cio.configure(**{**settings, "flush_interval": 60.0})
+        bridge = cio.configure(**{**settings, "flush_interval": 60.0}, spool_path=False)
         for i in range(10):
             bridge.submit(_capture(i))
         cio.shutdown(5.0)
@@ -292,9 +309,13 @@ class TestShutdown:
         assert "shut down" in (stats.last_error or "")
         assert bridge.flush(5.0) is True
 
-    def test_what_the_deadline_cuts_off_is_counted_dropped(self, settings: dict[str, Any]) -> None:
+    def test_without_a_spool_what_the_deadline_cuts_off_is_counted_dropped(
+        self, settings: dict[str, Any]
+    ) -> None:
         transport = GatedTransport(Response(200))
-        bridge = cio.configure(**{**settings, "batch_size": 1}, transport=transport)
+        bridge = cio.configure(
+            **{**settings, "batch_size": 1}, transport=transport, spool_path=False
+        )
         for i in range(5):
             bridge.submit(_capture(i))
         bridge.shutdown(0.2)

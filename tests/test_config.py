@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -37,6 +38,7 @@ class TestEnvVars:
             "api_key": "CUSTOMERIO_TRACK_API_KEY",
             "region": "CUSTOMERIO_REGION",
             "track_url": "CUSTOMERIO_TRACK_URL",
+            "spool_path": "CUSTOMERIO_SPOOL_PATH",
         }
 
     def test_the_documented_hosts(self) -> None:
@@ -49,6 +51,7 @@ class TestPrecedence:
         "CUSTOMERIO_TRACK_API_KEY": "env-key",
         "CUSTOMERIO_REGION": "eu",
         "CUSTOMERIO_TRACK_URL": "https://env.example.com",
+        "CUSTOMERIO_SPOOL_PATH": "/var/lib/app/env-spool.sqlite3",
     }
 
     def test_defaults(self) -> None:
@@ -425,6 +428,57 @@ class TestOtherSettings:
 
     def test_spool_path_false_disables(self) -> None:
         assert make(spool_path=False).spool_path is False
+
+
+class TestSpoolSettings:
+    def test_by_default_the_spool_is_on_in_the_state_directory_and_spills(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+        settings = make()
+        assert settings.spool_path is None
+        assert settings.spool_file is not None
+        assert settings.spool_file.parent == tmp_path / "customerio-logging"
+        assert (settings.on_full, settings.durability) == ("spill", "memory")
+        assert settings.max_spool_bytes == 100 * 1024 * 1024
+
+    def test_each_workspace_gets_its_own_default_file(self) -> None:
+        assert make(site_id="a").spool_file != make(site_id="b").spool_file
+
+    @pytest.mark.parametrize("off", [False, "off", "false", "OFF", "none", "0"])
+    def test_the_spool_can_be_turned_off(self, off: object) -> None:
+        settings = make(spool_path=off)
+        assert (settings.spool_path, settings.spool_file, settings.on_full) == (False, None, "drop")
+
+    def test_off_from_the_environment(self) -> None:
+        settings = Settings.from_env(
+            environ={"CUSTOMERIO_SPOOL_PATH": "off"}, site_id="s", api_key=SECRET
+        )
+        assert settings.spool_file is None
+
+    def test_a_path_is_expanded(self) -> None:
+        settings = make(spool_path="~/spool.sqlite3")
+        assert settings.spool_file == Path.home() / "spool.sqlite3"
+
+    @pytest.mark.parametrize(
+        ("given", "setting", "words"),
+        [
+            ({"spool_path": False, "on_full": "spill"}, "on_full", "needs the spool"),
+            ({"spool_path": False, "durability": "disk"}, "durability", "needs the spool"),
+            ({"durability": "disk", "on_full": "drop"}, "on_full", "must be 'spill'"),
+            ({"durability": "fsync"}, "durability", "'memory' or 'disk'"),
+            ({"on_full": "block"}, "on_full", "'drop' or 'spill'"),
+            ({"max_spool_bytes": 1000}, "max_spool_bytes", ">= 1048576"),
+            ({"spool_path": "  "}, "spool_path", "file path"),
+            ({"spool_path": 3}, "spool_path", "file path"),
+        ],
+    )
+    def test_contradictions_are_refused_with_what_to_change(
+        self, given: dict[str, object], setting: str, words: str
+    ) -> None:
+        error = config_error(site_id="s", api_key=SECRET, **given)
+        assert error.setting == setting
+        assert words in str(error)
 
 
 class TestSettingsObject:

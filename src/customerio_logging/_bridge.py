@@ -24,9 +24,11 @@ from ._lifecycle import (
 )
 from ._limits import MAX_NAME_BYTES
 from ._pacing import Pacer
+from ._replay import MIN_BACKOFF, Replayer, ReplayRound, dead_letter_rows
 from ._retry import RetryPolicy
 from ._schema import Operation, Taxonomy
 from ._schema import _reseed as _reseed_ids
+from ._spool import DeadLetterRow, Spool, SpoolBusyError, SpoolUnavailableError
 from .exceptions import ConfigurationError, InvalidEventError
 
 __all__ = [
@@ -53,24 +55,31 @@ def _short(text: str, limit: int = MAX_NAME_BYTES) -> str:
 class Stats:
     """A snapshot of the bridge's counters.
 
-    Every tagged event ends in exactly one of ``sent``, ``failed``, ``invalid``,
-    ``dropped``, ``spooled`` or ``dead_lettered``, or is still waiting (``queue_depth``);
-    so ``enqueued`` equals their sum. While events move the snapshot may be off by the one
-    event in hand.
+    Every tagged event this process captured ends in exactly one of ``sent``,
+    ``failed``, ``invalid``, ``dropped``, ``spooled`` or ``dead_lettered``, or is still
+    waiting (``queue_depth``); so ``enqueued`` equals their sum. While events move the
+    snapshot may be off by the one event in hand. What replay does with the spool (whose
+    operations may come from other processes, or an earlier run) is counted apart:
+    ``replayed``, ``replay_refused`` and ``evicted``.
 
     Attributes:
         enqueued: Tagged events captured, including those then dropped.
         sent: Operations the Track API accepted.
         retried: Batch sends repeated after a transient failure.
-        failed: Operations the API refused or that could not be delivered.
-        dropped: Events thrown away: queue full, or still queued at shutdown's deadline.
-        invalid: Events that could not become a valid operation (see ``dead_letters()``).
-        spooled: Operations waiting on disk.
-        replayed: Operations sent again from the spool.
-        dead_lettered: Operations kept aside as never deliverable.
-        batches: Batch requests made.
+        failed: Operations that could not be delivered and could not be spooled either
+            (the spool is off or unusable).
+        dropped: Events thrown away: queue full (with ``on_full="drop"``), or still
+            queued at shutdown's deadline without a spool.
+        invalid: Events that could not become a valid operation (dead-lettered with the
+            reason, see ``dead_letters()``).
+        spooled: Operations written to the spool to be sent later by replay.
+        replayed: Operations from the spool the API accepted.
+        dead_lettered: Operations the API refused for good (dead-lettered).
+        batches: Batch requests made, replay's included.
         queue_depth: Events waiting in memory, including the batch being sent.
         last_error: The latest problem, in words; never a secret or a payload.
+        replay_refused: Operations from the spool the API refused (dead-lettered).
+        evicted: Operations removed unsent from a full spool (``max_spool_bytes``).
     """
 
     enqueued: int = 0
@@ -85,6 +94,8 @@ class Stats:
     batches: int = 0
     queue_depth: int = 0
     last_error: str | None = None
+    replay_refused: int = 0
+    evicted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +130,13 @@ class _Counters:
         self.retried = 0
         self.failed = 0
         self.dropped = 0
-        self.untaken = 0  # events dropped before the dispatch thread took them
+        self.untaken = 0  # events settled on the app's thread, never queued
         self.invalid = 0
+        self.spooled = 0
+        self.replayed = 0
+        self.dead_lettered = 0
+        self.replay_refused = 0
+        self.evicted = 0
         self.batches = 0
         self.last_error: str | None = None
 
@@ -144,6 +160,27 @@ class Bridge:
             self.client, settings.track_url, timeout=settings.request_timeout
         )
         pacer = Pacer(settings.max_requests_per_second)
+        spool_file = settings.spool_file
+        self._spool: Spool | None = None
+        self._replayer: Replayer | None = None
+        if spool_file is not None:
+            self._spool = Spool(
+                spool_file,
+                max_bytes=settings.max_spool_bytes,
+                site_id=settings.site_id,
+                track_url=settings.track_url,
+                notice=self._delivery_problem,
+            )
+            # Replay makes one attempt per round and backs off between rounds: a retry
+            # loop there would hold fresh events behind old ones.
+            self._replayer = Replayer(
+                self._spool,
+                Delivery(transport, pacer=pacer, notify=self._delivery_problem),
+                batch_size=settings.batch_size,
+                problem=self._spool_problem,
+            )
+        self._disk = settings.durability == "disk"
+        self._spill = settings.on_full == "spill"
         self._delivery = Delivery(
             transport,
             pacer=pacer,
@@ -165,13 +202,20 @@ class Bridge:
         self._dead_letters: deque[DeadLetter] = deque(maxlen=_DEAD_LETTERS_KEPT)
         self._warned_unknown: set[str] = set()
         self._warn_unknown = bool(settings.events) and settings.unknown_events == "warn"
-        self._dispatcher: Dispatcher[Capture] = Dispatcher(
+        self._dispatcher: Dispatcher[Capture | Operation] = Dispatcher(
             process=self._process,
             send=self._send,
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
             max_queue_size=settings.max_queue_size,
+            idle=None if self._replayer is None else self._replay_round,
         )
+        # Settling a batch and shutdown's rescue of a batch still in flight take turns.
+        self._settle_lock = threading.RLock()
+        self._in_flight: list[Operation] | None = None
+        self._rescued: set[str] = set()  # ids spooled by shutdown while being sent
+        self._rescued_pending = 0  # of those, not yet settled by the thread
+        self._fresh_failing = False
         self._shutdown_lock = threading.RLock()  # reentrant for the SIGTERM handler
         # The process whose state this is; 0 once a fork hook reset it for a child
         # whose thread is still to start (see submit).
@@ -196,6 +240,11 @@ class Bridge:
                 timeout=self.settings.request_timeout,
             )
         return self._client
+
+    @property
+    def spool(self) -> Spool | None:
+        """The disk spool, None when ``spool_path=False``."""
+        return self._spool
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -225,15 +274,85 @@ class Bridge:
             self._emit_pending_warnings()
         if self._warn_unknown:
             self._warn_if_unknown(capture)
+        if self._disk:
+            return self._submit_durably(capture)
         if self._dispatcher.submit(capture):
             return True
-        reason = (
-            "the bridge is shut down"
-            if self._dispatcher.closed
-            else f"the queue is full (max_queue_size={self.settings.max_queue_size})"
-        )
-        self.count_dropped(f"event dropped: {reason}")
+        if self._spill or (self._spool is not None and self._dispatcher.closed):
+            # Queue full, or logged after shutdown (an exit hook that ran after ours):
+            # the event waits on disk for the next replay.
+            op = self._build_here(capture)
+            return op is not None and self._keep_unqueued(op)
+        self.count_dropped(f"event dropped: {self._why_not_queued()}")
         return False
+
+    def _submit_durably(self, capture: Capture) -> bool:
+        # durability="disk": on disk before the log call returns, reserved for this
+        # process's queue; if the process dies, replay (here or elsewhere) sends it.
+        op = self._build_here(capture)
+        if op is None:
+            return False
+        self._store([op], lease=True)
+        if self._dispatcher.submit(op):
+            return True
+        return self._keep_unqueued(op)
+
+    def _keep_unqueued(self, op: Operation) -> bool:
+        """Spool an event the queue did not take (counted spooled, or dropped)."""
+        if self._store([op]):
+            with self._counters.lock:
+                self._counters.spooled += 1
+                self._counters.untaken += 1
+            return True
+        self.count_dropped(f"event dropped: {self._why_not_queued()} and the spool is unusable")
+        return False
+
+    def _why_not_queued(self) -> str:
+        if self._dispatcher.closed:
+            return "the bridge is shut down"
+        return f"the queue is full (max_queue_size={self.settings.max_queue_size})"
+
+    def _build_here(self, capture: Capture) -> Operation | None:
+        """Build on the caller's thread; an invalid event is counted (never queued)."""
+        try:
+            return build_operation(capture, self._taxonomy)
+        except InvalidEventError as exc:
+            self._reject(capture, exc.reason, exc.field, str(exc), here=True)
+        except Exception as exc:  # noqa: BLE001 - a user validator or a bug: count, don't raise
+            self._reject(
+                capture, "internal_error", None, f"{type(exc).__name__} while building", here=True
+            )
+        return None
+
+    def _store(self, ops: list[Operation], *, lease: bool = False) -> bool:
+        """Write ``ops`` to the spool; False when there is none or it cannot be used."""
+        spool = self._spool
+        if spool is None or not ops:
+            return False
+        try:
+            evicted = spool.add(ops, lease=lease)
+        except (SpoolUnavailableError, SpoolBusyError) as exc:
+            self._spool_problem(exc)
+            return False
+        if evicted:
+            with self._counters.lock:
+                self._counters.evicted += evicted
+                self._counters.last_error = (
+                    f"the spool is full (max_spool_bytes={self.settings.max_spool_bytes}): "
+                    f"{evicted} of its oldest operations were evicted unsent"
+                )
+        return True
+
+    def _spool_problem(self, exc: Exception) -> None:
+        message = str(exc)
+        with self._counters.lock:
+            self._counters.last_error = message
+            if isinstance(exc, SpoolUnavailableError) and exc.first:
+                self._pending_warnings.append(
+                    f"{message}. Carrying on in memory: events that cannot be delivered now "
+                    f"are counted as failed or dropped until the spool works again (tried "
+                    f"again every minute)"
+                )
 
     def _warn_if_unknown(self, capture: Capture) -> None:
         # Here on the app's thread rather than on the dispatch thread: that thread never
@@ -265,18 +384,23 @@ class Bridge:
             timeout: Seconds to wait at most; ``shutdown_timeout`` when None.
 
         Returns:
-            True when every event queued before the call was settled within ``timeout``
-            and no delivery failed meanwhile; ``stats()`` tells the details.
+            True when every event queued before the call was delivered or spooled within
+            ``timeout``, and none was refused or failed meanwhile; ``stats()`` tells the
+            details.
         """
         if self._shut_down:
             # The exit hook, then logging.shutdown() calling every handler's flush: one
             # deadline for the whole exit, spent once.
             return self._dispatcher.depth == 0
         wait = self.settings.shutdown_timeout if timeout is None else timeout
-        failed_before = self._counters.failed
+        lost_before = self._lost()
         done = self._dispatcher.flush(wait)
         self._emit_pending_warnings()
-        return done and self._counters.failed == failed_before
+        return done and self._lost() == lost_before
+
+    def _lost(self) -> int:
+        # Fresh operations that neither went nor wait on disk.
+        return self._counters.failed + self._counters.dead_lettered
 
     def request_flush(self) -> None:
         """Ask the dispatch thread to send what is queued now, without waiting for it."""
@@ -295,18 +419,61 @@ class Bridge:
         self._delivery.pacer.set_deadline(self._deadline)
         left = self._dispatcher.stop(wait)
         if left:
-            with self._counters.lock:
-                self._counters.dropped += len(left)
-                self._counters.untaken += len(left)
-                self._counters.last_error = (
-                    f"{len(left)} events were still queued when shutdown's {wait:g}s ran out"
-                )
+            self._settle_leftovers(left, wait)
         thread = self._dispatcher.thread
         if thread is None or not thread.is_alive():
             # A thread still sending would race the close; it is a daemon and ends
             # with the interpreter.
             self._delivery.transport.close()
+            if self._spool is not None:
+                self._spool.close()
+        else:
+            self._rescue_in_flight()
         self._emit_pending_warnings()
+
+    def _settle_leftovers(self, left: list[Capture | Operation], wait: float) -> None:
+        """What was still queued when shutdown's time ran out: spooled, else dropped."""
+        ops: list[Operation] = []
+        for item in left:
+            op = item if isinstance(item, Operation) else self._build_here(item)
+            if op is not None:
+                ops.append(op)
+        stored = self._store(ops)
+        with self._counters.lock:
+            c = self._counters
+            c.untaken += len(ops)
+            if stored:
+                c.spooled += len(ops)
+            else:
+                c.dropped += len(ops)
+                c.last_error = (
+                    f"{len(ops)} events were still queued when shutdown's {wait:g}s ran out"
+                )
+
+    def _rescue_in_flight(self) -> None:
+        """The thread is still sending past the deadline: put its batch on disk too.
+
+        Should the send still succeed before the process ends, the rows are removed
+        again; if the process ends first, replay sends them later and the API drops any
+        duplicate by id.
+        """
+        # Not waiting: a thread that holds the settle lock is settling its batch already
+        # (it may even wait for a lock this thread holds, under a signal handler).
+        if self._spool is None or not self._settle_lock.acquire(blocking=False):
+            return
+        try:
+            ops = self._in_flight
+            if not ops:
+                return
+            fresh = [op for op in ops if op.id not in self._rescued]
+            if self._store(fresh):
+                self._rescued.update(op.id for op in fresh)
+                with self._counters.lock:
+                    # Counted spooled now, no longer in the queue's depth.
+                    self._counters.spooled += len(fresh)
+                    self._rescued_pending += len(fresh)
+        finally:
+            self._settle_lock.release()
 
     def wait_for_shutdown(self) -> None:
         """Wait, at most until its deadline, for a shutdown under way to finish sending."""
@@ -329,9 +496,14 @@ class Bridge:
                 failed=c.failed,
                 dropped=c.dropped,
                 invalid=c.invalid,
+                spooled=c.spooled,
+                replayed=c.replayed,
+                dead_lettered=c.dead_lettered,
                 batches=c.batches,
-                queue_depth=depth,
+                queue_depth=max(0, depth - self._rescued_pending),
                 last_error=c.last_error,
+                replay_refused=c.replay_refused,
+                evicted=c.evicted,
             )
 
     def dead_letters(self) -> list[DeadLetter]:
@@ -359,6 +531,8 @@ class Bridge:
         the thread (never the fork hook).
         """
         old_transport = self._delivery.transport
+        if self._spool is not None:
+            self._spool.reset_after_fork()  # never close the parent's connection here
         was_running = self._dispatcher.thread is not None
         shut_down = self._shut_down
         # Everything this bridge owns is what __init__ builds: build it again.
@@ -396,7 +570,10 @@ class Bridge:
             self._counters.last_error = message
             self._pending_warnings.append(message)
 
-    def _process(self, capture: Capture) -> Operation | None:
+    def _process(self, capture: Capture | Operation) -> Operation | None:
+        if type(capture) is Operation:
+            return capture  # built on the app's thread (durability="disk")
+        assert isinstance(capture, Capture)
         try:
             op = build_operation(capture, self._taxonomy)
         except InvalidEventError as exc:
@@ -407,7 +584,15 @@ class Bridge:
             return None
         return op
 
-    def _reject(self, capture: Capture, reason: str, field: str | None, message: str) -> None:
+    def _reject(
+        self,
+        capture: Capture,
+        reason: str,
+        field: str | None,
+        message: str,
+        *,
+        here: bool = False,
+    ) -> None:
         name = capture.tag if isinstance(capture.tag, str) else capture.message
         # A "name" may be a whole log message: keep at most an event name's worth of it.
         short_name = _short(name.strip()) if isinstance(name, str) else None
@@ -421,33 +606,111 @@ class Bridge:
         )
         with self._counters.lock:
             self._counters.invalid += 1
+            if here:
+                self._counters.untaken += 1
             self._counters.last_error = f"invalid event {short_name!r}: {letter.message}"
             self._dead_letters.append(letter)
+        at, text = letter.at, letter.message
+        self._keep_dead_letters(
+            [DeadLetterRow(0, None, None, short_name, reason, field, text, at, None)]
+        )
+
+    def _keep_dead_letters(self, rows: list[DeadLetterRow]) -> None:
+        if self._spool is not None and rows:
+            try:
+                self._spool.dead_letter(rows)
+            except (SpoolUnavailableError, SpoolBusyError) as exc:
+                self._spool_problem(exc)  # they stay in dead_letters(), in memory
 
     def _send(self, ops: list[Operation]) -> None:
+        self._in_flight = ops
         try:
             report = self._delivery.deliver(ops)
         except Exception as exc:  # noqa: BLE001 - a transport bug must not lose the count
             error = f"{type(exc).__name__} in the transport"
             failure = Failure("internal_error", error)
             report = DeliveryReport(failed=[(op, failure) for op in ops], error=error)
-        self._account(report)
+        with self._settle_lock:
+            try:
+                self._account(report)
+            finally:
+                self._in_flight = None
 
     def _account(self, report: DeliveryReport) -> None:
+        """Settle a fresh batch: sent, dead-lettered (refused for good), or spooled."""
+        refused = [(op, f) for op, f in report.failed if f.permanent]
+        unsent = [(op, f) for op, f in report.failed if not f.permanent]
+        waiting = [op for op, _ in unsent] + report.dropped
+        rescued = self._rescued
+        if rescued:
+            # Shutdown already spooled (and counted) these: settle each only once.
+            waiting = [op for op in waiting if op.id not in rescued]
+        stored = self._store(waiting)
+        done = [op.id for op in report.sent]
+        if done and (self._disk or rescued) and self._spool is not None:
+            try:
+                self._spool.ack(done)
+            except (SpoolUnavailableError, SpoolBusyError) as exc:
+                self._spool_problem(exc)  # replay resends them; the API drops duplicates
+        self._keep_dead_letters(dead_letter_rows(refused))
         now = time.time()
-        letters = [
-            DeadLetter(op.id, op.name, f.reason, f.field, f.message, now) for op, f in report.failed
-        ]
+        kept = (
+            refused
+            if stored
+            else [*refused, *((op, f) for op, f in unsent if op.id not in rescued)]
+        )
+        letters = [DeadLetter(op.id, op.name, f.reason, f.field, f.message, now) for op, f in kept]
         with self._counters.lock:
             c = self._counters
             c.batches += report.requests
             c.retried += report.retried
-            c.dropped += len(report.dropped)
             c.sent += len(report.sent)
-            c.failed += len(report.failed)
+            c.dead_lettered += len(refused)
+            if stored:
+                c.spooled += len(waiting)
+            else:
+                c.dropped += sum(op.id not in rescued for op in report.dropped)
+                c.failed += sum(op.id not in rescued for op, _ in unsent)
+            if rescued:
+                # Rescued ops that were settled here after all leave ``spooled``.
+                settled = [op.id for op in report.sent] + [op.id for op, _ in refused]
+                c.spooled -= sum(i in rescued for i in settled)
+                everything = [*report.sent, *(op for op, _ in report.failed), *report.dropped]
+                self._rescued_pending -= sum(op.id in rescued for op in everything)
             self._dead_letters.extend(letters)
             if report.error:
                 c.last_error = report.error
+        if waiting or unsent:
+            self._fresh_failing = True
+            self._dispatcher.schedule_idle(MIN_BACKOFF)
+        elif report.sent and self._fresh_failing and self._replayer is not None:
+            # The API answers again: replay what waited, now.
+            self._fresh_failing = False
+            self._replayer.retry_soon()
+            self._dispatcher.schedule_idle(0.0)
+
+    def _replay_round(self) -> float:
+        """The dispatch thread's idle work: one replay round; seconds until the next."""
+        replayer = self._replayer
+        assert replayer is not None
+        result: ReplayRound = replayer.round()
+        report = result.report
+        now = time.time()
+        letters = [
+            DeadLetter(op.id, op.name, f.reason, f.field, f.message, now)
+            for op, f in result.refused
+        ]
+        with self._counters.lock:
+            c = self._counters
+            c.replayed += len(result.sent)
+            c.replay_refused += len(result.refused)
+            self._dead_letters.extend(letters)
+            if report is not None:
+                c.batches += report.requests
+                c.retried += report.retried
+            if result.error and (result.returned or result.refused):
+                c.last_error = f"replaying the spool: {result.error}"
+        return replayer.next_delay(result)
 
 
 # The library's own logger, fetched once here so that the dispatch thread never needs

@@ -8,6 +8,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -29,10 +30,14 @@ ENV_VARS: Mapping[str, str] = {
     "api_key": "CUSTOMERIO_TRACK_API_KEY",
     "region": "CUSTOMERIO_REGION",
     "track_url": "CUSTOMERIO_TRACK_URL",
+    "spool_path": "CUSTOMERIO_SPOOL_PATH",
 }
 
 UnknownEvents = Literal["allow", "warn", "reject"]
 _UNKNOWN_EVENTS = ("allow", "warn", "reject")
+OnFull = Literal["drop", "spill"]
+Durability = Literal["memory", "disk"]
+_SPOOL_OFF = frozenset({"false", "off", "none", "no", "0"})
 _LOOPBACK_NAMES = frozenset({"localhost"})
 
 
@@ -67,8 +72,18 @@ class Settings:
             everything the bridge sends.
         install_signal_handlers: Flush on SIGTERM (then chain to the previous handler)
             when ``configure()`` runs on the main thread.
-        spool_path: Where undeliverable events wait on disk; ``False`` disables the spool,
-            ``None`` picks the default location.
+        spool_path: The SQLite file where events that cannot be delivered now wait
+            (``CUSTOMERIO_SPOOL_PATH``). ``None``: one file per workspace in the user's
+            state directory (see :attr:`spool_file`). ``False`` (or ``"off"``) disables
+            the spool: such events are then counted as failed or dropped.
+        max_spool_bytes: Most bytes of operations waiting in the spool; beyond it the
+            oldest are evicted and counted.
+        on_full: What happens to an event logged while the queue is full: ``"spill"``
+            writes it to the spool (the default when the spool is on), ``"drop"`` counts
+            and drops it (the default without a spool).
+        durability: ``"memory"`` (default): events wait in memory until sent, and reach
+            the spool only when they cannot be sent. ``"disk"``: every event is written to
+            the spool before the log call returns, so even a killed process loses none.
         events: The app's event taxonomy: ``Event`` subclasses.
         unknown_events: What to do with an event whose name is not in ``events``.
         user_attributes: A ``UserAttributes`` subclass that validates ``identify`` attributes.
@@ -93,6 +108,9 @@ class Settings:
     max_requests_per_second: float = 100.0
     install_signal_handlers: bool = True
     spool_path: str | os.PathLike[str] | Literal[False] | None = None
+    max_spool_bytes: int = 100 * 1024 * 1024
+    on_full: OnFull | None = None
+    durability: Durability = "memory"
     events: tuple[type[Event], ...] = ()
     unknown_events: UnknownEvents = "allow"
     user_attributes: type[UserAttributes] | None = None
@@ -157,6 +175,65 @@ class Settings:
                 setting="unknown_events",
             )
         object.__setattr__(self, "events", tuple(self.events))
+        self._check_spool()
+
+    def _check_spool(self) -> None:
+        path = self.spool_path
+        if isinstance(path, str) and path.strip().lower() in _SPOOL_OFF:
+            path = False
+        if path is not False and path is not None:
+            if not isinstance(path, str | os.PathLike) or not os.fspath(path).strip():
+                raise ConfigurationError(
+                    "spool_path must be a file path, None (the default location) or False "
+                    f"(no spool); set it with configure(spool_path=...) or "
+                    f"{ENV_VARS['spool_path']}",
+                    setting="spool_path",
+                    env_var=ENV_VARS["spool_path"],
+                )
+            path = os.path.expanduser(os.fspath(path))
+        object.__setattr__(self, "spool_path", path)
+        _require_int("max_spool_bytes", self.max_spool_bytes, low=1024 * 1024)
+        if self.durability not in ("memory", "disk"):
+            raise ConfigurationError(
+                f"durability must be 'memory' or 'disk', got {self.durability!r}",
+                setting="durability",
+            )
+        if self.on_full not in (None, "drop", "spill"):
+            raise ConfigurationError(
+                f"on_full must be 'drop' or 'spill', got {self.on_full!r}", setting="on_full"
+            )
+        if path is False:
+            for name, value in (("on_full", "spill"), ("durability", "disk")):
+                if getattr(self, name) == value:
+                    raise ConfigurationError(
+                        f"{name}={value!r} needs the spool, but spool_path is False: "
+                        f"remove one of them",
+                        setting=name,
+                    )
+        on_full = self.on_full or ("drop" if path is False else "spill")
+        if self.durability == "disk" and on_full == "drop":
+            raise ConfigurationError(
+                "durability='disk' writes every event to the spool first, so a full queue "
+                "leaves it there: on_full must be 'spill' (or unset)",
+                setting="on_full",
+            )
+        object.__setattr__(self, "on_full", on_full)
+
+    @property
+    def spool_file(self) -> Path | None:
+        """The spool's file, None when the spool is off.
+
+        By default one file per workspace and host, in
+        ``$XDG_STATE_HOME/customerio-logging/`` (``~/.local/state/customerio-logging/``);
+        on macOS in ``~/Library/Application Support/customerio-logging/``.
+        """
+        if self.spool_path is False:
+            return None
+        if self.spool_path is None:
+            from ._spool import default_spool_path
+
+            return default_spool_path(self.site_id, self.track_url)
+        return Path(self.spool_path)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -153,6 +153,22 @@ class Failure:
     field: str | None = None
     status: int | None = None
 
+    @property
+    def permanent(self) -> bool:
+        """True when sending the operation again cannot help: the API refused it itself.
+
+        A refusal of one operation (207, or 400/413 when it was alone) or a status that
+        says the request will never be understood (other 4xx but 401, 403, 408 and 429;
+        501; 505). Network errors, timeouts, throttling, 5xx and refused credentials are
+        not permanent: the operation can wait in the spool.
+        """
+        status = self.status
+        if status is None:
+            return False
+        if status == 207 or status in (501, 505):
+            return True
+        return 400 <= status < 500 and status not in (401, 403, 408, 429)
+
 
 @dataclass(slots=True)
 class DeliveryReport:

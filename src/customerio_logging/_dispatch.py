@@ -15,6 +15,8 @@ from ._schema import Operation
 __all__ = ["THREAD_NAME", "Dispatcher"]
 
 THREAD_NAME = "customerio-dispatch"
+IDLE_START_DELAY = 1.0
+"""Seconds after the thread starts before the first idle round (replay)."""
 
 T = TypeVar("T")
 
@@ -85,6 +87,9 @@ class Dispatcher(Generic[T]):
         flush_interval: Seconds between sends of a partial batch.
         max_queue_size: Most items waiting; ``submit`` refuses beyond it.
         body_limit: Most bytes in one batch body.
+        idle: Background work done only while the queue is empty (the spool's replay):
+            one round per call, returning the seconds until it wants the next. Fresh
+            events always go first.
         clock: Monotonic seconds; tests inject one.
     """
 
@@ -97,6 +102,7 @@ class Dispatcher(Generic[T]):
         flush_interval: float,
         max_queue_size: int,
         body_limit: int = BATCH_BODY_BYTES,
+        idle: Callable[[], float] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._process = process
@@ -106,6 +112,8 @@ class Dispatcher(Generic[T]):
         self._max_queue_size = max_queue_size
         self._body_limit = body_limit
         self._clock = clock
+        self._idle = idle
+        self._next_idle = 0.0  # when idle work is next due (set when the thread starts)
         self._queue: deque[T | _Flush | _Stop] = deque()
         self._wake = _Wake()
         self._closed = False
@@ -181,6 +189,12 @@ class Dispatcher(Generic[T]):
             self._put_marker(_Flush())
             self._wake.set()
 
+    def schedule_idle(self, delay: float) -> None:
+        """Have the idle work run again after ``delay`` seconds (from any thread)."""
+        self._next_idle = self._clock() + delay
+        if delay <= 0:
+            self._wake.set()
+
     def stop(self, timeout: float) -> list[T]:
         """Flush, then stop the thread, all within ``timeout`` seconds.
 
@@ -228,9 +242,18 @@ class Dispatcher(Generic[T]):
     def _run(self) -> None:
         queue = self._queue
         next_tick = self._clock() + self._flush_interval
+        # Idle work starts a moment after the thread: not while the app is still booting
+        # (and maybe about to fork: a thread busy in C code at a fork from C is unsafe).
+        self._next_idle = max(self._next_idle, self._clock() + IDLE_START_DELAY)
         while True:
             if not queue:
-                self._wake.wait(max(0.0, next_tick - self._clock()))
+                idle = self._idle is not None and not self._closed
+                if idle and self._clock() >= self._next_idle:
+                    # One round only: fresh events that come meanwhile go first.
+                    self._run_idle()
+                else:
+                    wake_at = min(next_tick, self._next_idle) if idle else next_tick
+                    self._wake.wait(max(0.0, wake_at - self._clock()))
             # Clear before draining: a submit after this point sets it again.
             self._wake.clear()
             while queue:
@@ -250,6 +273,14 @@ class Dispatcher(Generic[T]):
             if now >= next_tick:
                 self._send_batch()
                 next_tick = now + self._flush_interval
+
+    def _run_idle(self) -> None:
+        assert self._idle is not None
+        try:
+            delay = self._idle()
+        except Exception:  # noqa: BLE001 - `idle` accounts for its work; the thread lives on
+            delay = 60.0
+        self._next_idle = self._clock() + delay
 
     def _add(self, item: T) -> None:
         # Once per event: kept lean, it runs while the app's threads wait for the GIL.
