@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from . import _replay
 from ._capture import ACTION, Capture, build_operation
 from ._config import Settings
 from ._delivery import Delivery, DeliveryReport, Failure, SessionTransport, shorten
@@ -24,7 +25,7 @@ from ._lifecycle import (
 )
 from ._limits import MAX_NAME_BYTES
 from ._pacing import Pacer
-from ._replay import MIN_BACKOFF, Replayer, ReplayRound, dead_letter_rows
+from ._replay import Replayer, ReplayRound, dead_letter_rows
 from ._retry import RetryPolicy
 from ._schema import Operation, Taxonomy
 from ._schema import _reseed as _reseed_ids
@@ -682,7 +683,7 @@ class Bridge:
                 c.last_error = report.error
         if waiting or unsent:
             self._fresh_failing = True
-            self._dispatcher.schedule_idle(MIN_BACKOFF)
+            self._dispatcher.schedule_idle(_replay.MIN_BACKOFF)
         elif report.sent and self._fresh_failing and self._replayer is not None:
             # The API answers again: replay what waited, now.
             self._fresh_failing = False

@@ -1,0 +1,287 @@
+"""The bridge with its spool: what cannot be sent now waits on disk and is replayed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import customerio_logging as cio
+from customerio_logging import _dispatch, _replay
+from customerio_logging._capture import Capture
+from customerio_logging._delivery import Response
+from customerio_logging._schema import Operation, new_ulid
+from customerio_logging._spool import Spool
+from customerio_logging.testing import FaultPlan, TrackAPIEmulator
+
+from .conftest import GatedTransport
+
+DOWN = FaultPlan(failure_rate=1.0, failure_statuses=(503,))
+WAIT = 10.0
+
+
+@pytest.fixture(autouse=True)
+def _quick_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Replay's pauses are seconds to minutes in production: make them short here.
+    monkeypatch.setattr(_dispatch, "IDLE_START_DELAY", 0.0)
+    monkeypatch.setattr(_replay, "MIN_BACKOFF", 0.05)
+    monkeypatch.setattr(_replay, "POLL_INTERVAL", 0.05)
+
+
+@pytest.fixture
+def spool_path(tmp_path: Path) -> Path:
+    return tmp_path / "spool.sqlite3"
+
+
+@pytest.fixture
+def spooled(settings: dict[str, Any], spool_path: Path) -> dict[str, Any]:
+    """configure() keywords: the emulator, a spool in tmp_path, one quick retry."""
+    return {
+        **settings,
+        "spool_path": str(spool_path),
+        "max_retries": 1,
+        "retry_base_delay": 0.01,
+        "retry_max_delay": 0.02,
+        "retry_budget": 0.2,
+    }
+
+
+def _capture(i: int, **fields: Any) -> Capture:
+    return Capture(True, "plan_changed", {"user_id": f"u{i}", **fields}, 1_700_000_000.0 + i)
+
+
+def _balanced(stats: cio.Stats) -> bool:
+    settled = stats.sent + stats.failed + stats.invalid + stats.dropped
+    return stats.enqueued == settled + stats.spooled + stats.dead_lettered + stats.queue_depth
+
+
+def _until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        tick.wait(0.01)
+    return True
+
+
+def _pending(path: Path) -> int:
+    spool = Spool(path, max_bytes=1 << 30)
+    try:
+        return spool.pending()
+    finally:
+        spool.close()
+
+
+def _people(emulator: TrackAPIEmulator) -> list[str]:
+    return sorted(op["identifiers"]["id"] for op in emulator.operations)
+
+
+class TestOutage:
+    def test_failed_batches_wait_on_disk_and_replay_delivers_them_once(
+        self, spooled: dict[str, Any], spool_path: Path, emulator: TrackAPIEmulator
+    ) -> None:
+        emulator.set_faults(DOWN)
+        bridge = cio.configure(**spooled)
+        for i in range(20):
+            bridge.submit(_capture(i))
+        assert bridge.flush(WAIT)  # delivered or spooled: spooled
+        stats = bridge.stats()
+        assert (stats.sent, stats.failed, stats.spooled) == (0, 0, 20)
+        assert _balanced(stats)
+        assert _pending(spool_path) == 20
+
+        emulator.set_faults(None)
+        assert _until(lambda: bridge.stats().replayed == 20)
+        assert _people(emulator) == sorted(f"u{i}" for i in range(20))
+        assert all(n == 1 for n in emulator.accepted_ids().values())
+        assert _pending(spool_path) == 0
+
+    def test_replay_sends_fresh_events_first(
+        self, spooled: dict[str, Any], spool_path: Path, emulator: TrackAPIEmulator
+    ) -> None:
+        waiting = Spool(spool_path, max_bytes=1 << 30)
+        ops = [
+            Operation(
+                op_id := new_ulid(1_700_000_000.0),
+                "event",
+                "old",
+                json.dumps(
+                    {
+                        "type": "person",
+                        "identifiers": {"id": f"old{i}"},
+                        "action": "event",
+                        "name": "old",
+                        "id": op_id,
+                        "timestamp": 1_700_000_000,
+                    }
+                ).encode(),
+            )
+            for i in range(3000)
+        ]
+        waiting.add(ops)
+        waiting.close()
+        bridge = cio.configure(**{**spooled, "batch_size": 100})
+        assert _until(lambda: bridge.stats().replayed > 0)
+        bridge.submit(_capture(1))
+        assert bridge.flush(WAIT)
+        names = [op["name"] for op in emulator.operations]
+        # The fresh event went in the next request, not after the 3,000 old ones.
+        assert "plan_changed" in names
+        assert names.index("plan_changed") < 1500
+        assert _until(lambda: bridge.stats().replayed == 3000)
+
+
+class TestQueueFull:
+    def test_a_full_queue_spills_to_the_spool_instead_of_dropping(
+        self, spooled: dict[str, Any], spool_path: Path, emulator: TrackAPIEmulator
+    ) -> None:
+        transport = GatedTransport(Response(200))
+        bridge = cio.configure(
+            **{**spooled, "batch_size": 1, "max_queue_size": 10}, transport=transport
+        )
+        results = [bridge.submit(_capture(i)) for i in range(100)]
+        assert all(results)
+        stats = bridge.stats()
+        assert stats.dropped == 0
+        assert stats.spooled >= 80
+        assert _pending(spool_path) == stats.spooled
+        assert _balanced(stats)
+        transport.gate.set()
+        assert bridge.flush(WAIT)
+        assert _until(lambda: bridge.stats().replayed == stats.spooled)
+        sent = {json.loads(b)["batch"][0]["identifiers"]["id"] for b in transport.bodies}
+        assert sent == {f"u{i}" for i in range(100)}
+
+
+class TestShutdown:
+    def test_what_the_deadline_cuts_off_waits_on_disk(
+        self, spooled: dict[str, Any], spool_path: Path
+    ) -> None:
+        transport = GatedTransport(Response(200))
+        bridge = cio.configure(**{**spooled, "batch_size": 5}, transport=transport)
+        for i in range(50):
+            bridge.submit(_capture(i))
+        assert transport.entered.wait(WAIT)
+        bridge.shutdown(0.2)
+        stats = bridge.stats()
+        # The 45 queued and the 5 in flight (rescued) are on disk; nothing is dropped.
+        assert (stats.dropped, stats.failed, stats.spooled) == (0, 0, 50)
+        assert _balanced(stats)
+        assert _pending(spool_path) == 50
+        # The stuck send completes after all: its rows leave the spool again.
+        transport.gate.set()
+        assert _until(lambda: bridge.stats().sent == 5)
+        stats = bridge.stats()
+        assert (stats.spooled, stats.queue_depth) == (45, 0)
+        assert _balanced(stats)
+        assert _until(lambda: _pending(spool_path) == 45)
+
+    def test_events_logged_after_shutdown_wait_on_disk(
+        self, spooled: dict[str, Any], spool_path: Path
+    ) -> None:
+        bridge = cio.configure(**spooled)
+        bridge.shutdown(1.0)
+        assert bridge.submit(_capture(1)) is True
+        assert bridge.stats().spooled == 1
+        assert _pending(spool_path) == 1
+
+    def test_refused_credentials_at_shutdown_leave_the_events_on_disk(
+        self, spooled: dict[str, Any], spool_path: Path
+    ) -> None:
+        bridge = cio.configure(**{**spooled, "api_key": "wrong-key"})
+        for i in range(3):
+            bridge.submit(_capture(i))
+        assert bridge.flush(0.3) is False  # held: the credentials are refused
+        bridge.shutdown(0.3)
+        stats = bridge.stats()
+        assert stats.spooled == 3
+        assert _balanced(stats)
+        assert _pending(spool_path) == 3
+
+
+class TestDeadLetter:
+    def test_refused_and_invalid_events_are_kept_with_their_reason(
+        self, spooled: dict[str, Any], spool_path: Path, emulator: TrackAPIEmulator
+    ) -> None:
+        emulator.set_faults(
+            FaultPlan(reject_ops=lambda op: "blocked" if op["identifiers"]["id"] == "u1" else None)
+        )
+        bridge = cio.configure(**spooled)
+        for i in range(3):
+            bridge.submit(_capture(i))
+        bridge.submit(Capture(True, "no_person", {"plan": "pro"}, 1.0))
+        assert bridge.flush(WAIT) is False
+        stats = bridge.stats()
+        assert (stats.sent, stats.dead_lettered, stats.invalid, stats.spooled) == (2, 1, 1, 0)
+        assert _balanced(stats)
+        rows = list(Spool(spool_path, max_bytes=1 << 30).dead_letters())
+        by_name = {row.name: row for row in rows}
+        refused, invalid = by_name["plan_changed"], by_name["no_person"]
+        assert refused.body is not None
+        assert json.loads(refused.body)["identifiers"] == {"id": "u1"}
+        assert (invalid.reason, invalid.field, invalid.body) == (
+            "missing_identifier",
+            "identifiers",
+            None,
+        )
+        assert _pending(spool_path) == 0  # never retried by itself
+
+
+class TestDurability:
+    def test_disk_durability_writes_before_the_call_returns_and_clears_once_sent(
+        self, spooled: dict[str, Any], spool_path: Path
+    ) -> None:
+        transport = GatedTransport(Response(200))
+        bridge = cio.configure(**spooled, durability="disk", transport=transport)
+        for i in range(10):
+            bridge.submit(_capture(i))
+        assert _pending(spool_path) == 10  # on disk already, while nothing is sent
+        transport.gate.set()
+        assert bridge.flush(WAIT)
+        assert bridge.stats().sent == 10
+        assert _pending(spool_path) == 0
+
+    def test_invalid_events_are_rejected_on_the_callers_thread(
+        self, spooled: dict[str, Any]
+    ) -> None:
+        bridge = cio.configure(**spooled, durability="disk")
+        assert bridge.submit(Capture(True, "no_person", {"plan": "pro"}, 1.0)) is False
+        stats = bridge.stats()
+        assert (stats.enqueued, stats.invalid) == (1, 1)
+        assert _balanced(stats)
+
+
+class TestUnusableSpool:
+    def test_an_unusable_path_degrades_to_memory_with_one_clear_warning(
+        self,
+        spooled: dict[str, Any],
+        tmp_path: Path,
+        emulator: TrackAPIEmulator,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        blocker = tmp_path / "not-a-folder"
+        blocker.write_text("a file where the spool's folder should be")
+        emulator.set_faults(DOWN)
+        bridge = cio.configure(**{**spooled, "spool_path": str(blocker / "spool.sqlite3")})
+        with caplog.at_level(logging.WARNING, logger="customerio_logging"):
+            for i in range(5):
+                bridge.submit(_capture(i))
+            assert bridge.flush(WAIT) is False
+            for i in range(5, 10):
+                bridge.submit(_capture(i))  # the warning surfaces on the app's thread
+            bridge.flush(WAIT)
+        warnings = [r.getMessage() for r in caplog.records if "spool" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert "not-a-folder" in warnings[0]
+        assert "in memory" in warnings[0]
+        stats = bridge.stats()
+        assert stats.failed == 10
+        assert stats.spooled == 0
+        assert _balanced(stats)
