@@ -42,6 +42,7 @@ import multiprocessing
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -223,15 +224,20 @@ def bridged_chain(bridge: cio.Bridge | None = None) -> list[Any]:
     ]
 
 
-def idle_bridge(emu: RemoteEmulator, capacity: int) -> cio.Bridge:
-    """A bridge that is never started: ``submit`` only queues, no thread takes the work."""
+def idle_bridge(emu: RemoteEmulator, capacity: int, spool: str | None = None) -> cio.Bridge:
+    """A bridge that is never started: ``submit`` only queues, no thread takes the work.
+
+    With ``spool`` (a file path), ``durability="disk"``: each call also writes its event
+    to the spool before returning.
+    """
     settings = cio.Settings(
         site_id=emu.site_id,
         api_key=emu.api_key,
         track_url=emu.url,
         batch_size=BATCH_SIZE,
         max_queue_size=capacity,
-        spool_path=False,
+        spool_path=spool or False,
+        durability="disk" if spool else "memory",
     )
     return cio.Bridge(settings)
 
@@ -289,6 +295,8 @@ class Results:
     e2e_rate: Series = field(default_factory=Series)  # (d) events/s per run
     e2e_app_us: Series = field(default_factory=Series)  # (d) app-thread µs per call
     e2e_dropped: int = 0
+    disk_us: Series = field(default_factory=Series)  # (f) (b0) with durability="disk"
+    memory_us: Series = field(default_factory=Series)  # (f0) (b0), paired with (f)
     client_us: Series = field(default_factory=Series)  # (e) µs per call
     client_rate: Series = field(default_factory=Series)  # (e) events/s per chunk
 
@@ -342,6 +350,32 @@ def run_structlog_phase(
         f"(b) the emulator accepted {accepted} of {tagged} events ({rejected} rejected)",
     )
     emu.reset()
+
+
+def run_durability_phase(
+    plan: Plan, emu: RemoteEmulator, out: TextIO, results: Results, problems: Problems
+) -> None:
+    """(f): what durability="disk" adds to a call: (b0) with a spool write, against (b0)."""
+    calls = max(1000, plan.structlog_calls // 5)
+    progress(f"(f): {plan.chunks} x {calls:,} calls each, disk and memory")
+    warm = 200
+    with tempfile.TemporaryDirectory() as folder:
+        for index in range(plan.warmup_chunks + plan.chunks):
+            timed = index >= plan.warmup_chunks
+            for variant in ("f", "f0") if index % 2 else ("f0", "f"):
+                spool = os.path.join(folder, f"spool-{index}.sqlite3") if variant == "f" else None
+                idle = idle_bridge(emu, calls + warm, spool)
+                log = structlog_logger(bridged_chain(idle), out)
+                tagged_loop(log)(warm)
+                ns = timed_ns(tagged_loop(log), calls, gc_off=True)
+                if variant == "f":
+                    assert idle.spool is not None
+                    written = idle.spool.pending()
+                    idle.spool.close()
+                    problems.check(written == calls + warm, f"(f) {written} events on disk")
+                if timed:
+                    series = results.disk_us if variant == "f" else results.memory_us
+                    series.samples.append(ns / calls / 1000)
 
 
 def run_handler_phase(plan: Plan, results: Results) -> None:
@@ -450,6 +484,9 @@ def report(plan: Plan, results: Results) -> bool:
     us_row("(a) structlog JSON call, no bridge", r.plain_us, chunk)
     us_row("(b) same, cio_event=True + CustomerIOProcessor", r.processor_us, chunk)
     us_row("(b0) diagnostic: (b) with no dispatch thread", r.idle_us, chunk)
+    disk = f"{plan.chunks} x {max(1000, plan.structlog_calls // 5):,}"
+    us_row("(f) (b0) with durability='disk' (a spool write per call)", r.disk_us, disk)
+    us_row("(f0) (b0), paired with (f)", r.memory_us, disk)
     us_row("(c1) stdlib untagged, NullHandler", r.null_us, stdlib)
     us_row("(c2) stdlib untagged, NullHandler + CustomerIOHandler", r.handler_us, stdlib)
     us_row("(c) CustomerIOHandler extra (paired c2 - c1)", r.handler_extra_us, stdlib)
@@ -519,6 +556,10 @@ def report(plan: Plan, results: Results) -> bool:
         print(f"{name:<18}  {value:>10}  {target:<10}  {verdict(ok)}")
 
     print()
+    print(
+        f"durability='disk' adds {r.disk_us.median - r.memory_us.median:+.1f} µs per call "
+        f"({r.disk_us.median / r.memory_us.median:.1f}x (f0)); no target, a figure for the README"
+    )
     print(f"mode: {plan.name}; best = min time (max events/s); Python {sys.version.split()[0]}")
     print("gc: disabled inside the timed chunks of (a), (b), (b0), (c); enabled in (d), (e)")
     print("emulator: child process on 127.0.0.1")
@@ -561,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             try:
                 run_structlog_phase(plan, emu, out, results, problems)
+                run_durability_phase(plan, emu, out, results, problems)
                 run_handler_phase(plan, results)
                 run_end_to_end_phase(plan, emu, out, results, problems)
                 run_client_phase(plan, emu, results, problems)

@@ -183,14 +183,22 @@ def default_spool_path(site_id: str, track_url: str) -> Path:
     """
     import hashlib
     import sys
+    import tempfile
 
-    if sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        state = os.environ.get("XDG_STATE_HOME", "").strip()
-        base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
     key = hashlib.sha256(f"{site_id}\n{track_url}".encode()).hexdigest()[:16]
-    return base / "customerio-logging" / f"spool-{key}.sqlite3"
+    name = f"spool-{key}.sqlite3"
+    state = os.environ.get("XDG_STATE_HOME", "").strip()
+    if os.path.isabs(state) and sys.platform != "darwin":
+        return Path(state) / "customerio-logging" / name
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):
+        # No HOME and no passwd entry (a container running as an arbitrary uid): a
+        # private folder in the temporary directory, rather than no spool at all.
+        return Path(tempfile.gettempdir()) / f"customerio-logging-{os.getuid()}" / name
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "customerio-logging" / name
+    return home / ".local" / "state" / "customerio-logging" / name
 
 
 # Connections opened before a fork, kept alive in the child: closing one there could
