@@ -13,6 +13,7 @@ import pytest
 
 from customerio_logging import _bridge
 from customerio_logging._delivery import Response
+from customerio_logging._spool import Spool
 from customerio_logging.testing import TrackAPIEmulator
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -113,3 +114,12 @@ class GatedTransport(FakeTransport):
         self.entered.set()
         self.gate.wait(10)
         return super().send(body)
+
+
+def spool_pending(path: Path) -> int:
+    """How many operations wait in the spool file at ``path`` (read by a separate handle)."""
+    spool = Spool(path, max_bytes=1 << 30)
+    try:
+        return spool.pending()
+    finally:
+        spool.close()

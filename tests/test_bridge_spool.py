@@ -20,7 +20,7 @@ from customerio_logging._schema import Operation, new_ulid
 from customerio_logging._spool import Spool
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
-from .conftest import GatedTransport
+from .conftest import GatedTransport, spool_pending
 
 DOWN = FaultPlan(failure_rate=1.0, failure_statuses=(503,))
 WAIT = 10.0
@@ -71,14 +71,6 @@ def _until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
     return True
 
 
-def _pending(path: Path) -> int:
-    spool = Spool(path, max_bytes=1 << 30)
-    try:
-        return spool.pending()
-    finally:
-        spool.close()
-
-
 def _people(emulator: TrackAPIEmulator) -> list[str]:
     return sorted(op["identifiers"]["id"] for op in emulator.operations)
 
@@ -95,13 +87,13 @@ class TestOutage:
         stats = bridge.stats()
         assert (stats.sent, stats.failed, stats.spooled) == (0, 0, 20)
         assert _balanced(stats)
-        assert _pending(spool_path) == 20
+        assert spool_pending(spool_path) == 20
 
         emulator.set_faults(None)
         assert _until(lambda: bridge.stats().replayed == 20)
         assert _people(emulator) == sorted(f"u{i}" for i in range(20))
         assert all(n == 1 for n in emulator.accepted_ids().values())
-        assert _pending(spool_path) == 0
+        assert spool_pending(spool_path) == 0
 
     def test_replay_sends_fresh_events_first(
         self, spooled: dict[str, Any], spool_path: Path, emulator: TrackAPIEmulator
@@ -151,7 +143,7 @@ class TestQueueFull:
         stats = bridge.stats()
         assert stats.dropped == 0
         assert stats.spooled >= 80
-        assert _pending(spool_path) == stats.spooled
+        assert spool_pending(spool_path) == stats.spooled
         assert _balanced(stats)
         transport.gate.set()
         assert bridge.flush(WAIT)
@@ -174,14 +166,14 @@ class TestShutdown:
         # The 45 queued and the 5 in flight (rescued) are on disk; nothing is dropped.
         assert (stats.dropped, stats.failed, stats.spooled) == (0, 0, 50)
         assert _balanced(stats)
-        assert _pending(spool_path) == 50
+        assert spool_pending(spool_path) == 50
         # The stuck send completes after all: its rows leave the spool again.
         transport.gate.set()
         assert _until(lambda: bridge.stats().sent == 5)
         stats = bridge.stats()
         assert (stats.spooled, stats.queue_depth) == (45, 0)
         assert _balanced(stats)
-        assert _until(lambda: _pending(spool_path) == 45)
+        assert _until(lambda: spool_pending(spool_path) == 45)
 
     def test_events_logged_after_shutdown_wait_on_disk(
         self, spooled: dict[str, Any], spool_path: Path
@@ -190,7 +182,7 @@ class TestShutdown:
         bridge.shutdown(1.0)
         assert bridge.submit(_capture(1)) is True
         assert bridge.stats().spooled == 1
-        assert _pending(spool_path) == 1
+        assert spool_pending(spool_path) == 1
 
     def test_refused_credentials_at_shutdown_leave_the_events_on_disk(
         self, spooled: dict[str, Any], spool_path: Path
@@ -203,7 +195,7 @@ class TestShutdown:
         stats = bridge.stats()
         assert stats.spooled == 3
         assert _balanced(stats)
-        assert _pending(spool_path) == 3
+        assert spool_pending(spool_path) == 3
 
 
 class TestDeadLetter:
@@ -231,7 +223,7 @@ class TestDeadLetter:
             "identifiers",
             None,
         )
-        assert _pending(spool_path) == 0  # never retried by itself
+        assert spool_pending(spool_path) == 0  # never retried by itself
 
 
 class TestDurability:
@@ -242,11 +234,11 @@ class TestDurability:
         bridge = cio.configure(**spooled, durability="disk", transport=transport)
         for i in range(10):
             bridge.submit(_capture(i))
-        assert _pending(spool_path) == 10  # on disk already, while nothing is sent
+        assert spool_pending(spool_path) == 10  # on disk already, while nothing is sent
         transport.gate.set()
         assert bridge.flush(WAIT)
         assert bridge.stats().sent == 10
-        assert _pending(spool_path) == 0
+        assert spool_pending(spool_path) == 0
 
     def test_invalid_events_are_rejected_on_the_callers_thread(
         self, spooled: dict[str, Any]

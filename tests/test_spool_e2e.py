@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from customerio_logging._spool import Spool
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
-from .conftest import PROGRAMS
+from .conftest import PROGRAMS, spool_pending
 
 TIMEOUT = 90.0
 DOWN = FaultPlan(failure_rate=1.0, failure_statuses=(503,))
@@ -50,14 +49,6 @@ def _replay(emulator: TrackAPIEmulator, spool: Path) -> dict[str, Any]:
     return stats
 
 
-def _pending(path: Path) -> int:
-    spool = Spool(path, max_bytes=1 << 30)
-    try:
-        return spool.pending()
-    finally:
-        spool.close()
-
-
 def _users(prefix: str, n: int) -> set[str]:
     return {f"{prefix}{i}" for i in range(n)}
 
@@ -79,7 +70,7 @@ class TestOutage:
         result = _run(emulator, spool, "log", "3000")
         assert result.returncode == 0, result.stderr
         assert emulator.operations == []
-        assert _pending(spool) == 3000
+        assert spool_pending(spool) == 3000
         # The file is the owner's alone, and holds no API key.
         for path in spool.parent.iterdir():
             if path.name.startswith(spool.name) and path.is_file():
@@ -90,7 +81,7 @@ class TestOutage:
         stats = _replay(emulator, spool)
         _assert_each_once(emulator, _users("u", 3000))
         assert stats["replayed"] == 3000
-        assert _pending(spool) == 0
+        assert spool_pending(spool) == 0
 
 
 class TestDiskDurability:
@@ -132,7 +123,7 @@ class TestDiskDurability:
         assert delivered == _users("u", 1000)  # none lost
         if api == "down":
             _assert_each_once(emulator, _users("u", 1000))
-        assert _pending(spool) == 0
+        assert spool_pending(spool) == 0
 
 
 class TestTwoDrainers:
@@ -143,7 +134,7 @@ class TestTwoDrainers:
         emulator.set_faults(DOWN)
         result = _run(emulator, spool, "log", "4000")
         assert result.returncode == 0, result.stderr
-        assert _pending(spool) == 4000
+        assert spool_pending(spool) == 4000
         emulator.set_faults(None)
         drainers = [
             subprocess.Popen(
