@@ -104,16 +104,21 @@ class Replayer:
         back += [op.id for op in report.dropped]
         result.returned = len(back)
         result.error = report.error
-        try:
-            self.spool.ack([op.id for op in report.sent])
-            self.spool.dead_letter(dead_letter_rows(result.refused))
-            self.spool.release(back)
-        except (SpoolUnavailableError, SpoolBusyError) as exc:
-            # The sent rows stay leased: the lease runs out and they are sent again, and
-            # the API drops the duplicates by id. Nothing is lost.
-            result.error = str(exc)
-            if self._problem is not None:
-                self._problem(exc)
+        # Each step on its own: one failing must not keep the others' rows leased. A
+        # sent row left behind is sent again when its lease ends, and the API drops the
+        # duplicate by id; nothing is lost.
+        steps: list[Callable[[], None]] = [
+            lambda: self.spool.ack([op.id for op in report.sent]),
+            lambda: self.spool.dead_letter(dead_letter_rows(result.refused)),
+            lambda: self.spool.release(back),
+        ]
+        for step in steps:
+            try:
+                step()
+            except (SpoolUnavailableError, SpoolBusyError) as exc:
+                result.error = str(exc)
+                if self._problem is not None:
+                    self._problem(exc)
         return result
 
     def next_delay(self, result: ReplayRound) -> float:

@@ -418,7 +418,8 @@ class Spool:
                 f"DELETE FROM dead_letter {where} AND body IS NOT NULL AND id IS NOT NULL",  # noqa: S608
                 params,
             ).rowcount
-            self._evict(conn)
+        # No eviction here: a requeue is asked for by hand, and must not silently push
+        # out what waits (the next write evicts if the spool is over its bound).
         return moved
 
     def purge(self) -> int:
