@@ -30,9 +30,9 @@ from urllib.parse import urlsplit
 import requests
 
 from ._bridge import DeadLetter, Stats, configure, shutdown
-from ._capture import ACTION, TAG
+from ._capture import RESERVED_KEYS, TAG
 from ._config import ENV_VARS, REGION_URLS, Settings
-from ._delivery import Delivery, Response, SessionTransport, Transport, shorten
+from ._delivery import Delivery, Response, SessionTransport, Transport, official_client, shorten
 from ._pacing import Pacer
 from ._replay import Replayer
 from ._retry import RetryPolicy
@@ -58,23 +58,6 @@ _REGION_PATH = "/api/v1/accounts/region"
 _SHUTDOWN_GRACE = 1.0
 # Not for Customer.io, for this tool: the events it logs stay out of the app's loggers.
 _SEND_LOGGER = "customerio-logging.send"
-# Keys a log call cannot carry as event data under their own name: the attributes of a
-# LogRecord (logging refuses them in `extra`, or the handler skips them) and the keys the
-# handler reads as the tag, the action or the person.
-_RESERVED_KEYS = frozenset(vars(logging.makeLogRecord({}))) | {
-    "message",
-    "asctime",
-    "taskName",
-    "_logger",
-    "_name",
-    TAG,
-    ACTION,
-    "user_id",
-    "customer_id",
-    "email",
-    "cio_id",
-    "anonymous_id",
-}
 
 
 def _exit_codes(failure: str) -> str:
@@ -588,21 +571,14 @@ def _event_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def _session_transport(settings: Settings) -> SessionTransport:
     """The transport the bridge would build: the official client's session, no retries."""
-    from customerio import CustomerIO
-
-    client = CustomerIO(
-        site_id=settings.site_id,
-        api_key=settings.api_key,
-        retries=0,
-        timeout=settings.request_timeout,
-    )
+    client = official_client(settings)
     return SessionTransport(client, settings.track_url, timeout=settings.request_timeout)
 
 
 def _data_key(key: str) -> str:
     # The handler drops one trailing underscore (from_ -> "from"): adding one lets a
     # reserved key, or a key that ends in "_", arrive as typed.
-    return f"{key}_" if key in _RESERVED_KEYS or key.endswith("_") else key
+    return f"{key}_" if key in RESERVED_KEYS or key.endswith("_") else key
 
 
 def _why_not_sent(stats: Stats, dead_letters: list[DeadLetter], timeout: float) -> str:
@@ -1144,14 +1120,7 @@ def _spool_replay(args: argparse.Namespace) -> int:
         transport,
         pacer=pacer,
         # Unlike the bridge's replay, the CLI retries: no fresh events wait behind it.
-        policy=RetryPolicy(
-            pacer=pacer,
-            max_retries=settings.max_retries,
-            base_delay=settings.retry_base_delay,
-            max_delay=settings.retry_max_delay,
-            budget=settings.retry_budget,
-            max_retry_after=settings.max_retry_after,
-        ),
+        policy=RetryPolicy.from_settings(settings, pacer=pacer),
         notify=credentials_refused,
     )
     spool = Spool(

@@ -15,7 +15,14 @@ from typing import Any
 from . import _replay
 from ._capture import ACTION, Capture, build_operation
 from ._config import Settings
-from ._delivery import Delivery, DeliveryReport, Failure, SessionTransport, shorten
+from ._delivery import (
+    Delivery,
+    DeliveryReport,
+    Failure,
+    SessionTransport,
+    official_client,
+    shorten,
+)
 from ._dispatch import THREAD_NAME, Dispatcher
 from ._lifecycle import (
     cover_multiprocessing_exit,
@@ -185,14 +192,7 @@ class Bridge:
         self._delivery = Delivery(
             transport,
             pacer=pacer,
-            policy=RetryPolicy(
-                pacer=pacer,
-                max_retries=settings.max_retries,
-                base_delay=settings.retry_base_delay,
-                max_delay=settings.retry_max_delay,
-                budget=settings.retry_budget,
-                max_retry_after=settings.max_retry_after,
-            ),
+            policy=RetryPolicy.from_settings(settings, pacer=pacer),
             notify=self._delivery_problem,
         )
         # Problems met on the dispatch thread, to be logged on an app thread: the
@@ -232,14 +232,7 @@ class Bridge:
     def client(self) -> Any:
         """The official ``customerio.CustomerIO`` client, its own retries off."""
         if self._client is None:
-            from customerio import CustomerIO
-
-            self._client = CustomerIO(
-                site_id=self.settings.site_id,
-                api_key=self.settings.api_key,
-                retries=0,
-                timeout=self.settings.request_timeout,
-            )
+            self._client = official_client(self.settings)
         return self._client
 
     @property

@@ -80,6 +80,15 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 _PLAIN = frozenset({str, int, bool, type(None)})  # JSON-ready as they are (floats may be NaN)
 _MAX_DEPTH = 32
 _ID_KEYS = ("user_id", "customer_id")
+RESERVED_KEYS: frozenset[str] = _RECORD_KEYS | {
+    ACTION,
+    *_ID_KEYS,
+    "email",
+    "cio_id",
+    "anonymous_id",
+}
+"""Keys a stdlib log call cannot carry as event data under their own name: a LogRecord's
+own attributes, and the keys read as the tag, the action or the person."""
 _SHORT_IDENTIFIER = MAX_IDENTIFIER_BYTES // 4  # UTF-8 takes at most 4 bytes a character
 
 

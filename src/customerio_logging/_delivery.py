@@ -14,6 +14,7 @@ from .exceptions import DeliveryError
 if TYPE_CHECKING:
     import requests
 
+    from ._config import Settings
     from ._retry import RetryPolicy
     from ._schema import Operation
 
@@ -26,6 +27,7 @@ __all__ = [
     "SessionTransport",
     "Transport",
     "batch_body",
+    "official_client",
     "shorten",
 ]
 
@@ -120,6 +122,18 @@ class SessionTransport:
         """Close the HTTP session; a later ``send`` opens a new one."""
         self._session = None
         self._client.close()
+
+
+def official_client(settings: Settings) -> Any:
+    """The official ``customerio.CustomerIO`` client for ``settings``, its own retries off."""
+    from customerio import CustomerIO
+
+    return CustomerIO(
+        site_id=settings.site_id,
+        api_key=settings.api_key,
+        retries=0,
+        timeout=settings.request_timeout,
+    )
 
 
 def _no_retry_adapter() -> Any:

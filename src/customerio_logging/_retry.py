@@ -13,6 +13,7 @@ import tenacity
 from .exceptions import DeliveryError
 
 if TYPE_CHECKING:
+    from ._config import Settings
     from ._delivery import Response
     from ._pacing import Pacer
 
@@ -75,6 +76,18 @@ class RetryPolicy:
         self._max_retry_after = max_retry_after
         self._clock = clock
         self._rng = rng or random.Random()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, pacer: Pacer) -> RetryPolicy:
+        """The policy the settings' ``max_retries`` and ``retry_*`` options describe."""
+        return cls(
+            pacer=pacer,
+            max_retries=settings.max_retries,
+            base_delay=settings.retry_base_delay,
+            max_delay=settings.retry_max_delay,
+            budget=settings.retry_budget,
+            max_retry_after=settings.max_retry_after,
+        )
 
     def run(self, attempt: Callable[[], Response]) -> tuple[Response, int]:
         """Call ``attempt`` until it succeeds or retrying stops.
