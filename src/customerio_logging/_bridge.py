@@ -427,22 +427,29 @@ class Bridge:
 
     def _settle_leftovers(self, left: list[Capture | Operation], wait: float) -> None:
         """What was still queued when shutdown's time ran out: spooled, else dropped."""
+        if self._spool is None:
+            # Nowhere to keep them: no point building (and validating) them first.
+            self._count_lost_at_exit(len(left), wait)
+            return
         ops: list[Operation] = []
         for item in left:
             op = item if isinstance(item, Operation) else self._build_here(item)
             if op is not None:
                 ops.append(op)
-        stored = self._store(ops)
+        if not self._store(ops):
+            self._count_lost_at_exit(len(ops), wait)
+            return
         with self._counters.lock:
-            c = self._counters
-            c.untaken += len(ops)
-            if stored:
-                c.spooled += len(ops)
-            else:
-                c.dropped += len(ops)
-                c.last_error = (
-                    f"{len(ops)} events were still queued when shutdown's {wait:g}s ran out"
-                )
+            self._counters.untaken += len(ops)
+            self._counters.spooled += len(ops)
+
+    def _count_lost_at_exit(self, count: int, wait: float) -> None:
+        with self._counters.lock:
+            self._counters.untaken += count
+            self._counters.dropped += count
+            self._counters.last_error = (
+                f"{count} events were still queued when shutdown's {wait:g}s ran out"
+            )
 
     def _rescue_in_flight(self) -> None:
         """The thread is still sending past the deadline: put its batch on disk too.
@@ -565,9 +572,8 @@ class Bridge:
             self._pending_warnings.append(message)
 
     def _process(self, capture: Capture | Operation) -> Operation | None:
-        if type(capture) is Operation:
+        if isinstance(capture, Operation):
             return capture  # built on the app's thread (durability="disk")
-        assert isinstance(capture, Capture)
         try:
             op = build_operation(capture, self._taxonomy)
         except InvalidEventError as exc:
