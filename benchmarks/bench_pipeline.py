@@ -239,7 +239,10 @@ def idle_bridge(emu: RemoteEmulator, capacity: int, spool: str | None = None) ->
         spool_path=spool or False,
         durability="disk" if spool else "memory",
     )
-    return cio.Bridge(settings)
+    bridge = cio.Bridge(settings)
+    if bridge.spool is not None:
+        bridge.spool.prepare()  # as start() does: a log call never opens the spool
+    return bridge
 
 
 def plain_loop(log: Any) -> Callable[[int], None]:

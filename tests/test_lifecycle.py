@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -116,3 +117,20 @@ class TestDictConfig:
         warnings = re.findall(r"not configured.*CUSTOMERIO_TRACK_API_KEY", result.stderr)
         assert len(warnings) == 1, result.stderr
         assert "Traceback" not in result.stderr
+
+
+class TestReentrantLogCalls:
+    def test_a_tagged_call_from_a_signal_handler_during_the_first_build_never_deadlocks(
+        self, emulator: TrackAPIEmulator
+    ) -> None:
+        # Before the fix the handler's call waited forever for the lock its own thread
+        # held while building the bridge: the program hung until the timeout.
+        result = run_program("reentrant_app", emulator, timeout=30)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout.splitlines()[-1])
+        assert report["fired"] >= 1
+        assert report["delivered"] is True
+        assert report["sent"] == report["enqueued"] == report["fired"] + 1
+        names = [op["name"] for op in emulator.operations]
+        assert names.count("first") == 1
+        assert names.count("from_signal") == report["fired"]

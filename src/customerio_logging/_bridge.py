@@ -36,7 +36,7 @@ from ._replay import Replayer, ReplayRound, dead_letter_rows
 from ._retry import RetryPolicy
 from ._schema import Operation, Taxonomy
 from ._schema import _reseed as _reseed_ids
-from ._spool import DeadLetterRow, Spool, SpoolBusyError, SpoolUnavailableError
+from ._spool import CALLER_WAIT, DeadLetterRow, Spool, SpoolBusyError, SpoolUnavailableError
 from .exceptions import ConfigurationError, InvalidEventError
 
 __all__ = [
@@ -51,6 +51,13 @@ __all__ = [
 ]
 
 _DEAD_LETTERS_KEPT = 1000
+EXIT_MARGIN = 1.0
+"""Seconds an exit may run past ``shutdown_timeout`` while the dispatch thread settles the
+batch it holds at the deadline (to the spool): the margin the README documents."""
+_EXIT_RESERVE = 0.2  # seconds kept back from sending at exit to write what is left to disk
+_EXIT_COST = 25e-6  # seconds to build and write one event left queued at exit (generous)
+_LEFTOVER_CHUNK = 2000  # events written to the spool per transaction at exit
+_UNWRITTEN_RETRY = 1.0  # seconds before the thread tries again to write deferred events
 _MESSAGE_CHARS = 300  # an explanation never needs more; a longer one quotes data
 
 
@@ -88,6 +95,11 @@ class Stats:
         last_error: The latest problem, in words; never a secret or a payload.
         replay_refused: Operations from the spool the API refused (dead-lettered).
         evicted: Operations removed unsent from a full spool (``max_spool_bytes``).
+        deferred: Events that could not be written to the spool at once because it was
+            busy (another process writing, or a log call's short wait: ``CALLER_WAIT``)
+            and were kept in memory (at most ``max_queue_size``) to be written by the
+            dispatch thread as soon as it could. Not a final state: each is also counted
+            where it ended (``spooled`` once written).
     """
 
     enqueued: int = 0
@@ -104,6 +116,7 @@ class Stats:
     last_error: str | None = None
     replay_refused: int = 0
     evicted: int = 0
+    deferred: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +158,8 @@ class _Counters:
         self.dead_lettered = 0
         self.replay_refused = 0
         self.evicted = 0
+        self.deferred = 0
+        self.unwritten = 0  # events kept in memory to be spooled (queue_depth counts them)
         self.batches = 0
         self.last_error: str | None = None
 
@@ -188,6 +203,9 @@ class Bridge:
                 problem=self._spool_problem,
             )
         self._disk = settings.durability == "disk"
+        # Spool writes a log call could not make in its short wait: (operation, reserved
+        # for the queue). The dispatch thread writes them (see _write_unwritten).
+        self._unwritten: deque[tuple[Operation, bool]] = deque()
         self._spill = settings.on_full == "spill"
         self._delivery = Delivery(
             transport,
@@ -246,10 +264,19 @@ class Bridge:
         return self._dispatcher.thread
 
     def start(self) -> Bridge:
-        """Start the dispatch thread (idempotent)."""
+        """Start the dispatch thread (idempotent).
+
+        With ``durability="disk"`` the spool is opened here, once: a log call never
+        opens it (that can take seconds), it only writes, waiting ``CALLER_WAIT`` at most.
+        """
         if not self._shut_down:
             _quiet_http_logs_on_dispatch_thread()
             cover_multiprocessing_exit()
+            if self._disk and self._spool is not None and self._dispatcher.thread is None:
+                try:
+                    self._spool.prepare()
+                except (SpoolUnavailableError, SpoolBusyError) as exc:
+                    self._spool_problem(exc)
             self._dispatcher.start()
         return self
 
@@ -286,20 +313,96 @@ class Bridge:
         op = self._build_here(capture)
         if op is None:
             return False
-        self._store([op], lease=True)
+        self._write_from_log_call(op, lease=True)
         if self._dispatcher.submit(op):
             return True
         return self._keep_unqueued(op)
 
     def _keep_unqueued(self, op: Operation) -> bool:
         """Spool an event the queue did not take (counted spooled, or dropped)."""
-        if self._store([op]):
-            with self._counters.lock:
-                self._counters.spooled += 1
-                self._counters.untaken += 1
+        if self._write_from_log_call(op, lease=False):
             return True
         self.count_dropped(f"event dropped: {self._why_not_queued()} and the spool is unusable")
         return False
+
+    def _write_from_log_call(self, op: Operation, *, lease: bool) -> bool:
+        """Spool ``op`` for a log call, which waits at most ``CALLER_WAIT`` for the spool.
+
+        A spool that stays busy longer (another process writing, or a signal handler
+        run in the middle of this thread's own write) does not lose the event: it is
+        kept in memory, counted ``deferred``, and written by the dispatch thread as soon
+        as it can. After shutdown there is no thread left to do that: the call then
+        writes itself, with the spool's ordinary waits.
+
+        Returns:
+            False when the spool is off or unusable: nothing was kept.
+        """
+        spool = self._spool
+        if spool is None:
+            return False
+        closed = self._dispatcher.closed
+        try:
+            self._count_evicted(spool.add([op], lease=lease, wait=None if closed else CALLER_WAIT))
+        except SpoolBusyError as exc:
+            if not closed and self._defer([op], lease=lease, untaken=True):
+                return True
+            self._spool_problem(exc)
+            return False
+        except SpoolUnavailableError as exc:
+            self._spool_problem(exc)
+            return False
+        if not lease:
+            with self._counters.lock:
+                self._counters.spooled += 1
+                self._counters.untaken += 1
+        if self._unwritten and not closed:
+            # Deferred by a signal handler that interrupted this very write: now.
+            self._write_unwritten(CALLER_WAIT)
+        return True
+
+    def _write_unwritten(self, wait: float | None = None) -> None:
+        """Spool what log calls could not; what still cannot be written stays for later."""
+        taken: list[tuple[Operation, bool]] = []
+        with contextlib.suppress(IndexError):
+            while True:
+                taken.append(self._unwritten.popleft())
+        if not taken or self._spool is None:
+            return
+        # Reservations first: an event the queue then refused is released after them.
+        reserved = [op for op, lease in taken if lease]
+        unqueued = [op for op, lease in taken if not lease]
+        try:
+            if reserved:
+                self._count_evicted(self._spool.add(reserved, lease=True, wait=wait))
+            if unqueued:
+                self._count_evicted(self._spool.add(unqueued, wait=wait))
+        except SpoolBusyError:
+            self._unwritten.extendleft(reversed(taken))
+            return
+        except SpoolUnavailableError as exc:
+            self._spool_problem(exc)
+            with self._counters.lock:
+                self._counters.unwritten -= len(unqueued)
+                self._counters.dropped += len(unqueued)
+            return
+        with self._counters.lock:
+            self._counters.unwritten -= len(unqueued)
+            self._counters.spooled += len(unqueued)
+
+    def _drop_unwritten(self, wait: float) -> None:
+        """At shutdown: what a busy spool still could not take is lost, and counted."""
+        lost = 0
+        with contextlib.suppress(IndexError):
+            while True:
+                lost += not self._unwritten.popleft()[1]
+        if lost:
+            with self._counters.lock:
+                self._counters.unwritten -= lost
+                self._counters.dropped += lost
+                self._counters.last_error = (
+                    f"{lost} events were dropped: the spool stayed busy through shutdown's "
+                    f"{wait:g}s"
+                )
 
     def _why_not_queued(self) -> str:
         if self._dispatcher.closed:
@@ -318,16 +421,44 @@ class Bridge:
             )
         return None
 
-    def _store(self, ops: list[Operation], *, lease: bool = False) -> bool:
-        """Write ``ops`` to the spool; False when there is none or it cannot be used."""
+    def _store(self, ops: list[Operation], *, defer: bool = False) -> bool:
+        """Write ``ops`` to the spool; False when there is none or it cannot be used.
+
+        With ``defer``, a spool that stays busy keeps them in memory instead (counted
+        ``deferred``, waiting in ``queue_depth``) to be written by a later try: True too.
+        """
         spool = self._spool
         if spool is None or not ops:
             return False
         try:
-            evicted = spool.add(ops, lease=lease)
-        except (SpoolUnavailableError, SpoolBusyError) as exc:
+            self._count_evicted(spool.add(ops))
+        except SpoolBusyError as exc:
+            if defer and self._defer(ops, lease=False, untaken=False):
+                return True
             self._spool_problem(exc)
             return False
+        except SpoolUnavailableError as exc:
+            self._spool_problem(exc)
+            return False
+        with self._counters.lock:
+            self._counters.spooled += len(ops)
+        return True
+
+    def _defer(self, ops: list[Operation], *, lease: bool, untaken: bool) -> bool:
+        """Keep ``ops`` in memory until the spool can take them; False when that memory
+        (``max_queue_size`` operations) is full."""
+        if not lease and len(self._unwritten) + len(ops) > self.settings.max_queue_size:
+            return False
+        self._unwritten.extend((op, lease) for op in ops)
+        with self._counters.lock:
+            self._counters.deferred += len(ops)
+            if not lease:
+                self._counters.unwritten += len(ops)
+                if untaken:
+                    self._counters.untaken += len(ops)
+        return True
+
+    def _count_evicted(self, evicted: int) -> None:
         if evicted:
             with self._counters.lock:
                 self._counters.evicted += evicted
@@ -335,7 +466,6 @@ class Bridge:
                     f"the spool is full (max_spool_bytes={self.settings.max_spool_bytes}): "
                     f"{evicted} of its oldest operations were evicted unsent"
                 )
-        return True
 
     def _spool_problem(self, exc: Exception) -> None:
         message = str(exc)
@@ -401,7 +531,12 @@ class Bridge:
         self._dispatcher.request_flush()
 
     def shutdown(self, timeout: float | None = None) -> None:
-        """Flush, stop the thread and close the client, within ``timeout``; idempotent."""
+        """Flush, stop the thread and close the client, within ``timeout``; idempotent.
+
+        With a spool, sending stops a little before ``timeout`` runs out, so that what
+        is still queued can be written to disk in the time left; a batch the thread is
+        settling at that moment may take ``EXIT_MARGIN`` seconds more.
+        """
         with self._shutdown_lock:
             if self._shut_down:
                 return
@@ -409,72 +544,112 @@ class Bridge:
         wait = self.settings.shutdown_timeout if timeout is None else timeout
         # Every wait in delivery (rate limit, retry backoff, a 429 pause, refused
         # credentials) now ends by this deadline.
-        self._deadline = time.monotonic() + wait
-        self._delivery.pacer.set_deadline(self._deadline)
-        left = self._dispatcher.stop(wait)
+        self._deadline = deadline = time.monotonic() + wait
+        pacer = self._delivery.pacer
+        pacer.set_deadline(deadline)
+        spool = self._spool
+        reserve = None
+        if spool is not None:
+            self._prepare_spool(spool, wait)
+
+            def reserve(queued: int) -> float:
+                return min(wait / 2, _EXIT_RESERVE + (queued + len(self._unwritten)) * _EXIT_COST)
+
+        left = self._dispatcher.stop(wait, reserve=reserve)
+        # Sending is over: a retry wait, a 429 pause or a held batch ends now, and the
+        # thread settles its batch (to the spool) while this one writes the rest.
+        pacer.set_deadline(time.monotonic())
+        if self._unwritten:
+            self._write_unwritten(max(CALLER_WAIT, deadline - time.monotonic()))
+            self._drop_unwritten(wait)
         if left:
             self._settle_leftovers(left, wait)
         thread = self._dispatcher.thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
         if thread is None or not thread.is_alive():
-            # A thread still sending would race the close; it is a daemon and ends
-            # with the interpreter.
             self._delivery.transport.close()
-            if self._spool is not None:
-                self._spool.close()
+            if spool is not None:
+                spool.close()
         else:
-            self._rescue_in_flight()
+            # A thread still at work would race the close; it is a daemon and ends
+            # with the interpreter, so what it holds must be on disk first.
+            self._rescue_in_flight(thread)
         self._emit_pending_warnings()
 
+    def _prepare_spool(self, spool: Spool, wait: float) -> None:
+        """Open the spool now if something may need it, not first at the deadline."""
+        if self._dispatcher.depth == 0 and not self._unwritten:
+            return
+        try:
+            spool.prepare(min(wait, 1.0))
+        except (SpoolUnavailableError, SpoolBusyError) as exc:
+            self._spool_problem(exc)
+
     def _settle_leftovers(self, left: list[Capture | Operation], wait: float) -> None:
-        """What was still queued when shutdown's time ran out: spooled, else dropped."""
+        """What was still queued when shutdown's time ran out: spooled, else dropped.
+
+        Built and written a chunk at a time, so that a kill soon after (a container's
+        grace period ending) finds most of them on disk already.
+        """
         if self._spool is None:
             # Nowhere to keep them: no point building (and validating) them first.
             self._count_lost_at_exit(len(left), wait)
             return
-        ops: list[Operation] = []
-        for item in left:
-            op = item if isinstance(item, Operation) else self._build_here(item)
-            if op is not None:
-                ops.append(op)
-        if not self._store(ops):
-            self._count_lost_at_exit(len(ops), wait)
-            return
-        with self._counters.lock:
-            self._counters.untaken += len(ops)
-            self._counters.spooled += len(ops)
+        for start in range(0, len(left), _LEFTOVER_CHUNK):
+            ops: list[Operation] = []
+            for item in left[start : start + _LEFTOVER_CHUNK]:
+                op = item if isinstance(item, Operation) else self._build_here(item)
+                if op is not None:
+                    ops.append(op)
+            with self._counters.lock:
+                self._counters.untaken += len(ops)
+            if not self._store(ops):
+                self._count_lost_at_exit(len(ops), wait, taken=True)
 
-    def _count_lost_at_exit(self, count: int, wait: float) -> None:
+    def _count_lost_at_exit(self, count: int, wait: float, *, taken: bool = False) -> None:
         with self._counters.lock:
-            self._counters.untaken += count
+            if not taken:
+                self._counters.untaken += count
             self._counters.dropped += count
             self._counters.last_error = (
                 f"{count} events were still queued when shutdown's {wait:g}s ran out"
             )
 
-    def _rescue_in_flight(self) -> None:
-        """The thread is still sending past the deadline: put its batch on disk too.
+    def _rescue_in_flight(self, thread: threading.Thread) -> None:
+        """The thread is still at work past the deadline: make sure its batch is on disk.
 
-        Should the send still succeed before the process ends, the rows are removed
-        again; if the process ends first, replay sends them later and the API drops any
-        duplicate by id.
+        A batch whose request is on the wire (it may hang) is written here; should the
+        send still succeed before the process ends, the rows are removed again, and if
+        the process ends first, replay sends them later and the API drops any duplicate
+        by id. A batch being built or settled (no network involved: the deadline ended
+        every wait) is waited for instead, at most ``EXIT_MARGIN`` seconds: the thread
+        may need a lock this thread holds (a signal handler), so never longer.
         """
-        # Not waiting: a thread that holds the settle lock is settling its batch already
-        # (it may even wait for a lock this thread holds, under a signal handler).
-        if self._spool is None or not self._settle_lock.acquire(blocking=False):
-            return
-        try:
-            ops = self._in_flight
-            if not ops:
+        end = time.monotonic() + EXIT_MARGIN
+        while thread.is_alive():
+            if not self._settle_lock.acquire(timeout=max(0.0, end - time.monotonic())):
                 return
-            fresh = [op for op in ops if op.id not in self._rescued]
-            if self._store(fresh):
-                self._rescued.update(op.id for op in fresh)
-                with self._counters.lock:
-                    # Counted spooled now, no longer in the queue's depth.
-                    self._counters.spooled += len(fresh)
-                    self._rescued_pending += len(fresh)
-        finally:
-            self._settle_lock.release()
+            try:
+                ops = self._in_flight
+                if ops and self._delivery.in_request:
+                    if self._spool is not None:
+                        self._spool_in_flight(ops)
+                    return
+            finally:
+                self._settle_lock.release()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            thread.join(min(left, 0.05))
+
+    def _spool_in_flight(self, ops: list[Operation]) -> None:
+        fresh = [op for op in ops if op.id not in self._rescued]
+        if self._store(fresh):
+            self._rescued.update(op.id for op in fresh)
+            with self._counters.lock:
+                # Counted spooled now, no longer in the queue's depth.
+                self._rescued_pending += len(fresh)
 
     def wait_for_shutdown(self) -> None:
         """Wait, at most until its deadline, for a shutdown under way to finish sending."""
@@ -501,10 +676,11 @@ class Bridge:
                 replayed=c.replayed,
                 dead_lettered=c.dead_lettered,
                 batches=c.batches,
-                queue_depth=max(0, depth - self._rescued_pending),
+                queue_depth=max(0, depth - self._rescued_pending) + c.unwritten,
                 last_error=c.last_error,
                 replay_refused=c.replay_refused,
                 evicted=c.evicted,
+                deferred=c.deferred,
             )
 
     def dead_letters(self) -> list[DeadLetter]:
@@ -623,6 +799,12 @@ class Bridge:
                 self._spool_problem(exc)  # they stay in dead_letters(), in memory
 
     def _send(self, ops: list[Operation]) -> None:
+        if self._unwritten:
+            # Reservations deferred by log calls go to disk before their events are sent;
+            # a short wait only, fresh events must not stall behind a busy spool.
+            self._write_unwritten(CALLER_WAIT)
+            if self._unwritten:
+                self._dispatcher.schedule_idle(_UNWRITTEN_RETRY)
         self._in_flight = ops
         try:
             report = self._delivery.deliver(ops)
@@ -645,13 +827,15 @@ class Bridge:
         if rescued:
             # Shutdown already spooled (and counted) these: settle each only once.
             waiting = [op for op in waiting if op.id not in rescued]
-        stored = self._store(waiting)
+        stored = self._store(waiting, defer=True)
         done = [op.id for op in report.sent]
         if done and (self._disk or rescued) and self._spool is not None:
             try:
                 self._spool.ack(done)
             except (SpoolUnavailableError, SpoolBusyError) as exc:
                 self._spool_problem(exc)  # replay resends them; the API drops duplicates
+        if done and self._unwritten:
+            self._forget_reservations(set(done))
         self._keep_dead_letters(dead_letter_rows(refused))
         now = time.time()
         kept = (
@@ -666,9 +850,7 @@ class Bridge:
             c.retried += report.retried
             c.sent += len(report.sent)
             c.dead_lettered += len(refused)
-            if stored:
-                c.spooled += len(waiting)
-            else:
+            if not stored:
                 c.dropped += sum(op.id not in rescued for op in report.dropped)
                 c.failed += sum(op.id not in rescued for op, _ in unsent)
             if rescued:
@@ -689,10 +871,21 @@ class Bridge:
             self._replayer.retry_soon()
             self._dispatcher.schedule_idle(0.0)
 
+    def _forget_reservations(self, sent: set[str]) -> None:
+        """Drop the deferred reservations of events just sent: written now, they would
+        only make replay send them again."""
+        entries: list[tuple[Operation, bool]] = []
+        with contextlib.suppress(IndexError):
+            while True:
+                entries.append(self._unwritten.popleft())
+        self._unwritten.extend(e for e in entries if not (e[1] and e[0].id in sent))
+
     def _replay_round(self) -> float:
         """The dispatch thread's idle work: one replay round; seconds until the next."""
         replayer = self._replayer
         assert replayer is not None
+        if self._unwritten:
+            self._write_unwritten()
         result: ReplayRound = replayer.round()
         report = result.report
         now = time.time()
@@ -710,7 +903,8 @@ class Bridge:
                 c.retried += report.retried
             if result.error and (result.returned or result.refused):
                 c.last_error = f"replaying the spool: {result.error}"
-        return replayer.next_delay(result)
+        delay = replayer.next_delay(result)
+        return min(delay, _UNWRITTEN_RETRY) if self._unwritten else delay
 
 
 # The library's own logger, fetched once here so that the dispatch thread never needs
@@ -758,8 +952,12 @@ def _warn(message: str) -> None:
 
 
 _bridge: Bridge | None = None
-_bridge_lock = threading.Lock()
-_configure_lock = threading.Lock()
+# Held only to read and swap module state, never while building, starting or stopping a
+# bridge; reentrant all the same: a tagged call from a signal handler or a __del__ may
+# run on a thread interrupted right inside it. Nothing on a log call's path waits on a
+# lock its own thread may already hold.
+_bridge_lock = threading.RLock()
+_configure_lock = threading.Lock()  # configure() only: never on a log call's path
 
 
 def configure(**settings: Any) -> Bridge:
@@ -800,13 +998,57 @@ def get_bridge() -> Bridge:
     return _bridge_from_env()
 
 
+def submit_capture(capture: Capture) -> None:
+    """Queue a tagged call on the process's bridge, built from the environment if need be.
+
+    The path of every handler and processor without a bridge of its own. A tagged call
+    made while this very thread is building the bridge (from a signal handler, or a
+    ``__del__`` the garbage collector runs) is handed to that build, never waited for.
+
+    Raises:
+        ConfigurationError: No bridge was configured and the environment lacks settings.
+    """
+    bridge = _bridge
+    if bridge is None:
+        early: list[Capture] | None = getattr(_building, "early", None)
+        if early is not None:
+            if len(early) < _EARLY_KEPT:
+                early.append(capture)
+            else:
+                note_lost(RuntimeError("too many tagged calls while building the bridge"))
+            return
+        bridge = _bridge_from_env()
+    bridge.submit(capture)
+
+
+_building = threading.local()  # .early: tagged calls made while this thread builds
+_EARLY_KEPT = 1000
+
+
 def _bridge_from_env() -> Bridge:
     global _bridge
+    # Built outside the lock: building imports the HTTP client (tens of milliseconds).
+    # Another thread's first tagged call meanwhile builds its own: the first to finish
+    # is kept, the others, never started, are dropped. This thread's own re-entrant
+    # calls wait in `early` (see submit_capture).
+    early: list[Capture] = []
+    _building.early = early
+    try:
+        built = Bridge(Settings.from_env())
+    except Exception as exc:
+        for _ in early:
+            note_lost(exc)
+        raise
+    finally:
+        _building.early = None
     with _bridge_lock:
         if _bridge is None:
-            _bridge = Bridge(Settings.from_env())
+            _bridge = built
         bridge = _bridge
-    return bridge.start()
+    bridge.start()
+    for capture in early:
+        bridge.submit(capture)
+    return bridge
 
 
 def current_bridge() -> Bridge | None:
@@ -906,7 +1148,7 @@ def _on_sigterm(final: bool) -> None:
 def _after_fork_in_child() -> None:
     global _bridge_lock, _configure_lock
     # A parent thread may have held them at the fork: that thread does not exist here.
-    _bridge_lock = threading.Lock()
+    _bridge_lock = threading.RLock()
     _configure_lock = threading.Lock()
     bridge = _bridge
     if bridge is not None:

@@ -241,6 +241,8 @@ class Delivery:
         self._policy = policy
         self._notify = notify
         self.credentials_refused = False
+        self.in_request = False
+        """True while a request is on the wire (it may hang): shutdown does not wait for it."""
 
     def deliver(self, ops: Sequence[Operation]) -> DeliveryReport:
         """Send ``ops`` (in as many requests as it takes) and sort them into sent and failed."""
@@ -301,7 +303,11 @@ class Delivery:
                 status_code=None,
             )
         report.requests += 1
-        return self.transport.send(body)
+        self.in_request = True
+        try:
+            return self.transport.send(body)
+        finally:
+            self.in_request = False
 
 
 class _DeadlinePassedError(DeliveryError):

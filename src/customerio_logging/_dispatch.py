@@ -17,6 +17,7 @@ __all__ = ["THREAD_NAME", "Dispatcher"]
 THREAD_NAME = "customerio-dispatch"
 IDLE_START_DELAY = 1.0
 """Seconds after the thread starts before the first idle round (replay)."""
+_RESERVE_CHECK = 0.05  # seconds between looks at the queue while stopping with a reserve
 
 T = TypeVar("T")
 
@@ -118,7 +119,9 @@ class Dispatcher(Generic[T]):
         self._wake = _Wake()
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+        # Reentrant: a tagged call from a signal handler may start the thread while the
+        # interrupted code on the same thread is starting it.
+        self._start_lock = threading.RLock()
         self._batch: list[Operation] = []
         self._batch_bytes = BODY_OVERHEAD
         self._busy = 0
@@ -195,40 +198,74 @@ class Dispatcher(Generic[T]):
         if delay <= 0:
             self._wake.set()
 
-    def stop(self, timeout: float) -> list[T]:
+    def stop(self, timeout: float, *, reserve: Callable[[int], float] | None = None) -> list[T]:
         """Flush, then stop the thread, all within ``timeout`` seconds.
 
+        Args:
+            timeout: Seconds to spend sending at most.
+            reserve: Given the number of items still queued, the seconds the caller
+                needs afterwards to keep them (the bridge writes them to its spool):
+                sending stops that much before ``timeout`` runs out.
+
         Returns:
-            The items still queued when the deadline passed (not sent).
+            The items still queued when sending stopped (not sent). The thread, told to
+            stop, may still be finishing its current batch: see ``in_flight`` callers.
         """
         deadline = self._clock() + max(0.0, timeout)
         thread = self._thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            self.flush(timeout)
+        alive = thread is not None and thread.is_alive()
+        if alive and thread is not threading.current_thread():
+            marker = _Flush()
+            self._put_marker(marker)
+            self._wake.set()
+            self._wait_until(marker.done.wait, marker.done.is_set, deadline, reserve)
         self._closed = True
         if thread is not None and thread.is_alive():
+            # What was logged during the flush is sent too, while time remains.
             self._put_marker(_STOP)
             self._wake.set()
             if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - self._clock()))
+                self._wait_until(thread.join, lambda: not thread.is_alive(), deadline, reserve)
+        left = self._drain()
+        if thread is not None and thread.is_alive():
+            # Still at work past the deadline: the drain above took its stop marker too.
+            # Give it one back, so it ends after its current batch instead of living on.
+            self._put_marker(_STOP)
+            self._wake.set()
+        return left
+
+    def _wait_until(
+        self,
+        wait: Callable[[float], object],
+        done: Callable[[], bool],
+        deadline: float,
+        reserve: Callable[[int], float] | None,
+    ) -> None:
+        """``wait`` until ``done``, or until ``reserve(queued)`` seconds before ``deadline``."""
+        if reserve is None:
+            wait(max(0.0, deadline - self._clock()))
+            return
+        while not done():
+            left = deadline - self._clock() - reserve(self.queued)
+            if left <= 0:
+                return
+            # The reserve shrinks as the thread empties the queue: look again shortly.
+            wait(min(left, _RESERVE_CHECK))
+
+    def _drain(self) -> list[T]:
+        """Take everything still queued; markers are dropped (flushes told they are done)."""
         left: list[T] = []
         while True:
             try:
                 item = self._queue.popleft()
             except IndexError:
-                break
+                return left
             if isinstance(item, _Flush | _Stop):
                 self._took_marker()
                 if isinstance(item, _Flush):
                     item.done.set()
             else:
                 left.append(item)
-        if thread is not None and thread.is_alive():
-            # Still sending past the deadline: the drain above took its stop marker too.
-            # Give it one back, so it ends once that send returns instead of living on.
-            self._put_marker(_STOP)
-            self._wake.set()
-        return left
 
     def _put_marker(self, marker: _Flush | _Stop) -> None:
         with self._markers_lock:

@@ -44,6 +44,10 @@ REPLAY_LEASE = 300.0
 """Seconds a replay claim holds its rows: far beyond one request and its pacing."""
 FRESH_LEASE = 3600.0
 """Seconds a row written by ``durability="disk"`` stays reserved for the live queue."""
+CALLER_WAIT = 0.05
+"""Seconds a write from a log call may wait for the spool (its lock, then SQLite's)."""
+_WAIT = 5.0  # seconds any other spool call may wait for the spool's lock
+_BUSY_WAIT = 2.0  # seconds any other spool call may wait for another process's write
 _RETRY_OPEN_AFTER = 60.0  # seconds between attempts to use a spool that failed
 _HEADER = b"SQLite format 3\x00"
 _CORRUPT = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
@@ -252,6 +256,7 @@ class Spool:
         self._lock = threading.RLock()
         self._holder: int | None = None  # the thread inside a transaction
         self._conn: sqlite3.Connection | None = None
+        self._busy_millis = -1  # the connection's busy_timeout, as last set
         self._pid = os.getpid()
         self._broken_until = 0.0
         self._broken_message = ""
@@ -267,13 +272,19 @@ class Spool:
 
     # -- writing ----------------------------------------------------------------------
 
-    def add(self, ops: Sequence[Operation], *, lease: bool = False) -> int:
+    def add(
+        self, ops: Sequence[Operation], *, lease: bool = False, wait: float | None = None
+    ) -> int:
         """Keep ``ops`` until they are sent; an op already here is released to replay.
 
         Args:
             ops: The operations, with their ids and bodies as they will be sent.
             lease: Reserve them for this process's own queue (``durability="disk"``):
                 no replay takes them while this process lives.
+            wait: Most seconds to wait for the spool, its lock and another process's
+                write lock each (a log call passes :data:`CALLER_WAIT`). With a wait,
+                a spool not open yet is not opened here (that may take seconds): the
+                call raises :class:`SpoolBusyError` instead.
 
         Returns:
             How many operations (the oldest, maybe some of ``ops``) were evicted to
@@ -284,7 +295,7 @@ class Spool:
         now = self._clock()
         owner, until = (self._owner, now + FRESH_LEASE) if lease else (None, None)
         rows = [(op.id, op.action, op.name, op.body, now, owner, until) for op in ops]
-        with self._transaction() as conn:
+        with self._transaction(wait=wait, open_file=wait is None) as conn:
             conn.executemany(
                 "INSERT INTO spool (id, action, name, body, created, lease_owner, lease_until) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
@@ -505,19 +516,36 @@ class Spool:
 
     # -- the connection ---------------------------------------------------------------
 
+    def prepare(self, wait: float = _WAIT) -> None:
+        """Open the file now, if it is not open yet (it is opened on first use otherwise).
+
+        Raises:
+            SpoolUnavailableError: The file cannot be used.
+            SpoolBusyError: The spool stayed busy for ``wait`` seconds.
+        """
+        if self._conn is None or self._pid != os.getpid():
+            with self._transaction(write=False, wait=wait, open_file=True):
+                pass
+
     @contextlib.contextmanager
-    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+    def _transaction(
+        self, *, write: bool = True, wait: float | None = None, open_file: bool = True
+    ) -> Iterator[sqlite3.Connection]:
         if self._pid != os.getpid():
             self._after_fork()
         if self._holder == threading.get_ident():
             # A signal handler on this thread, run in the middle of a transaction.
             raise SpoolBusyError("the spool is in use by this very thread (a signal handler)")
-        if not self._lock.acquire(timeout=5.0):
-            raise SpoolBusyError("the spool stayed busy for 5 s")
+        lock_wait = _WAIT if wait is None else wait
+        if not self._lock.acquire(timeout=lock_wait):
+            raise SpoolBusyError(f"the spool stayed busy for {lock_wait:g} s")
         try:
             self._holder = threading.get_ident()
+            if self._conn is None and not open_file:
+                raise SpoolBusyError("the spool is not open yet")
             conn = self._connection()
             try:
+                self._set_busy_wait(conn, _BUSY_WAIT if wait is None else wait)
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     yield conn
@@ -531,6 +559,13 @@ class Spool:
         finally:
             self._holder = None
             self._lock.release()
+
+    def _set_busy_wait(self, conn: sqlite3.Connection, seconds: float) -> None:
+        # How long SQLite waits for another process's write lock; set only on a change.
+        millis = int(seconds * 1000)
+        if millis != self._busy_millis:
+            conn.execute(f"PRAGMA busy_timeout = {millis}")
+            self._busy_millis = millis
 
     def reset_after_fork(self) -> None:
         """In a forked child: forget the parent's connection without closing it."""
@@ -565,6 +600,7 @@ class Spool:
             raise SpoolUnavailableError(self._broken_message)
         try:
             self._conn = self._open()
+            self._busy_millis = -1
         except SpoolUnavailableError as exc:
             self._broken_until = time.monotonic() + _RETRY_OPEN_AFTER
             self._broken_message = str(exc)

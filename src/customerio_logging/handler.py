@@ -6,7 +6,7 @@ import logging
 import weakref
 from typing import TYPE_CHECKING
 
-from ._bridge import current_bridge, get_bridge, note_lost
+from ._bridge import current_bridge, note_lost, submit_capture
 from ._capture import TAG, capture_record
 from .exceptions import ConfigurationError
 
@@ -63,8 +63,10 @@ class CustomerIOHandler(logging.Handler):
             if capture is None:
                 return
             _taken.add(record)
-            bridge = self._bridge or get_bridge()
-            bridge.submit(capture)
+            if self._bridge is None:
+                submit_capture(capture)
+            else:
+                self._bridge.submit(capture)
         except ConfigurationError as exc:
             note_lost(exc)
         except Exception as exc:  # noqa: BLE001 - logging's contract: report, never raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from ._bridge import get_bridge, note_lost
+from ._bridge import note_lost, submit_capture
 from ._capture import TAG, Captured, capture_event_dict
 
 if TYPE_CHECKING:
@@ -50,7 +50,10 @@ class CustomerIOProcessor:
         try:
             capture = capture_event_dict(event_dict)
             if capture is not None:
-                (self._bridge or get_bridge()).submit(capture)
+                if self._bridge is None:
+                    submit_capture(capture)
+                else:
+                    self._bridge.submit(capture)
         except Exception as exc:  # noqa: BLE001 - a log call must never fail because of us
             note_lost(exc)
         # Taken, whatever became of it (queued, or counted lost): a CustomerIOHandler

@@ -1,0 +1,124 @@
+"""Exit and SIGTERM with the API unable to take events: every event ends up on disk.
+
+Each case runs a separate process with the default settings (the default spool), whose
+API is unreachable, throttling (429) or refusing the credentials (401), and which has
+not touched its spool before it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from customerio_logging.testing import FaultPlan, TrackAPIEmulator
+
+from .conftest import PROGRAMS, spool_pending
+
+TIMEOUT = 60.0
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def _run(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(PROGRAMS / "exit_api_down.py"), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    return result, time.monotonic() - started
+
+
+def _spool_file(state: Path) -> Path:
+    files = list((state / "customerio-logging").glob("spool-*.sqlite3"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def _assert_whole(path: Path) -> None:
+    """The file is a finished spool: every table there, readable by a second handle."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+    assert {"meta", "spool", "dead_letter"} <= tables
+
+
+def _stats(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    stats: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    return stats
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def _env(url: str, state: Path, site_id: str = "site", api_key: str = "key") -> dict[str, str]:
+    return {
+        "CUSTOMERIO_SITE_ID": site_id,
+        "CUSTOMERIO_TRACK_API_KEY": api_key,
+        "CUSTOMERIO_TRACK_URL": url,
+        "XDG_STATE_HOME": str(state),
+    }
+
+
+class TestExitWithTheApiDown:
+    @pytest.mark.parametrize("end", ["exit", "sigterm"])
+    def test_an_unreachable_api_leaves_every_event_in_a_whole_spool(
+        self, state: Path, end: str
+    ) -> None:
+        result, took = _run(_env(_closed_port_url(), state), "--count", "50", "--end", end)
+        if end == "exit":
+            assert result.returncode == 0, result.stderr
+            stats = _stats(result)
+            assert stats["spooled"] == 50, stats
+            assert stats["queue_depth"] == 0, stats
+            assert stats["dropped"] == stats["failed"] == 0, stats
+        else:
+            assert result.returncode == -15, result.stderr
+        spool = _spool_file(state)
+        _assert_whole(spool)
+        assert spool_pending(spool) == 50
+        # The default shutdown_timeout (5 s) plus the documented margin, and start-up.
+        assert took < 5.0 + 1.0 + 3.0, took
+
+    @pytest.mark.parametrize(
+        "plan",
+        [
+            pytest.param(FaultPlan(script=(429,) * 50, retry_after=30), id="429-pause"),
+            pytest.param(FaultPlan(script=(401,) * 50), id="401-hold"),
+        ],
+    )
+    def test_a_paused_or_held_pipeline_leaves_every_event_on_disk(
+        self, state: Path, plan: FaultPlan
+    ) -> None:
+        with TrackAPIEmulator() as emulator:
+            emulator.set_faults(plan)
+            env = _env(emulator.url, state, emulator.site_id, emulator.api_key)
+            result, _ = _run(env, "--count", "50", "--shutdown-timeout", "1.5")
+        assert result.returncode == 0, result.stderr
+        stats = _stats(result)
+        assert stats["spooled"] == 50, stats
+        assert stats["queue_depth"] == 0, stats
+        spool = _spool_file(state)
+        _assert_whole(spool)
+        assert spool_pending(spool) == 50
