@@ -411,6 +411,10 @@ class Bridge:
         # credentials) now ends by this deadline.
         self._deadline = time.monotonic() + wait
         self._delivery.pacer.set_deadline(self._deadline)
+        transport = self._delivery.transport
+        if isinstance(transport, SessionTransport):
+            # And so does a request in flight: no batch outlives the deadline in a socket.
+            transport.set_deadline(self._deadline)
         left = self._dispatcher.stop(wait)
         if left:
             self._settle_leftovers(left, wait)
