@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -227,6 +230,48 @@ class TestWatchdog:
         finally:
             left.close()
             right.close()
+
+
+_FORK_PROGRAM = """
+import os, socket, threading, time
+from customerio_logging._watchdog import THREAD_NAME, RequestDeadlines, watch_socket
+
+deadlines = RequestDeadlines(0.2)
+
+def cut_off_in_time():
+    mine, peer = socket.socketpair()
+    mine.settimeout(5.0)
+    started = time.monotonic()
+    with deadlines.request() as watch:
+        watch_socket(mine)
+        got = mine.recv(1)
+    return got == b"" and watch.expired and time.monotonic() - started < 2.0
+
+assert cut_off_in_time()  # the parent's watchdog thread runs now
+pid = os.fork()
+if pid == 0:
+    threads = [t for t in threading.enumerate() if t.name == THREAD_NAME]
+    ok = cut_off_in_time() and len(threads) == 0
+    ok = ok and sum(t.name == THREAD_NAME for t in threading.enumerate()) == 1
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+class TestWatchdogAfterFork:
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    def test_a_forked_child_starts_its_own_watchdog(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-W", "ignore::DeprecationWarning", "-c", _FORK_PROGRAM],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "child 0"
 
 
 class TestBridgeDeadline:
