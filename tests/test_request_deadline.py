@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -43,13 +46,31 @@ PHASES = {
 }
 
 
+_WHOLE_ANSWER = _STATUS + b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
 class Trickler:
     """A server on 127.0.0.1 that answers every connection with ``head``, then ``drip``
     one byte per ``interval`` seconds, for ``_SERVER_LIMIT`` seconds; or, with ``burst``,
-    that many bytes at once, then silence."""
+    that many bytes at once, then silence.
 
-    def __init__(self, head: bytes, drip: bytes, interval: float, burst: int = 0) -> None:
+    With ``tls``, over TLS; with ``warmup``, the first request on each connection gets a
+    whole answer at once, and only the second (on the same connection) the trickle.
+    """
+
+    def __init__(
+        self,
+        head: bytes,
+        drip: bytes,
+        interval: float,
+        *,
+        burst: int = 0,
+        tls: ssl.SSLContext | None = None,
+        warmup: bool = False,
+    ) -> None:
         self.head, self.drip, self.interval, self.burst = head, drip, interval, burst
+        self.tls, self.warmup = tls, warmup
+        self.connections = 0
         self.accepted = threading.Event()
         self.stopping = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -69,9 +90,17 @@ class Trickler:
             thread.start()
 
     def _answer(self, conn: socket.socket) -> None:
+        self.connections += 1
         self.accepted.set()
         end = time.monotonic() + _SERVER_LIMIT
         try:
+            conn.settimeout(_SERVER_LIMIT)
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            if self.warmup:
+                _read_request(conn)
+                conn.sendall(_WHOLE_ANSWER)
+                _read_request(conn)
             conn.sendall(self.head)
             if self.burst:
                 conn.sendall(b"x" * self.burst)
@@ -89,6 +118,39 @@ class Trickler:
         for thread in self._threads:
             thread.join(5)
         self._listener.close()
+
+
+def _read_request(conn: socket.socket) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ConnectionError("the client hung up")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    found = re.search(rb"(?i)content-length:\s*(\d+)", head)
+    length = int(found.group(1)) if found else 0
+    while len(body) < length:
+        body += conn.recv(65536)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    request = "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
+    names = "subjectAltName=IP:127.0.0.1"
+    subprocess.run(
+        [openssl, *request.split(), "-addext", names, "-keyout", key, "-out", cert],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return cert, key
 
 
 @pytest.fixture
@@ -138,6 +200,28 @@ class TestSessionTransportDeadline:
         assert elapsed < 0.5 + _MARGIN
         assert "no complete response" in str(error)
         assert "within 0.5s" in str(error)
+
+    @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+    def test_a_pooled_connection_that_trickles_is_cut_off_too(
+        self, tls: bool, tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        context = None
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls_files)
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_files[0]))
+        head, drip = PHASES["body"]
+        server = Trickler(head, drip, interval=0.1, tls=context, warmup=True)
+        try:
+            scheme = "https" if tls else "http"
+            transport = _transport(f"{scheme}://127.0.0.1:{server.port}", timeout=0.5)
+            assert transport.send(b'{"batch":[]}').status == 200  # back to the pool
+            elapsed, error = _timed_send(transport)
+        finally:
+            server.close()
+        assert elapsed < 0.5 + _MARGIN
+        assert str(error) == f"no complete response from 127.0.0.1:{server.port} within 0.5s"
+        assert server.connections == 1  # the second request went on the pooled connection
 
     def test_a_connect_that_hangs_ends_at_the_deadline(self) -> None:
         # A listener that never accepts, its one-connection backlog full: SYNs go unanswered.
