@@ -251,6 +251,11 @@ class TestSessionTransportDeadline:
         assert len(response.body) == 4 << 20
         assert elapsed < 2.0
 
+    def test_errors_name_the_host_without_the_urls_credentials(self) -> None:
+        transport = _transport("http://user:secret@127.0.0.1:9", timeout=2.0)  # nothing there
+        _, error = _timed_send(transport)
+        assert str(error) == "no response from 127.0.0.1:9: ConnectionError"
+
     def test_no_request_goes_once_the_cut_has_passed(self, emulator: TrackAPIEmulator) -> None:
         transport = SessionTransport(
             CustomerIO(emulator.site_id, emulator.api_key, retries=0), emulator.url, timeout=2.0

@@ -53,7 +53,8 @@ class Transport(Protocol):
     """Sends one batch body to the Track API.
 
     ``send`` returns the HTTP response whatever its status and raises ``DeliveryError``
-    (with ``status_code=None``) when no response came: connection refused, reset, timeout.
+    (with ``status_code=None``) when no response came: connection refused, reset, timeout,
+    or no complete answer by the request's deadline.
     """
 
     def send(self, body: bytes) -> Response: ...
