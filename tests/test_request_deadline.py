@@ -348,19 +348,38 @@ print("child", os.waitstatus_to_exitcode(status))
 """
 
 
-class TestWatchdogAfterFork:
+_CUT_PROGRAM = """
+import threading, time
+from customerio import CustomerIO
+from customerio_logging._delivery import SessionTransport
+from customerio_logging._watchdog import THREAD_NAME
+
+transport = SessionTransport(CustomerIO("s", "k", retries=0), "http://127.0.0.1:9", timeout=1)
+transport.set_deadline(time.monotonic() + 1.0)  # as shutdown does, maybe in an exit hook
+print(sum(t.name == THREAD_NAME for t in threading.enumerate()))
+"""
+
+
+def _run_python(program: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+class TestWatchdogInAFreshProcess:
     @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
     def test_a_forked_child_starts_its_own_watchdog(self) -> None:
-        result = subprocess.run(
-            [sys.executable, "-W", "ignore::DeprecationWarning", "-c", _FORK_PROGRAM],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == "child 0"
+        assert _run_python(_FORK_PROGRAM) == "child 0"
+
+    def test_shutdowns_cut_starts_no_thread(self) -> None:
+        assert _run_python(_CUT_PROGRAM) == "0"
 
 
 class TestBridgeDeadline:

@@ -118,7 +118,9 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self._cond = threading.Condition(threading.Lock())
+        # Reentrant: shutdown's cut may come from the SIGTERM handler, between two
+        # bytecodes of a thread that holds the lock (the CLI sends on the main thread).
+        self._cond = threading.Condition(threading.RLock())
         self._watches: list[Watch] = []  # running, not expired: a few at most
         self._wake_at = math.inf  # when the thread next looks
         self._thread: threading.Thread | None = None
@@ -154,8 +156,10 @@ class _Watchdog:
                 if watch._group is group and deadline < watch.deadline:
                     watch.deadline = deadline
                     watch.cut = True
-            if deadline < self._wake_at:
-                self._wake()
+            # Only ever a notify: this may run in an exit hook, where no thread may start
+            # (and with no thread yet, no request is running).
+            if deadline < self._wake_at and self._thread is not None:
+                self._cond.notify()
 
     def _wake(self) -> None:
         """Have the thread look again now (the lock held); start it the first time."""
@@ -200,7 +204,7 @@ def _shut(sock: socket.socket) -> None:
 
 
 _current = threading.local()  # .watch: the request running on that thread
-_lock = threading.Lock()
+_lock = threading.RLock()  # reentrant for the same reason
 _shared: _Watchdog | None = None
 
 
@@ -220,7 +224,7 @@ def _watchdog() -> _Watchdog:
 def _forget_after_fork() -> None:
     global _lock, _shared
     # A parent thread may have held the lock at the fork; that thread is not here.
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     _shared = None
 
 
