@@ -9,7 +9,8 @@ and its connection, broken, is never pooled again.
 
 The requesting thread names the sockets with :func:`watch_socket` (the HTTP adapter's
 connections do it as they connect and send). The thread starts with the first request,
-never at import, and waits on a condition without a timeout while no request runs.
+never at import; it sleeps on a condition until the next deadline, without a timeout once
+no request runs.
 """
 
 from __future__ import annotations
@@ -110,7 +111,12 @@ def watch_socket(sock: object, *, copy: bool = False) -> None:
         sock = getattr(sock, "socket", None)
         if not isinstance(sock, socket.socket):
             return
-    watch._dog.attach(watch, sock.dup() if copy else sock, copy=copy)
+    if copy:
+        try:
+            sock = sock.dup()
+        except OSError:  # out of file descriptors: the original, as long as it lasts
+            copy = False
+    watch._dog.attach(watch, sock, copy=copy)
 
 
 class _Watchdog:
