@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -139,6 +140,8 @@ class TestFaultPlan:
             ({"retry_after": "1\r\nX-Evil: 1"}, "one-line HTTP date"),
             ({"delay": -0.1}, "delay must be seconds >= 0"),
             ({"delay": float("inf")}, "delay must be seconds >= 0"),
+            ({"trickle": -1}, "trickle must be seconds >= 0"),
+            ({"trickle": True}, "trickle must be seconds >= 0"),
             ({"max_request_bytes": 0}, "max_request_bytes must be a positive int"),
             ({"max_request_bytes": True}, "max_request_bytes must be a positive int"),
             ({"reject_ops": "nope"}, "reject_ops must be a callable"),
@@ -509,6 +512,72 @@ class TestDelay:
         assert len(emu.operations) == 1
 
 
+class TestTrickle:
+    def test_the_whole_answer_arrives_one_byte_at_a_time(self, emulator: TrackAPIEmulator) -> None:
+        emulator.set_faults(FaultPlan(trickle=0.002))
+        body = json.dumps({"batch": [event()]}).encode()
+        credentials = base64.b64encode(f"{emulator.site_id}:{emulator.api_key}".encode())
+        conn = http.client.HTTPConnection(urlsplit(emulator.url).netloc, timeout=TIMEOUT)
+        started = time.monotonic()
+        conn.request(
+            "POST", "/api/v2/batch", body, {"Authorization": f"Basic {credentials.decode()}"}
+        )
+        response = conn.getresponse()
+        answer = response.read()
+        elapsed = time.monotonic() - started
+        conn.close()
+        assert response.status == 200
+        assert json.loads(answer) == {}
+        # Every byte, status line and headers included, waited its turn.
+        head = len(str(response.headers)) + len("HTTP/1.1 200 OK\r\n")
+        assert elapsed >= (head + len(answer)) * 0.002
+        [recorded] = emulator.requests
+        assert (recorded.status, recorded.fault) == (200, "trickle")
+        assert emulator.accepted_ids() == Counter({ulid(0): 1})
+
+    def test_a_client_deadline_gives_up_and_the_ops_are_still_accepted(
+        self, emulator: TrackAPIEmulator
+    ) -> None:
+        from customerio import CustomerIO
+
+        from customerio_logging import DeliveryError
+        from customerio_logging._delivery import SessionTransport
+
+        emulator.set_faults(FaultPlan(trickle=0.05))
+        client = CustomerIO(emulator.site_id, emulator.api_key, retries=0)
+        transport = SessionTransport(client, emulator.url, timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(DeliveryError, match=r"no complete response .* within 0\.3s"):
+            transport.send(json.dumps({"batch": [event()]}).encode())
+        assert time.monotonic() - started < 1.0
+        transport.close()
+        assert emulator.accepted_ids() == Counter({ulid(0): 1})
+
+    def test_stop_during_a_trickle_is_quick(self) -> None:
+        emu = TrackAPIEmulator(faults=FaultPlan(trickle=LONG_DELAY)).start()
+        outcome: list[str] = []
+
+        def send() -> None:
+            with open_session(emu) as s:
+                try:
+                    post_batch(s, emu, [event()], timeout=LONG_DELAY)
+                except requests.ConnectionError as exc:
+                    outcome.append(type(exc).__name__)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            assert emu.wait_for_requests(1, timeout=TIMEOUT)
+            stopping = time.monotonic()
+            emu.stop()
+            sender.join(TIMEOUT)
+            assert time.monotonic() - stopping < 1.0
+        finally:
+            emu.stop()
+            sender.join(TIMEOUT)
+        assert outcome == ["ConnectionError"]
+
+
 class TestMaxRequestBytes:
     LIMIT = 1000
 
@@ -718,6 +787,8 @@ class TestRecordedFault:
             (FaultPlan(script=("drop_after_accept",)), 0, "drop_after_accept"),
             (FaultPlan(drop_after_accept_rate=1.0), 0, "drop_after_accept"),
             (FaultPlan(delay=0.01), 200, "delay"),
+            (FaultPlan(trickle=0.0005), 200, "trickle"),
+            (FaultPlan(trickle=0.0005, delay=0.01), 200, "trickle"),
             (FaultPlan(max_request_bytes=10), 413, "max_request_bytes"),
             (FaultPlan(reject_ops=lambda op: "no"), 207, "reject_ops"),
             # The fault that shaped the answer wins over the delay that held it back.

@@ -547,6 +547,10 @@ class Bridge:
         self._deadline = deadline = time.monotonic() + wait
         pacer = self._delivery.pacer
         pacer.set_deadline(deadline)
+        transport = self._delivery.transport
+        if isinstance(transport, SessionTransport):
+            # And so does a request in flight: no batch outlives the deadline in a socket.
+            transport.set_deadline(deadline)
         spool = self._spool
         reserve = None
         if spool is not None:

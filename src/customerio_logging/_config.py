@@ -60,7 +60,8 @@ class Settings:
         max_queue_size: Most events waiting in memory; beyond it new events are dropped and
             counted.
         shutdown_timeout: Seconds the exit hook and ``shutdown()`` may spend delivering.
-        request_timeout: Seconds one HTTP request may take (connect and read).
+        request_timeout: Seconds one HTTP request may take in all, from connecting to the
+            answer's last byte (not per read: a server that trickles is cut off).
         max_retries: Attempts after the first for a batch that failed transiently.
         retry_base_delay: Seconds before the first retry; each retry doubles it (with
             jitter) up to ``retry_max_delay``.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from ._pacing import Pacer
+from ._watchdog import RequestDeadlines, Watch
 from .exceptions import DeliveryError
 
 if TYPE_CHECKING:
@@ -51,7 +53,8 @@ class Transport(Protocol):
     """Sends one batch body to the Track API.
 
     ``send`` returns the HTTP response whatever its status and raises ``DeliveryError``
-    (with ``status_code=None``) when no response came: connection refused, reset, timeout.
+    (with ``status_code=None``) when no response came: connection refused, reset, timeout,
+    or no complete answer by the request's deadline.
     """
 
     def send(self, body: bytes) -> Response: ...
@@ -70,13 +73,21 @@ class SessionTransport:
     The client's session carries basic auth, TCP keep-alive and its user agent. Its
     urllib3 retries are replaced by none at all: the retry policy lives in one place,
     above the transport, and never stacks on another.
+
+    ``timeout`` bounds the whole request, from connecting to the last byte of the answer,
+    not each read: a server that trickles its answer is cut off at the deadline (see
+    :mod:`._watchdog`), and ``send`` raises ``DeliveryError`` saying so. Each address a
+    host name resolves to is tried for at most the time left; the name lookup itself is
+    bounded by the system's resolver. An answer's body is read up to 4 MiB (the API's are
+    far smaller); the rest is left unread and the connection dropped.
     """
 
     def __init__(self, client: Any, track_url: str, *, timeout: float) -> None:
         self._client = client
         self._url = track_url + BATCH_PATH
-        self._host = urlsplit(track_url).netloc
-        self._timeout = timeout
+        # The host as messages name it: never a URL's credentials.
+        self._host = urlsplit(track_url).netloc.rpartition("@")[2]
+        self._deadlines = RequestDeadlines(timeout)
         self._session: requests.Session | None = None
 
     def __repr__(self) -> str:
@@ -84,8 +95,10 @@ class SessionTransport:
 
     def _http(self) -> requests.Session:
         if self._session is None:
+            from ._adapter import no_retry_adapter
+
             session = self._client.http
-            adapter = _no_retry_adapter()
+            adapter = no_retry_adapter()
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             session.headers["User-Agent"] = (
@@ -104,24 +117,82 @@ class SessionTransport:
 
     def send(self, body: bytes) -> Response:
         """POST ``body`` to ``/api/v2/batch``; see :class:`Transport`."""
+        import http.client
+
         import requests
         import urllib3
 
-        try:
-            reply = self._http().post(
-                self._url, data=body, headers=_HEADERS, timeout=self._timeout, allow_redirects=False
+        session = self._http()
+        with self._deadlines.request() as watch:
+            left = watch.deadline - time.monotonic()
+            if left <= 0:
+                raise self._late(watch)
+            try:
+                reply = session.post(
+                    self._url,
+                    data=body,
+                    headers=_HEADERS,
+                    timeout=left,
+                    allow_redirects=False,
+                    stream=True,
+                )
+                try:
+                    answer = _read_answer(reply)
+                finally:
+                    reply.close()
+            except (
+                requests.RequestException,
+                urllib3.exceptions.HTTPError,
+                http.client.HTTPException,
+                OSError,
+            ) as exc:
+                if watch.expired or time.monotonic() >= watch.deadline:
+                    raise self._late(watch) from exc
+                # requests' messages name the URL, never the body or the credentials.
+                raise DeliveryError(
+                    f"no response from {self._host}: {type(exc).__name__}", status_code=None
+                ) from exc
+        if watch.expired:
+            # Cut off just as it ended: whatever was read may be incomplete.
+            raise self._late(watch)
+        return Response(reply.status_code, dict(reply.headers), answer)
+
+    def _late(self, watch: Watch) -> DeliveryError:
+        if watch.cut:
+            return DeliveryError(
+                f"no complete response from {self._host} before the shutdown deadline",
+                status_code=None,
             )
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            # requests' messages name the URL, never the body or the credentials.
-            raise DeliveryError(
-                f"no response from {self._host}: {type(exc).__name__}", status_code=None
-            ) from exc
-        return Response(reply.status_code, dict(reply.headers), reply.content)
+        return DeliveryError(
+            f"no complete response from {self._host} within {watch.limit:g}s", status_code=None
+        )
+
+    def set_deadline(self, deadline: float) -> None:
+        """From now on no request outlives ``deadline`` (monotonic seconds), not even one in
+        flight: shutdown's deadline."""
+        self._deadlines.cut(deadline)
 
     def close(self) -> None:
         """Close the HTTP session; a later ``send`` opens a new one."""
         self._session = None
         self._client.close()
+
+
+_MAX_ANSWER_BYTES = 4 << 20
+_CHUNK_BYTES = 64 << 10
+
+
+def _read_answer(reply: requests.Response) -> bytes:
+    """The answer's body, at most ``_MAX_ANSWER_BYTES`` of it."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in reply.iter_content(_CHUNK_BYTES):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= _MAX_ANSWER_BYTES:
+            # Not read to the end: closing the reply drops the connection.
+            break
+    return b"".join(chunks)[:_MAX_ANSWER_BYTES]
 
 
 def official_client(settings: Settings) -> Any:
@@ -134,19 +205,6 @@ def official_client(settings: Settings) -> Any:
         retries=0,
         timeout=settings.request_timeout,
     )
-
-
-def _no_retry_adapter() -> Any:
-    from urllib3.util.retry import Retry
-
-    try:
-        from customerio.client_base import TCPKeepAliveHTTPAdapter as Adapter
-    except ImportError:  # pragma: no cover - an older client without keep-alive
-        from requests.adapters import HTTPAdapter as Adapter
-    # total=0: never retry; urllib3 still wraps a connection error in MaxRetryError, which
-    # requests turns into its own ConnectionError. No status_forcelist: every status is
-    # returned as a response, never raised.
-    return Adapter(max_retries=Retry(total=0, raise_on_redirect=False, raise_on_status=False))
 
 
 def _user_agent() -> str:

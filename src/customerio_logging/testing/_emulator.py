@@ -1,13 +1,14 @@
 """TrackAPIEmulator: a local server that answers like Customer.io's Track API and records it all.
 
-It can also misbehave on purpose: a ``FaultPlan`` scripts statuses, fails, drops, rate-limits
-and slows requests, reproducibly from a seed.
+It can also misbehave on purpose: a ``FaultPlan`` scripts statuses, fails, drops, rate-limits,
+slows and trickles requests, reproducibly from a seed.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import math
 import random
@@ -78,7 +79,8 @@ class RecordedRequest:
         path: The request target as sent, query string included.
         status: The status code the emulator answered with; 0 when it closed the connection
             without answering (a ``"drop"`` or ``"drop_after_accept"`` fault, or a delayed
-            answer cut short by ``stop()``).
+            answer cut short by ``stop()``). A trickled answer is recorded with its status
+            before its first byte leaves.
         op_count: How many operations the request carried (the batch length, 1 for the v1
             endpoints), accepted or not; 0 when the body could not be read as operations.
         body_bytes: The size of the request body in bytes.
@@ -88,7 +90,8 @@ class RecordedRequest:
         fault: The fault of the ``FaultPlan`` that shaped the answer, or None for a normal
             one: ``"script"`` (a scripted status), ``"failure_rate"``, ``"rate_limit"``,
             ``"drop"``, ``"drop_after_accept"`` (scripted or drawn), ``"max_request_bytes"``,
-            ``"reject_ops"``, or ``"delay"`` (a normal answer, sent late).
+            ``"reject_ops"``, ``"trickle"`` (a normal answer, sent a byte at a time) or
+            ``"delay"`` (a normal answer, sent late).
     """
 
     method: str
@@ -117,7 +120,8 @@ class FaultPlan:
 
     Every request not scripted draws from the generator, even one rate-limited, so the same
     seed and the same request order give the same faults whatever the timing. Whatever the
-    answer, it leaves ``delay`` seconds late. ``RecordedRequest.fault`` names what happened.
+    answer, it leaves ``delay`` seconds late, and ``trickle`` slows it down to one byte at a
+    time. ``RecordedRequest.fault`` names what happened.
 
     Example::
 
@@ -149,6 +153,10 @@ class FaultPlan:
         delay: Seconds every answer (or drop) is held back. The request is processed first,
             so a client that times out meanwhile has still delivered its operations, as with
             a slow real server. ``stop()`` cuts the wait short and closes the connection.
+        trickle: Seconds before each byte of every answer: the status line, the headers and
+            the body leave one byte at a time, as from a server (or a proxy) that stalls a
+            client whose timeout bounds each read rather than the whole request. The request
+            is processed first, as with ``delay``. ``stop()`` cuts it short.
         max_request_bytes: A 413 threshold on the body, below the API's 500,000 bytes.
         reject_ops: Called with each operation that passed validation; a returned string
             refuses that operation with the string as its reason (field ``"operation"``): in
@@ -168,6 +176,7 @@ class FaultPlan:
     rate_limit: float | None = None
     retry_after: float | str = 1
     delay: float = 0.0
+    trickle: float = 0.0
     max_request_bytes: int | None = None
     reject_ops: Callable[[dict[str, Any]], str | None] | None = None
 
@@ -217,6 +226,8 @@ class FaultPlan:
             )
         if not (_is_number(self.delay) and 0 <= self.delay < math.inf):
             raise ValueError(f"delay must be seconds >= 0, not {self.delay!r}")
+        if not (_is_number(self.trickle) and 0 <= self.trickle < math.inf):
+            raise ValueError(f"trickle must be seconds >= 0, not {self.trickle!r}")
         if self.max_request_bytes is not None and not (
             isinstance(self.max_request_bytes, int)
             and not isinstance(self.max_request_bytes, bool)
@@ -277,6 +288,8 @@ class _Reply:
     # Close the connection without writing anything: the client sees it hang up.
     drop: bool = False
     fault: str | None = None
+    # Seconds before each byte of the answer (FaultPlan.trickle).
+    trickle: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -629,7 +642,9 @@ class TrackAPIEmulator:
         else:
             reply = self._process(request, route, plan)
             reply.drop = decision.drop == "drop_after_accept"
-        reply.fault = decision.fault or reply.fault or ("delay" if plan.delay else None)
+        slowed = "trickle" if plan.trickle else "delay" if plan.delay else None
+        reply.fault = decision.fault or reply.fault or slowed
+        reply.trickle = plan.trickle
         if plan.delay and stopping.wait(plan.delay):
             # stop() closed the connection under us: there is no one left to answer.
             reply.drop = True
@@ -1157,6 +1172,28 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if reply.trickle:
+            # Written to memory first, then to the client a byte at a time.
+            wfile, buffer = self.wfile, io.BytesIO()
+            self.wfile = buffer
+            try:
+                self._write(reply)
+            finally:
+                self.wfile = wfile
+            self._trickle(buffer.getvalue(), reply.trickle)
+            return
+        self._write(reply)
+
+    def _trickle(self, answer: bytes, interval: float) -> None:
+        stopping = self._server.stopping
+        for i in range(len(answer)):
+            if stopping.wait(interval):
+                # stop(): no one is left to answer.
+                self.close_connection = True
+                return
+            self.wfile.write(answer[i : i + 1])
+
+    def _write(self, reply: _Reply) -> None:
         body = json.dumps(reply.payload).encode()
         self.send_response(reply.status)
         self.send_header("Content-Type", "application/json")
