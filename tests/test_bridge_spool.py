@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -13,14 +14,14 @@ from typing import Any
 import pytest
 
 import customerio_logging as cio
-from customerio_logging import _dispatch, _replay
+from customerio_logging import _dispatch, _replay, _spool
 from customerio_logging._capture import Capture
 from customerio_logging._delivery import Response
 from customerio_logging._schema import Operation, new_ulid
 from customerio_logging._spool import Spool
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
-from .conftest import GatedTransport, spool_pending
+from .conftest import FakeTransport, GatedTransport, spool_pending
 
 DOWN = FaultPlan(failure_rate=1.0, failure_statuses=(503,))
 WAIT = 10.0
@@ -276,4 +277,33 @@ class TestUnusableSpool:
         stats = bridge.stats()
         assert stats.failed == 10
         assert stats.spooled == 0
+        assert _balanced(stats)
+
+    def test_a_symbolic_link_is_refused_with_one_warning_however_often_it_is_tried(
+        self,
+        spooled: dict[str, Any],
+        tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(_spool, "_RETRY_OPEN_AFTER", 0.0)  # tried again on every use
+        victim = tmp_path / "another-apps-file"
+        victim.write_bytes(b"")
+        victim.chmod(0o644)
+        link = tmp_path / "spool.sqlite3"
+        link.symlink_to(victim)
+        down = FakeTransport(Response(503))
+        bridge = cio.configure(**{**spooled, "spool_path": str(link)}, transport=down)
+        with caplog.at_level(logging.WARNING, logger="customerio_logging"):
+            for i in range(10):
+                bridge.submit(_capture(i))
+                bridge.flush(WAIT)  # each batch fails, and each tries the spool again
+        warnings = [r.getMessage() for r in caplog.records if "spool" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert str(link) in warnings[0]
+        assert "symbolic link" in warnings[0]
+        assert "in memory" in warnings[0]
+        assert (victim.read_bytes(), stat.S_IMODE(victim.stat().st_mode)) == (b"", 0o644)
+        stats = bridge.stats()
+        assert (stats.failed, stats.spooled) == (10, 0)
         assert _balanced(stats)

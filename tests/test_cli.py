@@ -860,3 +860,50 @@ class TestSpoolCommandsKeepTheKeySecret:
         out, err = capsys.readouterr()
         assert out + err
         assert emulator.api_key not in out + err
+
+
+class TestUnsafeSpoolPath:
+    """A path the app refuses as unsafe, every spool command refuses too (exit 1)."""
+
+    @pytest.mark.parametrize(
+        "command",
+        [
+            ["spool", "status"],
+            ["spool", "status", "--json"],
+            ["spool", "replay"],
+            ["spool", "purge", "--yes"],
+            ["dead-letter", "list"],
+            ["dead-letter", "export"],
+            ["dead-letter", "requeue", "--all"],
+            ["dead-letter", "purge", "--all", "--yes"],
+        ],
+        ids=" ".join,
+    )
+    @pytest.mark.parametrize("dangling", [False, True], ids=["link-to-a-spool", "dangling-link"])
+    def test_a_symbolic_link_is_refused_and_its_target_left_alone(
+        self,
+        emulator: TrackAPIEmulator,
+        tmp_path: Path,
+        command: list[str],
+        dangling: bool,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        target = tmp_path / "elsewhere.sqlite3"
+        if not dangling:
+            _fill(target, [_operation()], [_letter(_operation()), _letter(None)])
+        before = None if dangling else target.read_bytes()
+        files = sorted(p.name for p in tmp_path.iterdir())
+        link = tmp_path / "spool.sqlite3"
+        link.symlink_to(target)
+        args = [*command, "--spool-path", str(link)]
+        if command[1] == "replay":
+            args += _credentials(emulator)
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert f"FAILED: the spool at {link} is a symbolic link" in err
+        assert emulator.requests == []
+        if before is None:
+            assert not target.exists()
+        else:
+            assert target.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*files, "spool.sqlite3"])

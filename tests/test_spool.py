@@ -928,6 +928,200 @@ class TestUnusablePath:
         assert not blocker.exists()
 
 
+OTHER_UID = 65534  # "nobody": a user other than this one
+needs_root = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0,
+    reason="making a file another user's (chown) needs root",
+)
+
+
+def _state(path: Path) -> tuple[int, int, bytes]:
+    """A file's mode, owner and bytes: what the spool must leave as it found them."""
+    info = os.lstat(path)
+    return info.st_mode, info.st_uid, path.read_bytes()
+
+
+def _app_database(path: Path) -> None:
+    _foreign_database(path)
+    path.chmod(0o644)
+
+
+def _refusal(spool: Spool) -> SpoolUnavailableError:
+    """The error the first use of ``spool`` raises (it must raise one, and at once)."""
+    outcome: list[object] = []
+
+    def use() -> None:
+        try:
+            outcome.append(spool.pending())
+        except Exception as exc:  # handed to the test to judge
+            outcome.append(exc)
+
+    worker = threading.Thread(target=use, name="spool-test-opener", daemon=True)
+    worker.start()
+    worker.join(10.0)
+    if worker.is_alive():
+        pytest.fail("opening the spool hung (on a FIFO?)")
+    (result,) = outcome
+    if not isinstance(result, SpoolUnavailableError):
+        pytest.fail(f"the spool was used, or failed otherwise: {result!r}")
+    return result
+
+
+class TestUnsafePlace:
+    """A link, another user's file or folder, a folder others can write: refused, left alone."""
+
+    @pytest.mark.parametrize(
+        "target",
+        [
+            pytest.param(lambda p: (p.write_bytes(b""), p.chmod(0o644)), id="empty-file"),
+            pytest.param(_app_database, id="another-apps-database"),
+            pytest.param(None, id="dangling"),
+        ],
+    )
+    def test_a_symbolic_link_is_refused_and_its_target_left_alone(
+        self, tmp_path: Path, target: Callable[[Path], object] | None
+    ) -> None:
+        victim = tmp_path / "elsewhere" / "victim.db"
+        victim.parent.mkdir()
+        if target is not None:
+            target(victim)
+        before = _state(victim) if target is not None else None
+        folder = tmp_path / "spool"
+        folder.mkdir(mode=0o700)
+        link = folder / "spool.sqlite3"
+        link.symlink_to(victim)
+        spool = Spool(link, max_bytes=BIG, site_id=SITE)
+        refused = _refusal(spool)
+        assert refused.first
+        assert str(link) in str(refused)
+        assert "symbolic link" in str(refused)
+        if before is None:
+            assert not victim.exists()  # not made through the link
+        else:
+            assert _state(victim) == before
+        assert os.listdir(victim.parent) == ([] if before is None else ["victim.db"])
+        assert os.listdir(folder) == ["spool.sqlite3"]  # nothing made beside it, nothing moved
+        assert link.is_symlink()
+
+    @pytest.mark.parametrize(
+        ("mode", "usable"),
+        [(0o700, True), (0o755, True), (0o1777, True), (0o777, False), (0o770, False)],
+    )
+    def test_a_folder_others_can_write_needs_the_sticky_bit(
+        self, tmp_path: Path, mode: int, usable: bool
+    ) -> None:
+        folder = tmp_path / "shared"
+        folder.mkdir()
+        folder.chmod(mode)
+        spool = Spool(folder / "spool.sqlite3", max_bytes=BIG, site_id=SITE)
+        try:
+            if usable:
+                spool.add([_op("a")])
+                assert _mode(folder / "spool.sqlite3") == 0o600
+                return
+            refused = _refusal(spool)
+            assert "other users can write" in str(refused)
+            assert f"{mode:04o}" in str(refused)
+            assert os.listdir(folder) == []
+        finally:
+            spool.close()
+
+    def test_a_hard_linked_file_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / "spool.sqlite3"
+        _foreign_database(path)
+        os.link(path, tmp_path / "another-name")
+        before = _state(path)
+        refused = _refusal(Spool(path, max_bytes=BIG, site_id=SITE))
+        assert "hard link" in str(refused)
+        assert _state(path) == before
+        assert _moved_aside(path) == []
+
+    def test_a_fifo_is_refused_without_hanging(self, tmp_path: Path) -> None:
+        path = tmp_path / "spool.sqlite3"
+        os.mkfifo(path)
+        try:
+            refused = _refusal(Spool(path, max_bytes=BIG, site_id=SITE))
+        finally:
+            # Let a reader stuck in open() go, should there be one.
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        assert "not a regular file" in str(refused)
+
+    def test_a_file_swapped_for_a_link_while_sqlite_opens_it_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = tmp_path / "spool.sqlite3"
+        victim = tmp_path / "victim.db"
+        _app_database(victim)
+        before = _state(victim)
+        connect = sqlite3.connect
+
+        def swap_then_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+            # Between the spool's checks and SQLite's own open: a link in its place.
+            swapped = tmp_path / "swap"
+            swapped.symlink_to(victim)
+            os.replace(swapped, path)
+            return connect(*args, **kwargs)
+
+        monkeypatch.setattr(sqlite3, "connect", swap_then_connect)
+        refused = _refusal(Spool(path, max_bytes=BIG, site_id=SITE))
+        assert "replaced" in str(refused)
+        assert _state(victim) == before
+
+    @needs_root
+    @pytest.mark.parametrize("suffix", ["", "-wal", "-shm", "-journal", ".lock"])
+    def test_another_users_file_in_a_sticky_folder_is_refused_and_left_alone(
+        self, tmp_path: Path, suffix: str
+    ) -> None:
+        folder = tmp_path / "shared"
+        folder.mkdir()
+        folder.chmod(0o1777)
+        path = folder / "spool.sqlite3"
+        theirs = _sibling(path, suffix)
+        theirs.write_bytes(b"")
+        theirs.chmod(0o666)
+        os.chown(theirs, OTHER_UID, OTHER_UID)
+        before = _state(theirs)
+        refused = _refusal(Spool(path, max_bytes=BIG, site_id=SITE))
+        assert "another user" in str(refused)
+        assert _state(theirs) == before
+        assert os.listdir(folder) == [theirs.name]
+
+    @needs_root
+    def test_a_folder_owned_by_another_user_is_refused(self, tmp_path: Path) -> None:
+        folder = tmp_path / "theirs"
+        folder.mkdir(mode=0o700)
+        os.chown(folder, OTHER_UID, OTHER_UID)
+        refused = _refusal(Spool(folder / "spool.sqlite3", max_bytes=BIG, site_id=SITE))
+        assert "owned by another user" in str(refused)
+        assert os.listdir(folder) == []
+
+    @pytest.mark.parametrize("problem", ["symbolic-link", "another-workspace"])
+    def test_a_refusal_is_tried_again_quietly_and_the_fixed_path_is_used(
+        self,
+        make_spool: Callable[..., Spool],
+        spool_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        problem: str,
+    ) -> None:
+        monkeypatch.setattr(_spool, "_RETRY_OPEN_AFTER", 0.0)  # try again on every call
+        if problem == "symbolic-link":
+            spool_path.symlink_to(spool_path.with_name("elsewhere"))
+        else:
+            make_spool(site_id="another-site").add([_op("theirs")])
+        spool = make_spool()
+        first = _refusal(spool)
+        assert first.first
+        for _ in range(3):  # each one opens again, and fails the same way: no new warning
+            with pytest.raises(SpoolUnavailableError) as again:
+                spool.add([_op("a")])
+            assert not again.value.first
+            assert str(again.value) == str(first)
+        spool_path.unlink()
+        spool.add([_op("a")])
+        assert spool.pending() == 1
+
+
 class TestBusy:
     """Another holder of the write lock means busy, not broken; re-entry is refused."""
 
@@ -1178,3 +1372,46 @@ class TestDefaultSpoolPath:
         }
         assert len(paths) == 3
         assert default_spool_path(SITE, URL) == default_spool_path(SITE, URL)
+
+    def test_without_a_home_it_is_a_private_folder_in_the_shared_temp_dir(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        shared = _homeless(tmp_path, monkeypatch)
+        path = default_spool_path(SITE, URL)
+        assert path.parent == shared / f"customerio-logging-{os.getuid()}"
+        spool = Spool(path, max_bytes=BIG, site_id=SITE)
+        try:
+            spool.add([_op("a")])
+            assert spool.pending() == 1
+        finally:
+            spool.close()
+        assert _mode(path.parent) == 0o700
+        assert _mode(path) == 0o600
+
+    @needs_root
+    def test_a_folder_another_user_made_there_first_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        shared = _homeless(tmp_path, monkeypatch)
+        theirs = shared / f"customerio-logging-{os.getuid()}"
+        theirs.mkdir()
+        theirs.chmod(0o777)
+        os.chown(theirs, OTHER_UID, OTHER_UID)
+        refused = _refusal(Spool(default_spool_path(SITE, URL), max_bytes=BIG, site_id=SITE))
+        assert "owned by another user" in str(refused)
+        assert os.listdir(theirs) == []
+
+
+def _homeless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No XDG_STATE_HOME, no home: the temp dir, a sticky shared folder like /tmp, is used."""
+
+    def no_home(cls: type[Path]) -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    return shared

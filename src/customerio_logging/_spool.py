@@ -25,6 +25,19 @@ from typing import Any
 from ._delivery import BODY_OVERHEAD
 from ._limits import BATCH_BODY_BYTES
 from ._schema import Operation
+from ._spool_file import (
+    LOCK,
+    SIBLINGS,
+    UnsafePathError,
+    check_opened,
+    check_place,
+    check_sibling,
+    make_private,
+    move_aside,
+    open_private,
+    prepare,
+)
+from ._spool_file import sibling as _sibling
 from .exceptions import CustomerIOLoggingError
 
 __all__ = [
@@ -33,6 +46,7 @@ __all__ = [
     "SpoolBusyError",
     "SpoolStatus",
     "SpoolUnavailableError",
+    "check_spool_path",
     "default_spool_path",
 ]
 
@@ -201,6 +215,21 @@ def default_spool_path(site_id: str, track_url: str) -> Path:
     return home / ".local" / "state" / "customerio-logging" / name
 
 
+def check_spool_path(path: Path) -> None:
+    """Refuse, as :class:`Spool` would, a spool path that is unsafe to open; make nothing.
+
+    For read-only views of a spool (the command line), before they look at the file.
+
+    Raises:
+        SpoolUnavailableError: A symbolic link, another user's file or folder, a folder
+            other users can write to without the sticky bit; the message says which.
+    """
+    try:
+        check_place(path)
+    except UnsafePathError as exc:
+        raise SpoolUnavailableError(f"the spool at {path} {exc}") from None
+
+
 # Connections opened before a fork, kept alive in the child: closing one there could
 # checkpoint or delete the parent's write-ahead log under it (SQLite: never carry a
 # connection across fork).
@@ -222,7 +251,10 @@ class Spool:
     file already holds.
 
     Args:
-        path: The spool file; its directory is created (mode 0700) if missing.
+        path: The spool file; its directory is created (mode 0700) if missing. An
+            unsafe place is refused (:class:`SpoolUnavailableError`) and left as it is: a
+            symbolic link, a file or folder of another user's, a folder other users can
+            write to without the sticky bit (see ``_spool_file``).
         max_bytes: Bound on the waiting operations' bytes; the oldest are evicted
             beyond it.
         site_id: The workspace whose events this process spools and replays. A file
@@ -567,8 +599,13 @@ class Spool:
             self._conn = self._open()
         except SpoolUnavailableError as exc:
             self._broken_until = time.monotonic() + _RETRY_OPEN_AFTER
+            if str(exc) == self._broken_message:
+                # The same problem as a minute ago (a refused path stays refused): tried
+                # again, but said once, not every minute.
+                raise SpoolUnavailableError(self._broken_message, first=False) from None
             self._broken_message = str(exc)
             raise
+        self._broken_message = ""  # a later problem is a new episode, worth its warning
         return self._conn
 
     def _failed(self, exc: sqlite3.Error) -> Exception:
@@ -589,10 +626,12 @@ class Spool:
         return SpoolUnavailableError(message)
 
     def _open(self) -> sqlite3.Connection:
-        path = self.path
+        path = self.path  # as given, in messages; SQLite gets the real one
         try:
-            _make_private_dir(path.parent)
-            lock = os.open(_sibling(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            real = prepare(path)
+            lock = open_private(real, LOCK)
+        except UnsafePathError as exc:
+            raise SpoolUnavailableError(f"the spool at {path} {exc}") from None
         except OSError as exc:
             raise SpoolUnavailableError(
                 f"the spool at {path} cannot be created: {exc.strerror or type(exc).__name__}"
@@ -603,11 +642,11 @@ class Spool:
             # record lock, not flock(): a child forked meanwhile does not inherit it.
             _lock_file(lock, path)
             try:
-                conn = self._open_checked(path)
+                conn = self._open_checked(real)
             except _UnusableFileError as exc:
-                moved = f"the spool file {path} {exc}; moved it to {_move_aside(path).name}"
-                conn = self._open_checked(path)
-        except (_UnusableFileError, _RefusedFileError) as exc:
+                moved = f"the spool file {path} {exc}; moved it to {move_aside(real).name}"
+                conn = self._open_checked(real)
+        except (_UnusableFileError, _RefusedFileError, UnsafePathError) as exc:
             raise SpoolUnavailableError(f"the spool at {path} {exc}") from None
         except sqlite3.Error as exc:
             if getattr(exc, "sqlite_errorname", "") in _BUSY:
@@ -629,22 +668,35 @@ class Spool:
         return conn
 
     def _open_checked(self, path: Path) -> sqlite3.Connection:
-        _check_header(path)
-        _create_private(path)
+        # Our own descriptor on the file, opened without following a link, is what every
+        # check looks at; SQLite then opens the path by name, and is checked to have
+        # opened that same file. Nothing is changed in a file that fails a check.
+        fd = open_private(path)
+        try:
+            return self._connect_checked(path, fd)
+        finally:
+            os.close(fd)
+
+    def _connect_checked(self, path: Path, fd: int) -> sqlite3.Connection:
+        _check_header(fd)
+        for suffix in SIBLINGS:
+            check_sibling(path, suffix)
         conn = sqlite3.connect(path, timeout=2.0, isolation_level=None, check_same_thread=False)
         try:
+            check_opened(conn, fd)
             self._check_file(conn)
+            make_private(fd)  # before the -wal is made: SQLite gives it the file's mode
             conn.execute("PRAGMA journal_mode = WAL")
             # WAL with synchronous=NORMAL: a commit survives the process being killed
             # (it is in the OS's cache); only a power loss can take the last ones.
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(_SCHEMA)
             self._check_workspace(conn)
+            for suffix in ("-wal", "-shm"):  # made by SQLite by now: check them again
+                check_sibling(path, suffix)
         except BaseException:
             conn.close()
             raise
-        for suffix in ("-wal", "-shm"):
-            _make_private(_sibling(path, suffix))
         return conn
 
     def _check_file(self, conn: sqlite3.Connection) -> None:
@@ -723,57 +775,10 @@ def _lock_file(fd: int, path: Path) -> None:
         time.sleep(0.01)
 
 
-def _check_header(path: Path) -> None:
-    try:
-        with open(path, "rb") as file:
-            head = file.read(len(_HEADER))
-    except FileNotFoundError:
-        return
+def _check_header(fd: int) -> None:
+    head = os.pread(fd, len(_HEADER), 0)
     if head and head != _HEADER:
         raise _UnusableFileError("is not an SQLite database")
-
-
-def _make_private_dir(directory: Path) -> None:
-    if directory.is_dir():
-        return
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except FileExistsError:
-        # mkdir's own words ("File exists") would puzzle: say which part is not a folder.
-        raise NotADirectoryError(0, f"{directory} is not a directory") from None
-
-
-def _create_private(path: Path) -> None:
-    try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        _make_private(path)
-
-
-def _make_private(path: Path) -> None:
-    # The spool holds the app's events: readable by its owner only.
-    with contextlib.suppress(OSError):
-        if path.stat().st_mode & 0o077:
-            path.chmod(0o600)
-
-
-def _move_aside(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    extra = 1
-    while any(_sibling(target, s).exists() for s in ("", "-wal", "-shm", "-journal")):
-        extra += 1  # a second bad file within the same second keeps the first's copy
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{extra}")
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        source = _sibling(path, suffix)
-        if source.exists():
-            with contextlib.suppress(OSError):
-                source.rename(_sibling(target, suffix))
-    return target
-
-
-def _sibling(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
 
 
 def _meta_int(conn: sqlite3.Connection, key: str) -> int:
