@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import stat
@@ -307,3 +308,31 @@ class TestUnusableSpool:
         stats = bridge.stats()
         assert (stats.failed, stats.spooled) == (10, 0)
         assert _balanced(stats)
+
+
+class TestServerWords:
+    def test_a_207_with_a_huge_reason_keeps_a_short_one_in_memory_and_on_disk(
+        self, spooled: dict[str, Any], spool_path: Path, emulator: TrackAPIEmulator
+    ) -> None:
+        huge = "no " * 1_700_000  # 5,100,000 characters, as a hostile answer once had
+        emulator.set_faults(
+            FaultPlan(reject_ops=lambda op: None if op["identifiers"]["id"] == "u0" else huge)
+        )
+        bridge = cio.configure(**spooled)
+        for i in range(3):
+            bridge.submit(_capture(i))
+        assert bridge.flush(WAIT) is False
+        stats = bridge.stats()
+        assert (stats.sent, stats.dead_lettered) == (1, 2)
+        assert len(stats.last_error or "") <= 700
+        in_memory = bridge.dead_letters()
+        with contextlib.closing(Spool(spool_path, max_bytes=1 << 30)) as spool:
+            on_disk = list(spool.dead_letters())
+            status = spool.status()
+        assert len(in_memory) == len(on_disk) == 2
+        for letter in [*in_memory, *on_disk]:
+            assert len(letter.reason) <= 100
+            assert len(letter.message) <= 700
+            assert len(letter.field or "") <= 200
+        assert status.dead_letter_bytes < 5_000  # two short rows, not 20 MB
+        assert status.file_bytes < 1_000_000

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import queue
+import re
 import shlex
 import signal
 import socket
@@ -462,6 +463,27 @@ class TestSpoolStatus:
         assert "Z (" in out  # as ISO UTC
         assert "dead letters:  2 (see: python -m customerio_logging dead-letter list)" in out
 
+    def test_it_shows_the_dead_letters_size_bound_and_evictions(
+        self, spool_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        body = json.dumps({"pad": "x" * 20_000}).encode()
+        spool = Spool(spool_path, max_bytes=4 * 1024 * 1024)  # a 1 MiB dead letter
+        try:
+            for i in range(60):
+                row = DeadLetterRow(0, f"id{i}", "event", "n", "http_400", None, "no", 1.0, body)
+                spool.dead_letter([row])
+        finally:
+            spool.close()
+        assert main(["spool", "status", "--spool-path", str(spool_path)]) == 0
+        out = capsys.readouterr().out
+        # The bound shown is the command's own (default max_spool_bytes): 100 MiB / 4.
+        shown_bound = r"\n {15}\S+ \S+ of 25\.0 MiB; \d+ older ones evicted to stay within it\n"
+        assert re.search(shown_bound, out), out
+        assert main(["spool", "status", "--spool-path", str(spool_path), "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["dead_letters_evicted"] == 60 - shown["dead_letters"] > 0
+        assert shown["dead_letter_bytes"] <= 1024 * 1024
+
     def test_json_is_one_object(self, spool_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         _fill(spool_path, [_operation() for _ in range(3)], [_letter(None)], site_id="ws-1")
         assert main(["spool", "status", "--spool-path", str(spool_path), "--json"]) == 0
@@ -590,6 +612,23 @@ class TestSpoolReplay:
         assert "sent:          9" in out
         assert "refused:       1 (1 blocked_by_test): moved to the dead letter" in out
         assert "dead-letter list" in out
+
+    def test_a_huge_reason_is_kept_short_and_never_reaches_the_terminal_raw(
+        self, emulator: TrackAPIEmulator, spool_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # A terminal title escape, then 5,000,000 characters: in the 207's reason and message.
+        huge = "\x1b]0;owned\x07" + "x" * 5_000_000
+        ops = [_operation() for _ in range(2)]
+        emulator.set_faults(FaultPlan(reject_ops=lambda op: huge))
+        _fill(spool_path, ops)
+        assert main(_replay(emulator, spool_path)) == 0
+        _, letters = _read(spool_path)
+        assert len(letters) == 2
+        assert all(len(r.reason) <= 100 and len(r.message) <= 700 for r in letters)
+        assert main(["dead-letter", "list", "--spool-path", str(spool_path)]) == 0
+        out, err = capsys.readouterr()
+        assert len(out + err) < 5_000
+        assert "\x1b" not in out + err
 
     def test_another_workspaces_file_is_refused_and_left_as_it_is(
         self, emulator: TrackAPIEmulator, spool_path: Path, capsys: pytest.CaptureFixture[str]

@@ -75,6 +75,12 @@ def _letter(
     return DeadLetterRow(0, op_id, "event", "n", reason, "attributes.plan", "rejected", at, body)
 
 
+def _row_bytes(row: DeadLetterRow) -> int:
+    """A dead letter's size as the spool bounds it: its body and its texts in UTF-8."""
+    texts = (row.id, row.action, row.name, row.reason, row.field, row.message)
+    return len(row.body or b"") + sum(len(t.encode()) for t in texts if t is not None)
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -693,6 +699,91 @@ class TestDeadLetter:
         spool.dead_letter([_letter("d5")])
         assert [r.id for r in spool.dead_letters()] == ["d0", "d3", "d4", "d5"]
 
+    def test_the_oldest_letters_go_beyond_the_byte_bound_and_are_counted(
+        self, make_spool: Callable[..., Spool]
+    ) -> None:
+        spool = make_spool(max_bytes=400_000)  # the dead letter's share: 100,000 bytes
+        assert spool.dead_letter_max_bytes == 100_000
+        evicted = [spool.dead_letter([_letter(f"d{i}", body=_body(30_000))]) for i in range(10)]
+        kept = list(spool.dead_letters())
+        # The newest that fit in a twentieth less than the bound, the rest evicted.
+        assert [r.id for r in kept] == ["d7", "d8", "d9"]
+        assert sum(evicted) == 7
+        status = spool.status()
+        assert status.dead_letters_evicted == 7
+        assert status.dead_letter_bytes == sum(_row_bytes(r) for r in kept)
+        assert status.dead_letter_bytes <= status.dead_letter_max_bytes == 100_000
+
+    @settings(max_examples=30, deadline=None)
+    @given(
+        writes=st.lists(
+            st.lists(st.integers(min_value=8, max_value=30_000), min_size=1, max_size=5),
+            min_size=1,
+            max_size=8,
+        )
+    )
+    def test_the_newest_are_kept_within_the_bound_and_every_eviction_counted(
+        self, writes: list[list[int]]
+    ) -> None:
+        with tempfile.TemporaryDirectory(prefix="dead-letter-") as directory:
+            spool = Spool(Path(directory) / "s.sqlite3", max_bytes=200_000)
+            try:
+                written: list[str] = []
+                evicted = 0
+                for sizes in writes:
+                    batch = [f"d{len(written) + i:03d}" for i in range(len(sizes))]
+                    written += batch
+                    letters = [_letter(i, body=_body(n)) for i, n in zip(batch, sizes, strict=True)]
+                    evicted += spool.dead_letter(letters)
+                kept = list(spool.dead_letters())
+                status = spool.status()
+            finally:
+                spool.close()
+        assert [r.id for r in kept] == written[len(written) - len(kept) :]  # the newest
+        assert status.dead_letter_bytes == sum(map(_row_bytes, kept)) <= 50_000
+        assert status.dead_letters_evicted == evicted == len(written) - len(kept)
+
+    def test_one_write_larger_than_the_bound_keeps_its_newest_rows(
+        self, make_spool: Callable[..., Spool]
+    ) -> None:
+        spool = make_spool(max_bytes=400_000)
+        assert spool.dead_letter([_letter(f"d{i}", body=_body(30_000)) for i in range(5)]) == 2
+        assert [r.id for r in spool.dead_letters()] == ["d2", "d3", "d4"]
+
+    def test_texts_are_cut_whoever_writes_them(self, make_spool: Callable[..., Spool]) -> None:
+        spool = make_spool()
+        huge = "r" * 5_000_000
+        spool.dead_letter([DeadLetterRow(0, "a", "event", "n", huge, huge, huge, 1.0, b"{}")])
+        (row,) = spool.dead_letters()
+        assert (len(row.reason), len(row.field or ""), len(row.message)) == (200, 200, 1000)
+        assert spool.status().dead_letter_bytes == _row_bytes(row)
+
+    def test_the_byte_count_follows_every_change(self, make_spool: Callable[..., Spool]) -> None:
+        spool = make_spool()
+        spool.dead_letter([_letter(f"d{i}", body=_body(100 + i)) for i in range(6)])
+        spool.dead_letter([_letter(None, body=None)])
+        spool.requeue([next(spool.dead_letters()).seq])
+        spool.purge_dead_letters(reason="nope")
+        spool.purge_dead_letters([list(spool.dead_letters())[-1].seq])
+        assert spool.status().dead_letter_bytes == sum(_row_bytes(r) for r in spool.dead_letters())
+        spool.purge_dead_letters()
+        assert spool.status().dead_letter_bytes == 0
+
+    def test_a_file_from_before_the_byte_count_is_counted_when_opened(
+        self, make_spool: Callable[..., Spool], spool_path: Path
+    ) -> None:
+        spool = make_spool()
+        spool.dead_letter([_letter(f"d{i}", body=_body(1000)) for i in range(4)])
+        spool.close()
+        with contextlib.closing(sqlite3.connect(spool_path)) as conn:
+            # As an earlier version left it: no triggers, no count.
+            conn.execute("DROP TRIGGER dead_letter_bytes_added")
+            conn.execute("DROP TRIGGER dead_letter_bytes_removed")
+            conn.execute("DELETE FROM meta WHERE key LIKE 'dead_letter%'")
+            conn.commit()
+        reopened = make_spool()
+        assert reopened.status().dead_letter_bytes == 4 * _row_bytes(next(reopened.dead_letters()))
+
     @pytest.mark.parametrize(
         ("limit", "expected"),
         [(None, 1203), (0, 0), (1, 1), (500, 500), (501, 501), (1203, 1203), (5000, 1203)],
@@ -757,7 +848,13 @@ class TestFile:
         spool.add([_op("a")])
         with contextlib.closing(sqlite3.connect(spool_path)) as conn:
             meta = dict(conn.execute("SELECT key, value FROM meta"))
-        assert meta == {"site_id": SITE, "track_url": URL, "spool_bytes": 40}
+        assert meta == {
+            "site_id": SITE,
+            "track_url": URL,
+            "spool_bytes": 40,
+            "dead_letter_bytes": 0,
+            "dead_letters_evicted": 0,
+        }
 
     @pytest.mark.parametrize(
         ("site_id", "track_url"),

@@ -38,6 +38,7 @@ from ._replay import Replayer
 from ._retry import RetryPolicy
 from ._spool import (
     APPLICATION_ID,
+    DEAD_LETTER_SHARE,
     MAX_DEAD_LETTERS,
     DeadLetterRow,
     Spool,
@@ -706,7 +707,9 @@ def _add_dead_letter_commands(
         description=(
             "The dead letter keeps, in the spool file, the operations that will not be "
             "sent: the ones the Track API refused, with its reason, and invalid events "
-            f"(reason only). It keeps the newest {MAX_DEAD_LETTERS:,}."
+            f"(reason only). It keeps the newest {MAX_DEAD_LETTERS:,}, within "
+            f"1/{DEAD_LETTER_SHARE} of max_spool_bytes; older ones are evicted and counted "
+            "(see: spool status)."
         ),
         epilog=(
             "example:\n  python -m customerio_logging dead-letter list --spool-path "
@@ -983,6 +986,11 @@ def _spool_status(args: argparse.Namespace) -> int:
         print(f"newest:        {_when(status.newest, now)}")
     see = " (see: python -m customerio_logging dead-letter list)" if status.dead_letters else ""
     print(f"dead letters:  {status.dead_letters}{see}")
+    if status.dead_letters or status.dead_letters_evicted:
+        evicted = status.dead_letters_evicted
+        gone = f"; {_plural(evicted, 'older one')} evicted to stay within it" if evicted else ""
+        kept, bound = _size(status.dead_letter_bytes), _size(status.dead_letter_max_bytes)
+        print(f"               {kept} of {bound}{gone}")
     print(f"file:          {_size(status.file_bytes)} on disk")
     return 0
 

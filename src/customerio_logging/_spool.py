@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._delivery import BODY_OVERHEAD
+from ._delivery import BODY_OVERHEAD, shorten
 from ._limits import BATCH_BODY_BYTES
 from ._schema import Operation
 from ._spool_file import (
@@ -54,6 +54,20 @@ APPLICATION_ID = 0x43494F4C  # "CIOL": marks the file as ours (PRAGMA applicatio
 SCHEMA_VERSION = 1
 MAX_DEAD_LETTERS = 10_000
 """Dead-letter rows kept; the oldest go first beyond it."""
+DEAD_LETTER_SHARE = 4
+"""The dead letter keeps at most ``max_bytes // DEAD_LETTER_SHARE`` bytes (its bodies and
+texts together); the oldest rows go first beyond it, counted in the file.
+
+A share of the spool's own bound rather than a setting of its own: whatever the API
+refuses, the file then holds at most 1.25 times ``max_spool_bytes`` of data, and a requeue
+of every dead letter fits in the spool. A quarter, because the dead letter is there for a
+person to read, fix the cause and requeue, not to keep everything: at the default 100 MiB
+that is 25 MiB, at least 800 rows even at the Track API's 32,000-byte limit per
+operation, and the full ``MAX_DEAD_LETTERS`` rows of events averaging 2.6 KB.
+"""
+DEAD_LETTER_TEXT = 1000
+"""Characters kept of a dead letter's message (its reason and field: a fifth of it),
+whoever writes it: the dead letter never keeps a payload's worth of words."""
 REPLAY_LEASE = 300.0
 """Seconds a replay claim holds its rows: far beyond one request and its pacing."""
 FRESH_LEASE = 3600.0
@@ -104,7 +118,33 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     at REAL NOT NULL,
     body BLOB
 );
+INSERT OR IGNORE INTO meta (key, value) VALUES ('dead_letters_evicted', 0);
+CREATE TRIGGER IF NOT EXISTS dead_letter_bytes_added AFTER INSERT ON dead_letter BEGIN
+    UPDATE meta SET value = value + ({new}) WHERE key = 'dead_letter_bytes';
+END;
+CREATE TRIGGER IF NOT EXISTS dead_letter_bytes_removed AFTER DELETE ON dead_letter BEGIN
+    UPDATE meta SET value = value - ({old}) WHERE key = 'dead_letter_bytes';
+END;
+-- After the triggers: a file from before them is counted once, rows written meanwhile
+-- by another process included.
+INSERT OR IGNORE INTO meta (key, value)
+    SELECT 'dead_letter_bytes', (SELECT COALESCE(SUM({row}), 0) FROM dead_letter)
+    WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'dead_letter_bytes');
 """
+
+
+def _dead_letter_bytes(row: str) -> str:
+    """SQL for a dead letter's size in bytes: its body and its texts (UTF-8)."""
+    texts = ("id", "action", "name", "reason", "field", "message")
+    parts = [f"COALESCE(length({row}body), 0)"]
+    parts += [f"COALESCE(length(CAST({row}{column} AS BLOB)), 0)" for column in texts]
+    return " + ".join(parts)
+
+
+_DEAD_LETTER_BYTES = _dead_letter_bytes("")
+_SCHEMA = _SCHEMA.format(
+    new=_dead_letter_bytes("NEW."), old=_dead_letter_bytes("OLD."), row=_DEAD_LETTER_BYTES
+)
 
 
 class SpoolUnavailableError(CustomerIOLoggingError):
@@ -140,6 +180,10 @@ class SpoolStatus:
         dead_letters: Rows in the dead letter.
         file_bytes: The file's size on disk, write-ahead log included.
         site_id: The workspace whose events these are, once one wrote here.
+        dead_letter_bytes: The dead letter's size (bodies and texts).
+        dead_letter_max_bytes: The bound beyond which its oldest rows are evicted.
+        dead_letters_evicted: Dead letters evicted so far (beyond ``MAX_DEAD_LETTERS``
+            rows or ``dead_letter_max_bytes``), by every process using the file.
     """
 
     path: str
@@ -152,6 +196,9 @@ class SpoolStatus:
     dead_letters: int
     file_bytes: int
     site_id: str | None
+    dead_letter_bytes: int = 0
+    dead_letter_max_bytes: int = 0
+    dead_letters_evicted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +303,8 @@ class Spool:
             symbolic link, a file or folder of another user's, a folder other users can
             write to without the sticky bit (see ``_spool_file``).
         max_bytes: Bound on the waiting operations' bytes; the oldest are evicted
-            beyond it.
+            beyond it. The dead letter has its own bound, a share of it (see
+            ``DEAD_LETTER_SHARE``).
         site_id: The workspace whose events this process spools and replays. A file
             holding another workspace's events is refused. None (the CLI's read-only
             views) accepts any.
@@ -277,6 +325,7 @@ class Spool:
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self.dead_letter_max_bytes = max_bytes // DEAD_LETTER_SHARE
         self._site_id = site_id
         self._track_url = track_url
         self._notice = notice
@@ -406,25 +455,62 @@ class Spool:
                     [(i, self._owner) for i in ids],
                 )
 
-    def dead_letter(self, letters: Sequence[DeadLetterRow]) -> None:
-        """Set operations aside for good (``seq`` is ignored); their spool rows go."""
+    def dead_letter(self, letters: Sequence[DeadLetterRow]) -> int:
+        """Set operations aside for good (``seq`` is ignored); their spool rows go.
+
+        Texts are cut to ``DEAD_LETTER_TEXT`` characters. The dead letter keeps its newest
+        ``MAX_DEAD_LETTERS`` rows within ``dead_letter_max_bytes``; older ones are evicted
+        and counted (:attr:`SpoolStatus.dead_letters_evicted`).
+
+        Returns:
+            How many dead letters (the oldest, maybe some of ``letters``) were evicted.
+        """
         if not letters:
-            return
+            return 0
         with self._transaction() as conn:
             conn.executemany(
                 "INSERT INTO dead_letter (id, action, name, reason, field, message, at, body) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (d.id, d.action, d.name, d.reason, d.field, d.message, d.at, d.body)
+                    (
+                        d.id,
+                        d.action,
+                        d.name,
+                        _capped(d.reason, DEAD_LETTER_TEXT // 5),
+                        None if d.field is None else _capped(d.field, DEAD_LETTER_TEXT // 5),
+                        _capped(d.message, DEAD_LETTER_TEXT),
+                        d.at,
+                        d.body,
+                    )
                     for d in letters
                 ],
             )
             conn.executemany("DELETE FROM spool WHERE id = ?", [(d.id,) for d in letters if d.id])
+            return self._trim_dead_letters(conn)
+
+    def _trim_dead_letters(self, conn: sqlite3.Connection) -> int:
+        evicted: int = conn.execute(
+            "DELETE FROM dead_letter WHERE seq NOT IN "
+            "(SELECT seq FROM dead_letter ORDER BY seq DESC LIMIT ?)",
+            (MAX_DEAD_LETTERS,),
+        ).rowcount
+        bound = self.dead_letter_max_bytes
+        if _meta_int(conn, "dead_letter_bytes") > bound:
+            # Keep the newest rows that fit in a little less than the bound, so that a
+            # full dead letter is trimmed once per twentieth of it, not on every write.
+            row = conn.execute(
+                f"SELECT seq FROM (SELECT seq, SUM({_DEAD_LETTER_BYTES}) "  # noqa: S608
+                "OVER (ORDER BY seq DESC) AS newer FROM dead_letter) "
+                "WHERE newer > ? ORDER BY seq DESC LIMIT 1",
+                (bound - bound // 20,),
+            ).fetchone()
+            if row is not None:
+                evicted += conn.execute("DELETE FROM dead_letter WHERE seq <= ?", row).rowcount
+        if evicted:
             conn.execute(
-                "DELETE FROM dead_letter WHERE seq NOT IN "
-                "(SELECT seq FROM dead_letter ORDER BY seq DESC LIMIT ?)",
-                (MAX_DEAD_LETTERS,),
+                "UPDATE meta SET value = value + ? WHERE key = 'dead_letters_evicted'", (evicted,)
             )
+        return evicted
 
     def requeue(self, seqs: Sequence[int] | None = None, *, reason: str | None = None) -> int:
         """Move dead letters back into the spool, to be sent again by replay.
@@ -481,6 +567,8 @@ class Spool:
             ).fetchone()
             (dead,) = conn.execute("SELECT COUNT(*) FROM dead_letter").fetchone()
             used = _meta_int(conn, "spool_bytes")
+            dead_bytes = _meta_int(conn, "dead_letter_bytes")
+            dead_evicted = _meta_int(conn, "dead_letters_evicted")
             site = conn.execute("SELECT value FROM meta WHERE key = 'site_id'").fetchone()
         file_bytes = sum(
             p.stat().st_size for p in (self.path, _sibling(self.path, "-wal")) if p.exists()
@@ -496,6 +584,9 @@ class Spool:
             dead_letters=dead,
             file_bytes=file_bytes,
             site_id=None if site is None else str(site[0]),
+            dead_letter_bytes=dead_bytes,
+            dead_letter_max_bytes=self.dead_letter_max_bytes,
+            dead_letters_evicted=dead_evicted,
         )
 
     def pending(self) -> int:
@@ -779,6 +870,10 @@ def _check_header(fd: int) -> None:
     head = os.pread(fd, len(_HEADER), 0)
     if head and head != _HEADER:
         raise _UnusableFileError("is not an SQLite database")
+
+
+def _capped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else shorten(text, limit)
 
 
 def _meta_int(conn: sqlite3.Connection, key: str) -> int:
