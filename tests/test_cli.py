@@ -3,6 +3,7 @@ their help promises."""
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
@@ -114,6 +115,36 @@ class TestCheck:
         assert "region:    us" in out
         assert "spool:" in out
         assert emulator.api_key not in out
+
+    def test_the_servers_region_is_printed_short_and_without_control_characters(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        answer = json.dumps({"data_center": "\x1b[2J" + "us " * 1_000_000}).encode()
+
+        class Region(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Region)
+        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}"
+            args = ["check", "--site-id", "s", "--api-key", "k", "--track-url", url]
+            assert main(args) == 0
+        finally:
+            server.shutdown()
+            server.server_close()
+        out = capsys.readouterr().out
+        assert re.search(r"the workspace is in region \S*us us us[ us]*…\n", out), out
+        assert len(out) < 2_000
+        assert "\x1b" not in out
 
     def test_settings_come_from_the_environment(
         self,

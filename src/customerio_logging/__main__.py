@@ -402,7 +402,8 @@ def _reported_region(reply: requests.Response) -> str | None:
     for key in ("region", "data_center"):
         value = body.get(key)
         if isinstance(value, str) and value.strip():
-            return value.strip().lower()
+            # The server's word, printed: a short line, whatever it sent.
+            return shorten(value, 40).lower()
     return None
 
 
