@@ -1342,6 +1342,22 @@ class TestLeasesAcrossProcesses:
         assert sorted(first + second) == ids
         assert make_spool().pending() == 0
 
+    def test_opening_keeps_the_sqlite_locks_this_process_holds(
+        self, make_spool: Callable[..., Spool], spool_path: Path
+    ) -> None:
+        # POSIX locks are the process's: closing any descriptor on a file drops them all,
+        # SQLite's too. Another process could then take the file for unused, and
+        # checkpoint or reset its -wal and -shm under the open connection.
+        first = make_spool()
+        first.add([_op("a")])
+        assert json.loads(_run("spool_locks", spool_path)) == {"shm": "held", "database": "held"}
+        second = make_spool()  # in this same process, as a CLI view or a test helper is
+        assert second.pending() == 1
+        assert json.loads(_run("spool_locks", spool_path)) == {"shm": "held", "database": "held"}
+        first.close()
+        assert second.pending() == 1
+        assert json.loads(_run("spool_locks", spool_path)) == {"shm": "held", "database": "held"}
+
     def test_a_full_disk_is_unavailable_in_plain_words_and_keeps_what_was_written(
         self, make_spool: Callable[..., Spool], spool_path: Path
     ) -> None:

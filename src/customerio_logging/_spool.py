@@ -28,10 +28,12 @@ from ._schema import Operation
 from ._spool_file import (
     LOCK,
     SIBLINGS,
+    FileId,
     UnsafePathError,
+    check_file,
     check_opened,
     check_place,
-    check_sibling,
+    file_id,
     make_private,
     move_aside,
     open_private,
@@ -333,6 +335,7 @@ class Spool:
         self._lock = threading.RLock()
         self._holder: int | None = None  # the thread inside a transaction
         self._conn: sqlite3.Connection | None = None
+        self._real: Path | None = None  # the file the connection has open, links resolved
         self._pid = os.getpid()
         self._broken_until = 0.0
         self._broken_message = ""
@@ -720,7 +723,7 @@ class Spool:
         path = self.path  # as given, in messages; SQLite gets the real one
         try:
             real = prepare(path)
-            lock = open_private(real, LOCK)
+            lock = open_private(real, LOCK)  # ours alone: SQLite never opens it
         except UnsafePathError as exc:
             raise SpoolUnavailableError(f"the spool at {path} {exc}") from None
         except OSError as exc:
@@ -732,6 +735,7 @@ class Spool:
             # One process at a time checks (and maybe moves aside) the file. A POSIX
             # record lock, not flock(): a child forked meanwhile does not inherit it.
             _lock_file(lock, path)
+            make_private(real, LOCK)  # no one else's to hold
             try:
                 conn = self._open_checked(real)
             except _UnusableFileError as exc:
@@ -753,30 +757,23 @@ class Spool:
             ) from None
         finally:
             os.close(lock)  # closing releases the lock
+        self._real = real
         if moved is not None and self._notice is not None:
             with contextlib.suppress(Exception):  # a notice must not undo a sound open
                 self._notice(f"{moved} and started a fresh one")
         return conn
 
     def _open_checked(self, path: Path) -> sqlite3.Connection:
-        # Our own descriptor on the file, opened without following a link, is what every
-        # check looks at; SQLite then opens the path by name, and is checked to have
-        # opened that same file. Nothing is changed in a file that fails a check.
-        fd = open_private(path)
-        try:
-            return self._connect_checked(path, fd)
-        finally:
-            os.close(fd)
-
-    def _connect_checked(self, path: Path, fd: int) -> sqlite3.Connection:
-        _check_header(fd)
+        checked = self._checked_file(path)
         for suffix in SIBLINGS:
-            check_sibling(path, suffix)
+            make_private(path, suffix)
         conn = sqlite3.connect(path, timeout=2.0, isolation_level=None, check_same_thread=False)
         try:
-            check_opened(conn, fd)
+            # SQLite opens the path by name, itself: the file it opened must be the one
+            # checked, not one (or a link) put in its place meanwhile.
+            check_opened(conn, checked)
             self._check_file(conn)
-            make_private(fd)  # before the -wal is made: SQLite gives it the file's mode
+            make_private(path)  # before the -wal is made: SQLite gives it the file's mode
             conn.execute("PRAGMA journal_mode = WAL")
             # WAL with synchronous=NORMAL: a commit survives the process being killed
             # (it is in the OS's cache); only a power loss can take the last ones.
@@ -784,11 +781,27 @@ class Spool:
             conn.executescript(_SCHEMA)
             self._check_workspace(conn)
             for suffix in ("-wal", "-shm"):  # made by SQLite by now: check them again
-                check_sibling(path, suffix)
+                make_private(path, suffix)
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _checked_file(self, path: Path) -> FileId:
+        """Check the spool file (made if missing, never through a link); its identity."""
+        if any(s is not self and s._conn is not None and s._real == path for s in list(_spools)):
+            # Another spool of this process has it open (and checked it then). No
+            # descriptor of ours on it: closing one would drop that connection's SQLite
+            # locks, POSIX locks being the process's, not the descriptor's.
+            found = check_file(path)
+            if found is not None:
+                return found
+        fd = open_private(path)
+        try:
+            _check_header(fd)
+            return file_id(fd)
+        finally:
+            os.close(fd)
 
     def _check_file(self, conn: sqlite3.Connection) -> None:
         try:

@@ -17,10 +17,12 @@ from pathlib import Path
 __all__ = [
     "LOCK",
     "SIBLINGS",
+    "FileId",
     "UnsafePathError",
+    "check_file",
     "check_opened",
     "check_place",
-    "check_sibling",
+    "file_id",
     "make_private",
     "move_aside",
     "open_private",
@@ -33,6 +35,8 @@ SIBLINGS = ("-wal", "-shm", "-journal")
 LOCK = ".lock"
 """The spool's own file beside the database: the lock taken to open it."""
 _FIX = "point spool_path at a file in a folder only this user can write"
+FileId = tuple[int, int]
+"""A file's identity: device and inode."""
 _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -91,28 +95,18 @@ def open_private(path: Path, suffix: str = "") -> int:
     """The file ``path + suffix`` opened read-write without following a link: a
     descriptor on a regular file of this user's, created with mode 0600 if missing.
 
+    Only for a file no SQLite connection of this process has open: closing any descriptor
+    on a file drops every POSIX lock the process holds on it, SQLite's included.
+
     Raises:
         UnsafePathError: A link, a file that is not regular, another user's, hard-linked.
         OSError: It cannot be opened.
     """
-    fd = _open(path, suffix, create=True)
-    assert fd is not None  # created if missing
-    return fd
-
-
-def _open(path: Path, suffix: str, *, create: bool) -> int | None:
     name = sibling(path, suffix)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         _check_file(os.lstat(name), suffix)  # before open(): opening a device or FIFO acts
-    except FileNotFoundError:
-        if not create:
-            return None
     try:
-        fd = os.open(name, _OPEN_FLAGS | (os.O_CREAT if create else 0), 0o600)
-    except FileNotFoundError:
-        if not create:
-            return None
-        raise
+        fd = os.open(name, _OPEN_FLAGS | os.O_CREAT, 0o600)
     except OSError:
         if os.path.islink(name):  # put there since the check: O_NOFOLLOW refused it
             raise UnsafePathError(_link_problem(suffix)) from None
@@ -125,30 +119,42 @@ def _open(path: Path, suffix: str, *, create: bool) -> int | None:
     return fd
 
 
-def make_private(fd: int) -> None:
-    """Make the file behind ``fd`` (one of ours, see :func:`open_private`) mode 0600."""
-    # The spool holds the app's events: readable by its owner only.
-    if os.fstat(fd).st_mode & 0o077:
-        os.fchmod(fd, 0o600)
+def check_file(path: Path, suffix: str = "") -> FileId | None:
+    """Refuse an unsafe ``path + suffix`` (see :func:`check_place`), without opening it;
+    its identity, None when it is missing."""
+    try:
+        info = os.lstat(sibling(path, suffix))
+    except FileNotFoundError:
+        return None
+    _check_file(info, suffix)
+    return info.st_dev, info.st_ino
 
 
-def check_sibling(path: Path, suffix: str) -> None:
-    """Refuse an unsafe ``-wal``, ``-shm`` or ``-journal`` beside the spool; make one that
-    is ours private. A missing one is fine: SQLite makes it like the database.
+def file_id(fd: int) -> FileId:
+    """The identity (device, inode) of the file behind ``fd``."""
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def make_private(path: Path, suffix: str = "") -> None:
+    """Check ``path + suffix`` (see :func:`check_file`) and make it mode 0600 if it is not.
+
+    A missing file is fine (SQLite makes its -wal and -shm with the database's mode). By
+    name, not through a descriptor (see :func:`open_private`): the check then the change
+    cannot meet another file, since the folder lets no one else rename ours (see
+    :func:`check_place`).
 
     Raises:
-        UnsafePathError: As :func:`open_private`.
+        UnsafePathError: As :func:`check_file`.
     """
-    fd = _open(path, suffix, create=False)
-    if fd is not None:
-        try:
-            make_private(fd)
-        finally:
-            os.close(fd)
+    name = sibling(path, suffix)
+    if check_file(path, suffix) is not None and os.lstat(name).st_mode & 0o077:
+        # The spool holds the app's events: readable by its owner only.
+        os.chmod(name, 0o600)
 
 
-def check_opened(conn: sqlite3.Connection, fd: int) -> None:
-    """Check that the file SQLite opened (by name, itself) is the one ``fd`` checked.
+def check_opened(conn: sqlite3.Connection, checked: FileId) -> None:
+    """Check that the file SQLite opened (by name, itself) is the one ``checked``.
 
     SQLite resolves a link in the name on its own and opens its target; it names what it
     opened in ``PRAGMA database_list``. A file put in place between the check and SQLite's
@@ -158,12 +164,11 @@ def check_opened(conn: sqlite3.Connection, fd: int) -> None:
         UnsafePathError: SQLite opened another file.
     """
     opened = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
-    checked = os.fstat(fd)
     try:
         found = os.stat(opened)
     except (OSError, ValueError):
         found = None
-    if found is None or (found.st_dev, found.st_ino) != (checked.st_dev, checked.st_ino):
+    if found is None or (found.st_dev, found.st_ino) != checked:
         raise UnsafePathError(f"was replaced by another file while it was opened; {_FIX}")
 
 
