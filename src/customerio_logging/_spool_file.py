@@ -34,9 +34,9 @@ SIBLINGS = ("-wal", "-shm", "-journal")
 """The files SQLite keeps beside the database, named after it."""
 LOCK = ".lock"
 """The spool's own file beside the database: the lock taken to open it."""
-_FIX = "point spool_path at a file in a folder only this user can write"
 FileId = tuple[int, int]
 """A file's identity: device and inode."""
+_FIX = "point spool_path at a file in a folder only this user can write"
 _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
