@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -13,14 +15,14 @@ from typing import Any
 import pytest
 
 import customerio_logging as cio
-from customerio_logging import _dispatch, _replay
+from customerio_logging import _dispatch, _replay, _spool
 from customerio_logging._capture import Capture
 from customerio_logging._delivery import Response
 from customerio_logging._schema import Operation, new_ulid
 from customerio_logging._spool import Spool
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
-from .conftest import GatedTransport, spool_pending
+from .conftest import FakeTransport, GatedTransport, spool_pending
 
 DOWN = FaultPlan(failure_rate=1.0, failure_statuses=(503,))
 WAIT = 10.0
@@ -277,3 +279,60 @@ class TestUnusableSpool:
         assert stats.failed == 10
         assert stats.spooled == 0
         assert _balanced(stats)
+
+    def test_a_symbolic_link_is_refused_with_one_warning_however_often_it_is_tried(
+        self,
+        spooled: dict[str, Any],
+        tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(_spool, "_RETRY_OPEN_AFTER", 0.0)  # tried again on every use
+        victim = tmp_path / "another-apps-file"
+        victim.write_bytes(b"")
+        victim.chmod(0o644)
+        link = tmp_path / "spool.sqlite3"
+        link.symlink_to(victim)
+        down = FakeTransport(Response(503))
+        bridge = cio.configure(**{**spooled, "spool_path": str(link)}, transport=down)
+        with caplog.at_level(logging.WARNING, logger="customerio_logging"):
+            for i in range(10):
+                bridge.submit(_capture(i))
+                bridge.flush(WAIT)  # each batch fails, and each tries the spool again
+        warnings = [r.getMessage() for r in caplog.records if "spool" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert str(link) in warnings[0]
+        assert "symbolic link" in warnings[0]
+        assert "in memory" in warnings[0]
+        assert (victim.read_bytes(), stat.S_IMODE(victim.stat().st_mode)) == (b"", 0o644)
+        stats = bridge.stats()
+        assert (stats.failed, stats.spooled) == (10, 0)
+        assert _balanced(stats)
+
+
+class TestServerWords:
+    def test_a_207_with_a_huge_reason_keeps_a_short_one_in_memory_and_on_disk(
+        self, spooled: dict[str, Any], spool_path: Path, emulator: TrackAPIEmulator
+    ) -> None:
+        huge = "no " * 1_700_000  # 5,100,000 characters, as a hostile answer once had
+        emulator.set_faults(
+            FaultPlan(reject_ops=lambda op: None if op["identifiers"]["id"] == "u0" else huge)
+        )
+        bridge = cio.configure(**spooled)
+        for i in range(3):
+            bridge.submit(_capture(i))
+        assert bridge.flush(WAIT) is False
+        stats = bridge.stats()
+        assert (stats.sent, stats.dead_lettered) == (1, 2)
+        assert len(stats.last_error or "") <= 700
+        in_memory = bridge.dead_letters()
+        with contextlib.closing(Spool(spool_path, max_bytes=1 << 30)) as spool:
+            on_disk = list(spool.dead_letters())
+            status = spool.status()
+        assert len(in_memory) == len(on_disk) == 2
+        for letter in [*in_memory, *on_disk]:
+            assert len(letter.reason) <= 100
+            assert len(letter.message) <= 700
+            assert len(letter.field or "") <= 200
+        assert status.dead_letter_bytes < 5_000  # two short rows, not 20 MB
+        assert status.file_bytes < 1_000_000

@@ -3,10 +3,12 @@ their help promises."""
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
 import queue
+import re
 import shlex
 import signal
 import socket
@@ -113,6 +115,36 @@ class TestCheck:
         assert "region:    us" in out
         assert "spool:" in out
         assert emulator.api_key not in out
+
+    def test_the_servers_region_is_printed_short_and_without_control_characters(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        answer = json.dumps({"data_center": "\x1b[2J" + "us " * 1_000_000}).encode()
+
+        class Region(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Region)
+        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}"
+            args = ["check", "--site-id", "s", "--api-key", "k", "--track-url", url]
+            assert main(args) == 0
+        finally:
+            server.shutdown()
+            server.server_close()
+        out = capsys.readouterr().out
+        assert re.search(r"the workspace is in region \S*us us us[ us]*…\n", out), out
+        assert len(out) < 2_000
+        assert "\x1b" not in out
 
     def test_settings_come_from_the_environment(
         self,
@@ -462,6 +494,27 @@ class TestSpoolStatus:
         assert "Z (" in out  # as ISO UTC
         assert "dead letters:  2 (see: python -m customerio_logging dead-letter list)" in out
 
+    def test_it_shows_the_dead_letters_size_bound_and_evictions(
+        self, spool_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        body = json.dumps({"pad": "x" * 20_000}).encode()
+        spool = Spool(spool_path, max_bytes=4 * 1024 * 1024)  # a 1 MiB dead letter
+        try:
+            for i in range(60):
+                row = DeadLetterRow(0, f"id{i}", "event", "n", "http_400", None, "no", 1.0, body)
+                spool.dead_letter([row])
+        finally:
+            spool.close()
+        assert main(["spool", "status", "--spool-path", str(spool_path)]) == 0
+        out = capsys.readouterr().out
+        # The bound shown is the command's own (default max_spool_bytes): 100 MiB / 4.
+        shown_bound = r"\n {15}\S+ \S+ of 25\.0 MiB; \d+ older ones evicted to stay within it\n"
+        assert re.search(shown_bound, out), out
+        assert main(["spool", "status", "--spool-path", str(spool_path), "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["dead_letters_evicted"] == 60 - shown["dead_letters"] > 0
+        assert shown["dead_letter_bytes"] <= 1024 * 1024
+
     def test_json_is_one_object(self, spool_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         _fill(spool_path, [_operation() for _ in range(3)], [_letter(None)], site_id="ws-1")
         assert main(["spool", "status", "--spool-path", str(spool_path), "--json"]) == 0
@@ -590,6 +643,23 @@ class TestSpoolReplay:
         assert "sent:          9" in out
         assert "refused:       1 (1 blocked_by_test): moved to the dead letter" in out
         assert "dead-letter list" in out
+
+    def test_a_huge_reason_is_kept_short_and_never_reaches_the_terminal_raw(
+        self, emulator: TrackAPIEmulator, spool_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # A terminal title escape, then 5,000,000 characters: in the 207's reason and message.
+        huge = "\x1b]0;owned\x07" + "x" * 5_000_000
+        ops = [_operation() for _ in range(2)]
+        emulator.set_faults(FaultPlan(reject_ops=lambda op: huge))
+        _fill(spool_path, ops)
+        assert main(_replay(emulator, spool_path)) == 0
+        _, letters = _read(spool_path)
+        assert len(letters) == 2
+        assert all(len(r.reason) <= 100 and len(r.message) <= 700 for r in letters)
+        assert main(["dead-letter", "list", "--spool-path", str(spool_path)]) == 0
+        out, err = capsys.readouterr()
+        assert len(out + err) < 5_000
+        assert "\x1b" not in out + err
 
     def test_another_workspaces_file_is_refused_and_left_as_it_is(
         self, emulator: TrackAPIEmulator, spool_path: Path, capsys: pytest.CaptureFixture[str]
@@ -860,3 +930,50 @@ class TestSpoolCommandsKeepTheKeySecret:
         out, err = capsys.readouterr()
         assert out + err
         assert emulator.api_key not in out + err
+
+
+class TestUnsafeSpoolPath:
+    """A path the app refuses as unsafe, every spool command refuses too (exit 1)."""
+
+    @pytest.mark.parametrize(
+        "command",
+        [
+            ["spool", "status"],
+            ["spool", "status", "--json"],
+            ["spool", "replay"],
+            ["spool", "purge", "--yes"],
+            ["dead-letter", "list"],
+            ["dead-letter", "export"],
+            ["dead-letter", "requeue", "--all"],
+            ["dead-letter", "purge", "--all", "--yes"],
+        ],
+        ids=" ".join,
+    )
+    @pytest.mark.parametrize("dangling", [False, True], ids=["link-to-a-spool", "dangling-link"])
+    def test_a_symbolic_link_is_refused_and_its_target_left_alone(
+        self,
+        emulator: TrackAPIEmulator,
+        tmp_path: Path,
+        command: list[str],
+        dangling: bool,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        target = tmp_path / "elsewhere.sqlite3"
+        if not dangling:
+            _fill(target, [_operation()], [_letter(_operation()), _letter(None)])
+        before = None if dangling else target.read_bytes()
+        files = sorted(p.name for p in tmp_path.iterdir())
+        link = tmp_path / "spool.sqlite3"
+        link.symlink_to(target)
+        args = [*command, "--spool-path", str(link)]
+        if command[1] == "replay":
+            args += _credentials(emulator)
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert f"FAILED: the spool at {link} is a symbolic link" in err
+        assert emulator.requests == []
+        if before is None:
+            assert not target.exists()
+        else:
+            assert target.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*files, "spool.sqlite3"])

@@ -11,9 +11,20 @@ from typing import ClassVar
 
 import pytest
 import requests
+from hypothesis import given
+from hypothesis import strategies as st
 
-from customerio_logging._delivery import Delivery, Response, SessionTransport, batch_body
+from customerio_logging._delivery import (
+    Delivery,
+    Failure,
+    Response,
+    SessionTransport,
+    batch_body,
+    shorten,
+)
 from customerio_logging._schema import Operation
+
+from .conftest import FakeTransport
 
 
 class _Counting(http.server.BaseHTTPRequestHandler):
@@ -143,6 +154,73 @@ class TestDelivery:
         ((_, failure),) = report.failed
         assert failure.reason == "bad"
         assert len(failure.message) <= 200
+
+
+HUGE = 5_000_000  # characters: what a hostile or broken server once put in one reason
+_NASTY = "line one\nline two\x1b[31m red \u202e reversed\x00 "
+
+
+def _hostile(text: str) -> dict[str, str]:
+    return {"reason": text, "field": text, "message": text}
+
+
+def _bounded(failure: Failure) -> None:
+    """Each text short, on one line, with no control character a terminal would act on."""
+    for text, limit in ((failure.reason, 100), (failure.field or "", 200), (failure.message, 700)):
+        assert len(text) <= limit
+        assert text.isprintable()
+
+
+class TestServerWords:
+    """Whatever the server says, what is kept of it is short and on one line."""
+
+    @pytest.mark.parametrize(
+        ("status", "single"),
+        [(207, False), (400, True), (500, False), (422, False)],
+        ids=["207", "400-alone", "500", "422"],
+    )
+    @pytest.mark.parametrize(
+        "text", ["r" * HUGE, _NASTY * 1000, "a " * HUGE], ids=["long", "nasty", "spaced"]
+    )
+    def test_every_kept_text_is_capped(self, status: int, single: bool, text: str) -> None:
+        errors = [{"batch_index": i, **_hostile(text)} for i in range(2)]
+        body = json.dumps({"errors": errors}).encode()
+        ops = _ops(1 if single else 2)
+        report = Delivery(FakeTransport(Response(status, {}, body))).deliver(ops)
+        assert len(report.failed) == len(ops)
+        for _, failure in report.failed:
+            _bounded(failure)
+        assert report.error is not None
+        assert len(report.error) <= 700
+        assert report.error.isprintable()
+
+    def test_a_transports_long_error_is_capped(self) -> None:
+        from customerio_logging.exceptions import DeliveryError
+
+        failing = FakeTransport(DeliveryError("reset " * HUGE, status_code=None))
+        report = Delivery(failing).deliver(_ops(1))
+        ((_, failure),) = report.failed
+        assert failure.reason == "network_error"
+        assert len(failure.message) <= 700
+
+    @pytest.mark.parametrize("status", [207, 400])
+    def test_an_answer_nested_beyond_the_stack_is_unreadable_not_a_crash(self, status: int) -> None:
+        deep = b'{"errors":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+        report = Delivery(FakeTransport(Response(status, {}, deep))).deliver(_ops(1))
+        if status == 207:
+            assert len(report.sent) == 1  # the unreadable-207 rule
+        else:
+            ((_, failure),) = report.failed
+            assert failure.message == "HTTP 400 from the Track API"
+
+    @given(text=st.text(), limit=st.integers(min_value=1, max_value=300))
+    def test_shorten_is_bounded_and_printable(self, text: str, limit: int) -> None:
+        short = shorten(text, limit)
+        assert len(short) <= limit
+        assert short.isprintable()
+        line = " ".join(text.split())
+        if line == text and text.isprintable() and len(text) <= limit:
+            assert short == text  # what needs no shortening is kept as it is
 
 
 class TestEnvironmentSettings:

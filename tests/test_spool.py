@@ -75,6 +75,12 @@ def _letter(
     return DeadLetterRow(0, op_id, "event", "n", reason, "attributes.plan", "rejected", at, body)
 
 
+def _row_bytes(row: DeadLetterRow) -> int:
+    """A dead letter's size as the spool bounds it: its body and its texts in UTF-8."""
+    texts = (row.id, row.action, row.name, row.reason, row.field, row.message)
+    return len(row.body or b"") + sum(len(t.encode()) for t in texts if t is not None)
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -693,6 +699,91 @@ class TestDeadLetter:
         spool.dead_letter([_letter("d5")])
         assert [r.id for r in spool.dead_letters()] == ["d0", "d3", "d4", "d5"]
 
+    def test_the_oldest_letters_go_beyond_the_byte_bound_and_are_counted(
+        self, make_spool: Callable[..., Spool]
+    ) -> None:
+        spool = make_spool(max_bytes=400_000)  # the dead letter's share: 100,000 bytes
+        assert spool.dead_letter_max_bytes == 100_000
+        evicted = [spool.dead_letter([_letter(f"d{i}", body=_body(30_000))]) for i in range(10)]
+        kept = list(spool.dead_letters())
+        # The newest that fit in a twentieth less than the bound, the rest evicted.
+        assert [r.id for r in kept] == ["d7", "d8", "d9"]
+        assert sum(evicted) == 7
+        status = spool.status()
+        assert status.dead_letters_evicted == 7
+        assert status.dead_letter_bytes == sum(_row_bytes(r) for r in kept)
+        assert status.dead_letter_bytes <= status.dead_letter_max_bytes == 100_000
+
+    @settings(max_examples=30, deadline=None)
+    @given(
+        writes=st.lists(
+            st.lists(st.integers(min_value=8, max_value=30_000), min_size=1, max_size=5),
+            min_size=1,
+            max_size=8,
+        )
+    )
+    def test_the_newest_are_kept_within_the_bound_and_every_eviction_counted(
+        self, writes: list[list[int]]
+    ) -> None:
+        with tempfile.TemporaryDirectory(prefix="dead-letter-") as directory:
+            spool = Spool(Path(directory) / "s.sqlite3", max_bytes=200_000)
+            try:
+                written: list[str] = []
+                evicted = 0
+                for sizes in writes:
+                    batch = [f"d{len(written) + i:03d}" for i in range(len(sizes))]
+                    written += batch
+                    letters = [_letter(i, body=_body(n)) for i, n in zip(batch, sizes, strict=True)]
+                    evicted += spool.dead_letter(letters)
+                kept = list(spool.dead_letters())
+                status = spool.status()
+            finally:
+                spool.close()
+        assert [r.id for r in kept] == written[len(written) - len(kept) :]  # the newest
+        assert status.dead_letter_bytes == sum(map(_row_bytes, kept)) <= 50_000
+        assert status.dead_letters_evicted == evicted == len(written) - len(kept)
+
+    def test_one_write_larger_than_the_bound_keeps_its_newest_rows(
+        self, make_spool: Callable[..., Spool]
+    ) -> None:
+        spool = make_spool(max_bytes=400_000)
+        assert spool.dead_letter([_letter(f"d{i}", body=_body(30_000)) for i in range(5)]) == 2
+        assert [r.id for r in spool.dead_letters()] == ["d2", "d3", "d4"]
+
+    def test_texts_are_cut_whoever_writes_them(self, make_spool: Callable[..., Spool]) -> None:
+        spool = make_spool()
+        huge = "r" * 5_000_000
+        spool.dead_letter([DeadLetterRow(0, "a", "event", "n", huge, huge, huge, 1.0, b"{}")])
+        (row,) = spool.dead_letters()
+        assert (len(row.reason), len(row.field or ""), len(row.message)) == (200, 200, 1000)
+        assert spool.status().dead_letter_bytes == _row_bytes(row)
+
+    def test_the_byte_count_follows_every_change(self, make_spool: Callable[..., Spool]) -> None:
+        spool = make_spool()
+        spool.dead_letter([_letter(f"d{i}", body=_body(100 + i)) for i in range(6)])
+        spool.dead_letter([_letter(None, body=None)])
+        spool.requeue([next(spool.dead_letters()).seq])
+        spool.purge_dead_letters(reason="nope")
+        spool.purge_dead_letters([list(spool.dead_letters())[-1].seq])
+        assert spool.status().dead_letter_bytes == sum(_row_bytes(r) for r in spool.dead_letters())
+        spool.purge_dead_letters()
+        assert spool.status().dead_letter_bytes == 0
+
+    def test_a_file_from_before_the_byte_count_is_counted_when_opened(
+        self, make_spool: Callable[..., Spool], spool_path: Path
+    ) -> None:
+        spool = make_spool()
+        spool.dead_letter([_letter(f"d{i}", body=_body(1000)) for i in range(4)])
+        spool.close()
+        with contextlib.closing(sqlite3.connect(spool_path)) as conn:
+            # As an earlier version left it: no triggers, no count.
+            conn.execute("DROP TRIGGER dead_letter_bytes_added")
+            conn.execute("DROP TRIGGER dead_letter_bytes_removed")
+            conn.execute("DELETE FROM meta WHERE key LIKE 'dead_letter%'")
+            conn.commit()
+        reopened = make_spool()
+        assert reopened.status().dead_letter_bytes == 4 * _row_bytes(next(reopened.dead_letters()))
+
     @pytest.mark.parametrize(
         ("limit", "expected"),
         [(None, 1203), (0, 0), (1, 1), (500, 500), (501, 501), (1203, 1203), (5000, 1203)],
@@ -757,7 +848,13 @@ class TestFile:
         spool.add([_op("a")])
         with contextlib.closing(sqlite3.connect(spool_path)) as conn:
             meta = dict(conn.execute("SELECT key, value FROM meta"))
-        assert meta == {"site_id": SITE, "track_url": URL, "spool_bytes": 40}
+        assert meta == {
+            "site_id": SITE,
+            "track_url": URL,
+            "spool_bytes": 40,
+            "dead_letter_bytes": 0,
+            "dead_letters_evicted": 0,
+        }
 
     @pytest.mark.parametrize(
         ("site_id", "track_url"),
@@ -928,6 +1025,200 @@ class TestUnusablePath:
         assert not blocker.exists()
 
 
+OTHER_UID = 65534  # "nobody": a user other than this one
+needs_root = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0,
+    reason="making a file another user's (chown) needs root",
+)
+
+
+def _state(path: Path) -> tuple[int, int, bytes]:
+    """A file's mode, owner and bytes: what the spool must leave as it found them."""
+    info = os.lstat(path)
+    return info.st_mode, info.st_uid, path.read_bytes()
+
+
+def _app_database(path: Path) -> None:
+    _foreign_database(path)
+    path.chmod(0o644)
+
+
+def _refusal(spool: Spool) -> SpoolUnavailableError:
+    """The error the first use of ``spool`` raises (it must raise one, and at once)."""
+    outcome: list[object] = []
+
+    def use() -> None:
+        try:
+            outcome.append(spool.pending())
+        except Exception as exc:  # handed to the test to judge
+            outcome.append(exc)
+
+    worker = threading.Thread(target=use, name="spool-test-opener", daemon=True)
+    worker.start()
+    worker.join(10.0)
+    if worker.is_alive():
+        pytest.fail("opening the spool hung (on a FIFO?)")
+    (result,) = outcome
+    if not isinstance(result, SpoolUnavailableError):
+        pytest.fail(f"the spool was used, or failed otherwise: {result!r}")
+    return result
+
+
+class TestUnsafePlace:
+    """A link, another user's file or folder, a folder others can write: refused, left alone."""
+
+    @pytest.mark.parametrize(
+        "target",
+        [
+            pytest.param(lambda p: (p.write_bytes(b""), p.chmod(0o644)), id="empty-file"),
+            pytest.param(_app_database, id="another-apps-database"),
+            pytest.param(None, id="dangling"),
+        ],
+    )
+    def test_a_symbolic_link_is_refused_and_its_target_left_alone(
+        self, tmp_path: Path, target: Callable[[Path], object] | None
+    ) -> None:
+        victim = tmp_path / "elsewhere" / "victim.db"
+        victim.parent.mkdir()
+        if target is not None:
+            target(victim)
+        before = _state(victim) if target is not None else None
+        folder = tmp_path / "spool"
+        folder.mkdir(mode=0o700)
+        link = folder / "spool.sqlite3"
+        link.symlink_to(victim)
+        spool = Spool(link, max_bytes=BIG, site_id=SITE)
+        refused = _refusal(spool)
+        assert refused.first
+        assert str(link) in str(refused)
+        assert "symbolic link" in str(refused)
+        if before is None:
+            assert not victim.exists()  # not made through the link
+        else:
+            assert _state(victim) == before
+        assert os.listdir(victim.parent) == ([] if before is None else ["victim.db"])
+        assert os.listdir(folder) == ["spool.sqlite3"]  # nothing made beside it, nothing moved
+        assert link.is_symlink()
+
+    @pytest.mark.parametrize(
+        ("mode", "usable"),
+        [(0o700, True), (0o755, True), (0o1777, True), (0o777, False), (0o770, False)],
+    )
+    def test_a_folder_others_can_write_needs_the_sticky_bit(
+        self, tmp_path: Path, mode: int, usable: bool
+    ) -> None:
+        folder = tmp_path / "shared"
+        folder.mkdir()
+        folder.chmod(mode)
+        spool = Spool(folder / "spool.sqlite3", max_bytes=BIG, site_id=SITE)
+        try:
+            if usable:
+                spool.add([_op("a")])
+                assert _mode(folder / "spool.sqlite3") == 0o600
+                return
+            refused = _refusal(spool)
+            assert "other users can write" in str(refused)
+            assert f"{mode:04o}" in str(refused)
+            assert os.listdir(folder) == []
+        finally:
+            spool.close()
+
+    def test_a_hard_linked_file_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / "spool.sqlite3"
+        _foreign_database(path)
+        os.link(path, tmp_path / "another-name")
+        before = _state(path)
+        refused = _refusal(Spool(path, max_bytes=BIG, site_id=SITE))
+        assert "hard link" in str(refused)
+        assert _state(path) == before
+        assert _moved_aside(path) == []
+
+    def test_a_fifo_is_refused_without_hanging(self, tmp_path: Path) -> None:
+        path = tmp_path / "spool.sqlite3"
+        os.mkfifo(path)
+        try:
+            refused = _refusal(Spool(path, max_bytes=BIG, site_id=SITE))
+        finally:
+            # Let a reader stuck in open() go, should there be one.
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        assert "not a regular file" in str(refused)
+
+    def test_a_file_swapped_for_a_link_while_sqlite_opens_it_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = tmp_path / "spool.sqlite3"
+        victim = tmp_path / "victim.db"
+        _app_database(victim)
+        before = _state(victim)
+        connect = sqlite3.connect
+
+        def swap_then_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+            # Between the spool's checks and SQLite's own open: a link in its place.
+            swapped = tmp_path / "swap"
+            swapped.symlink_to(victim)
+            os.replace(swapped, path)
+            return connect(*args, **kwargs)
+
+        monkeypatch.setattr(sqlite3, "connect", swap_then_connect)
+        refused = _refusal(Spool(path, max_bytes=BIG, site_id=SITE))
+        assert "replaced" in str(refused)
+        assert _state(victim) == before
+
+    @needs_root
+    @pytest.mark.parametrize("suffix", ["", "-wal", "-shm", "-journal", ".lock"])
+    def test_another_users_file_in_a_sticky_folder_is_refused_and_left_alone(
+        self, tmp_path: Path, suffix: str
+    ) -> None:
+        folder = tmp_path / "shared"
+        folder.mkdir()
+        folder.chmod(0o1777)
+        path = folder / "spool.sqlite3"
+        theirs = _sibling(path, suffix)
+        theirs.write_bytes(b"")
+        theirs.chmod(0o666)
+        os.chown(theirs, OTHER_UID, OTHER_UID)
+        before = _state(theirs)
+        refused = _refusal(Spool(path, max_bytes=BIG, site_id=SITE))
+        assert "another user" in str(refused)
+        assert _state(theirs) == before
+        assert os.listdir(folder) == [theirs.name]
+
+    @needs_root
+    def test_a_folder_owned_by_another_user_is_refused(self, tmp_path: Path) -> None:
+        folder = tmp_path / "theirs"
+        folder.mkdir(mode=0o700)
+        os.chown(folder, OTHER_UID, OTHER_UID)
+        refused = _refusal(Spool(folder / "spool.sqlite3", max_bytes=BIG, site_id=SITE))
+        assert "owned by another user" in str(refused)
+        assert os.listdir(folder) == []
+
+    @pytest.mark.parametrize("problem", ["symbolic-link", "another-workspace"])
+    def test_a_refusal_is_tried_again_quietly_and_the_fixed_path_is_used(
+        self,
+        make_spool: Callable[..., Spool],
+        spool_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        problem: str,
+    ) -> None:
+        monkeypatch.setattr(_spool, "_RETRY_OPEN_AFTER", 0.0)  # try again on every call
+        if problem == "symbolic-link":
+            spool_path.symlink_to(spool_path.with_name("elsewhere"))
+        else:
+            make_spool(site_id="another-site").add([_op("theirs")])
+        spool = make_spool()
+        first = _refusal(spool)
+        assert first.first
+        for _ in range(3):  # each one opens again, and fails the same way: no new warning
+            with pytest.raises(SpoolUnavailableError) as again:
+                spool.add([_op("a")])
+            assert not again.value.first
+            assert str(again.value) == str(first)
+        spool_path.unlink()
+        spool.add([_op("a")])
+        assert spool.pending() == 1
+
+
 class TestBusy:
     """Another holder of the write lock means busy, not broken; re-entry is refused."""
 
@@ -1050,6 +1341,22 @@ class TestLeasesAcrossProcesses:
         assert not set(first) & set(second)
         assert sorted(first + second) == ids
         assert make_spool().pending() == 0
+
+    def test_opening_keeps_the_sqlite_locks_this_process_holds(
+        self, make_spool: Callable[..., Spool], spool_path: Path
+    ) -> None:
+        # POSIX locks are the process's: closing any descriptor on a file drops them all,
+        # SQLite's too. Another process could then take the file for unused, and
+        # checkpoint or reset its -wal and -shm under the open connection.
+        first = make_spool()
+        first.add([_op("a")])
+        assert json.loads(_run("spool_locks", spool_path)) == {"shm": "held", "database": "held"}
+        second = make_spool()  # in this same process, as a CLI view or a test helper is
+        assert second.pending() == 1
+        assert json.loads(_run("spool_locks", spool_path)) == {"shm": "held", "database": "held"}
+        first.close()
+        assert second.pending() == 1
+        assert json.loads(_run("spool_locks", spool_path)) == {"shm": "held", "database": "held"}
 
     def test_a_full_disk_is_unavailable_in_plain_words_and_keeps_what_was_written(
         self, make_spool: Callable[..., Spool], spool_path: Path
@@ -1178,3 +1485,46 @@ class TestDefaultSpoolPath:
         }
         assert len(paths) == 3
         assert default_spool_path(SITE, URL) == default_spool_path(SITE, URL)
+
+    def test_without_a_home_it_is_a_private_folder_in_the_shared_temp_dir(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        shared = _homeless(tmp_path, monkeypatch)
+        path = default_spool_path(SITE, URL)
+        assert path.parent == shared / f"customerio-logging-{os.getuid()}"
+        spool = Spool(path, max_bytes=BIG, site_id=SITE)
+        try:
+            spool.add([_op("a")])
+            assert spool.pending() == 1
+        finally:
+            spool.close()
+        assert _mode(path.parent) == 0o700
+        assert _mode(path) == 0o600
+
+    @needs_root
+    def test_a_folder_another_user_made_there_first_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        shared = _homeless(tmp_path, monkeypatch)
+        theirs = shared / f"customerio-logging-{os.getuid()}"
+        theirs.mkdir()
+        theirs.chmod(0o777)
+        os.chown(theirs, OTHER_UID, OTHER_UID)
+        refused = _refusal(Spool(default_spool_path(SITE, URL), max_bytes=BIG, site_id=SITE))
+        assert "owned by another user" in str(refused)
+        assert os.listdir(theirs) == []
+
+
+def _homeless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No XDG_STATE_HOME, no home: the temp dir, a sticky shared folder like /tmp, is used."""
+
+    def no_home(cls: type[Path]) -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    return shared

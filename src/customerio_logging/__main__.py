@@ -38,12 +38,14 @@ from ._replay import Replayer
 from ._retry import RetryPolicy
 from ._spool import (
     APPLICATION_ID,
+    DEAD_LETTER_SHARE,
     MAX_DEAD_LETTERS,
     DeadLetterRow,
     Spool,
     SpoolBusyError,
     SpoolStatus,
     SpoolUnavailableError,
+    check_spool_path,
 )
 from .exceptions import ConfigurationError, DeliveryError
 from .handler import CustomerIOHandler
@@ -400,7 +402,8 @@ def _reported_region(reply: requests.Response) -> str | None:
     for key in ("region", "data_center"):
         value = body.get(key)
         if isinstance(value, str) and value.strip():
-            return value.strip().lower()
+            # The server's word, printed: a short line, whatever it sent.
+            return shorten(value, 40).lower()
     return None
 
 
@@ -705,7 +708,9 @@ def _add_dead_letter_commands(
         description=(
             "The dead letter keeps, in the spool file, the operations that will not be "
             "sent: the ones the Track API refused, with its reason, and invalid events "
-            f"(reason only). It keeps the newest {MAX_DEAD_LETTERS:,}."
+            f"(reason only). It keeps the newest {MAX_DEAD_LETTERS:,}, within "
+            f"1/{DEAD_LETTER_SHARE} of max_spool_bytes; older ones are evicted and counted "
+            "(see: spool status)."
         ),
         epilog=(
             "example:\n  python -m customerio_logging dead-letter list --spool-path "
@@ -913,8 +918,10 @@ def _check_spool_file(path: Path) -> None:
     """Refuse a file that is not a spool, before the spool opens it.
 
     Opening moves a file that is not a spool aside as damaged, and starts a fresh one:
-    right for the app, wrong for a command given the wrong path.
+    right for the app, wrong for a command given the wrong path. A path the app would
+    refuse as unsafe (a link, another user's file or folder) is refused here too.
     """
+    check_spool_path(path)
     try:
         with path.open("rb") as file:
             head = file.read(_APPLICATION_ID_AT + 4)
@@ -953,7 +960,7 @@ def _note(message: str) -> None:
 def _spool_status(args: argparse.Namespace) -> int:
     """Print what the spool holds; a missing file is shown as empty and left missing."""
     path, settings = _locate(args)
-    exists = path.exists()
+    exists = os.path.lexists(path)
     if exists:
         with _open_spool(path, settings) as spool:
             status = spool.status()
@@ -980,6 +987,11 @@ def _spool_status(args: argparse.Namespace) -> int:
         print(f"newest:        {_when(status.newest, now)}")
     see = " (see: python -m customerio_logging dead-letter list)" if status.dead_letters else ""
     print(f"dead letters:  {status.dead_letters}{see}")
+    if status.dead_letters or status.dead_letters_evicted:
+        evicted = status.dead_letters_evicted
+        gone = f"; {_plural(evicted, 'older one')} evicted to stay within it" if evicted else ""
+        kept, bound = _size(status.dead_letter_bytes), _size(status.dead_letter_max_bytes)
+        print(f"               {kept} of {bound}{gone}")
     print(f"file:          {_size(status.file_bytes)} on disk")
     return 0
 
@@ -1095,7 +1107,7 @@ def _spool_replay(args: argparse.Namespace) -> int:
     """Send what waits, round after round, until nothing is left or a round cannot send."""
     settings = Settings.from_env(**_credential_overrides(args), spool_path=args.spool_path)
     path = _spool_file(settings)
-    if not path.exists():
+    if not os.path.lexists(path):
         print(f"no spool at {path}: nothing waits")
         return 0
     _check_spool_file(path)
@@ -1207,7 +1219,7 @@ def _replay_verdict(spool: Spool, sent: int, refused: Counter[str], failure: str
 def _spool_purge(args: argparse.Namespace) -> int:
     """Delete every waiting operation, once ``--yes`` confirms it."""
     path, settings = _locate(args)
-    if not path.exists():
+    if not os.path.lexists(path):
         print(f"no spool at {path}: nothing to delete")
         return 0
     with _open_spool(path, settings) as spool:
@@ -1230,7 +1242,7 @@ def _spool_purge(args: argparse.Namespace) -> int:
 def _dead_letter_list(args: argparse.Namespace) -> int:
     """Print the newest dead letters as a table, or as JSON lines."""
     path, settings = _locate(args)
-    if not path.exists():
+    if not os.path.lexists(path):
         print(f"no spool at {path}: no dead letters", file=sys.stderr if args.json else sys.stdout)
         return 0
     limit = None if args.all else args.limit
@@ -1283,7 +1295,7 @@ def _table(rows: Sequence[DeadLetterRow], width: int) -> list[str]:
 def _dead_letter_export(args: argparse.Namespace) -> int:
     """Write the dead letters as JSON lines to stdout or a private file."""
     path, settings = _locate(args)
-    exists = path.exists()
+    exists = os.path.lexists(path)
     if exists:
         _check_spool_file(path)  # before --output is made: a wrong path leaves no file
     where = "stdout" if args.output is None else args.output
@@ -1332,7 +1344,7 @@ def _private_file(name: str) -> TextIO:
 def _dead_letter_requeue(args: argparse.Namespace) -> int:
     """Move the chosen dead letters back into the spool, for the next replay."""
     path, settings = _locate(args)
-    if not path.exists():
+    if not os.path.lexists(path):
         print(f"no spool at {path}: no dead letters")
         return 0
     with _open_spool(path, settings) as spool:
@@ -1354,7 +1366,7 @@ def _dead_letter_requeue(args: argparse.Namespace) -> int:
 def _dead_letter_purge(args: argparse.Namespace) -> int:
     """Delete the chosen dead letters, once ``--yes`` confirms it."""
     path, settings = _locate(args)
-    if not path.exists():
+    if not os.path.lexists(path):
         print(f"no spool at {path}: no dead letters")
         return 0
     with _open_spool(path, settings) as spool:

@@ -218,12 +218,26 @@ def _user_agent() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """Why an operation was not delivered."""
+    """Why an operation was not delivered.
+
+    The texts are cut to a few hundred characters on one line, whoever made them: they
+    go into counters, errors, warnings and the dead letter, and may be the server's words.
+    """
 
     reason: str
     message: str
     field: str | None = None
     status: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, limit in (
+            ("reason", _REASON_CHARS),
+            ("message", _MESSAGE_CHARS),
+            ("field", _FIELD_CHARS),
+        ):
+            value = getattr(self, name)
+            if value is not None and len(value) > limit:
+                object.__setattr__(self, name, shorten(value, limit))
 
     @property
     def permanent(self) -> bool:
@@ -383,7 +397,7 @@ def _partial(ops: Sequence[Operation], response: Response, report: DeliveryRepor
         index = err.get("batch_index")
         if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(ops):
             by_index[index] = Failure(
-                reason=str(err.get("reason") or "rejected"),
+                reason=_api_text(err.get("reason"), _REASON_CHARS) or "rejected",
                 message=_api_text(err.get("message")) or "rejected by the Track API",
                 field=_api_text(err.get("field")),
                 status=207,
@@ -429,7 +443,7 @@ def _whole_batch_failure(response: Response) -> Failure:
 def _errors(body: bytes) -> list[dict[str, Any]]:
     try:
         parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested beyond the stack
         return []
     errors = parsed.get("errors") if isinstance(parsed, dict) else None
     if not isinstance(errors, list):
@@ -439,11 +453,25 @@ def _errors(body: bytes) -> list[dict[str, Any]]:
 
 def shorten(text: str, limit: int) -> str:
     """``text`` on one line and cut to ``limit`` characters: for counters, errors and
-    dead letters, which must never carry a payload's worth of anything."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    dead letters, which must never carry a payload's worth of anything.
+
+    Control characters (a terminal's escape sequences too) become spaces. Only the first
+    few times ``limit`` characters are read: the text may be megabytes from a server.
+    """
+    head = text[: 4 * limit]
+    if not head.isprintable():
+        head = "".join(c if c.isprintable() else " " for c in head)
+    line = " ".join(head.split())
+    if len(line) <= limit and len(head) == len(text):
+        return line
+    return line[: limit - 1] + "…"
 
 
-def _api_text(value: object, limit: int = 200) -> str | None:
+_REASON_CHARS = 100  # a short code, like "invalid_field"
+_FIELD_CHARS = 200
+_MESSAGE_CHARS = 700  # "HTTP 400 from the Track API: " and three of the API's texts
+
+
+def _api_text(value: object, limit: int = _FIELD_CHARS) -> str | None:
     # The API's words go into counters and errors: keep them short and single-line.
     return None if value is None else shorten(str(value), limit)

@@ -107,7 +107,7 @@ class Replayer:
         # Each step on its own: one failing must not keep the others' rows leased. A
         # sent row left behind is sent again when its lease ends, and the API drops the
         # duplicate by id; nothing is lost.
-        steps: list[Callable[[], None]] = [
+        steps: list[Callable[[], object]] = [
             lambda: self.spool.ack([op.id for op in report.sent]),
             lambda: self.spool.dead_letter(dead_letter_rows(result.refused)),
             lambda: self.spool.release(back),

@@ -22,9 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._delivery import BODY_OVERHEAD
+from ._delivery import BODY_OVERHEAD, shorten
 from ._limits import BATCH_BODY_BYTES
 from ._schema import Operation
+from ._spool_file import (
+    LOCK,
+    SIBLINGS,
+    FileId,
+    UnsafePathError,
+    check_file,
+    check_opened,
+    check_place,
+    file_id,
+    make_private,
+    move_aside,
+    open_private,
+    prepare,
+)
+from ._spool_file import sibling as _sibling
 from .exceptions import CustomerIOLoggingError
 
 __all__ = [
@@ -33,6 +48,7 @@ __all__ = [
     "SpoolBusyError",
     "SpoolStatus",
     "SpoolUnavailableError",
+    "check_spool_path",
     "default_spool_path",
 ]
 
@@ -40,6 +56,20 @@ APPLICATION_ID = 0x43494F4C  # "CIOL": marks the file as ours (PRAGMA applicatio
 SCHEMA_VERSION = 1
 MAX_DEAD_LETTERS = 10_000
 """Dead-letter rows kept; the oldest go first beyond it."""
+DEAD_LETTER_SHARE = 4
+"""The dead letter keeps at most ``max_bytes // DEAD_LETTER_SHARE`` bytes (its bodies and
+texts together); the oldest rows go first beyond it, counted in the file.
+
+A share of the spool's own bound rather than a setting of its own: whatever the API
+refuses, the file then holds at most 1.25 times ``max_spool_bytes`` of data, and a requeue
+of every dead letter fits in the spool. A quarter, because the dead letter is there for a
+person to read, fix the cause and requeue, not to keep everything: at the default 100 MiB
+that is 25 MiB, at least 800 rows even at the Track API's 32,000-byte limit per
+operation, and the full ``MAX_DEAD_LETTERS`` rows of events averaging 2.6 KB.
+"""
+DEAD_LETTER_TEXT = 1000
+"""Characters kept of a dead letter's message (its reason and field: a fifth of it),
+whoever writes it: the dead letter never keeps a payload's worth of words."""
 REPLAY_LEASE = 300.0
 """Seconds a replay claim holds its rows: far beyond one request and its pacing."""
 FRESH_LEASE = 3600.0
@@ -94,7 +124,33 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     at REAL NOT NULL,
     body BLOB
 );
+INSERT OR IGNORE INTO meta (key, value) VALUES ('dead_letters_evicted', 0);
+CREATE TRIGGER IF NOT EXISTS dead_letter_bytes_added AFTER INSERT ON dead_letter BEGIN
+    UPDATE meta SET value = value + ({new}) WHERE key = 'dead_letter_bytes';
+END;
+CREATE TRIGGER IF NOT EXISTS dead_letter_bytes_removed AFTER DELETE ON dead_letter BEGIN
+    UPDATE meta SET value = value - ({old}) WHERE key = 'dead_letter_bytes';
+END;
+-- After the triggers: a file from before them is counted once, rows written meanwhile
+-- by another process included.
+INSERT OR IGNORE INTO meta (key, value)
+    SELECT 'dead_letter_bytes', (SELECT COALESCE(SUM({row}), 0) FROM dead_letter)
+    WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'dead_letter_bytes');
 """
+
+
+def _dead_letter_bytes(row: str) -> str:
+    """SQL for a dead letter's size in bytes: its body and its texts (UTF-8)."""
+    texts = ("id", "action", "name", "reason", "field", "message")
+    parts = [f"COALESCE(length({row}body), 0)"]
+    parts += [f"COALESCE(length(CAST({row}{column} AS BLOB)), 0)" for column in texts]
+    return " + ".join(parts)
+
+
+_DEAD_LETTER_BYTES = _dead_letter_bytes("")
+_SCHEMA = _SCHEMA.format(
+    new=_dead_letter_bytes("NEW."), old=_dead_letter_bytes("OLD."), row=_DEAD_LETTER_BYTES
+)
 
 
 class SpoolUnavailableError(CustomerIOLoggingError):
@@ -130,6 +186,10 @@ class SpoolStatus:
         dead_letters: Rows in the dead letter.
         file_bytes: The file's size on disk, write-ahead log included.
         site_id: The workspace whose events these are, once one wrote here.
+        dead_letter_bytes: The dead letter's size (bodies and texts).
+        dead_letter_max_bytes: The bound beyond which its oldest rows are evicted.
+        dead_letters_evicted: Dead letters evicted so far (beyond ``MAX_DEAD_LETTERS``
+            rows or ``dead_letter_max_bytes``), by every process using the file.
     """
 
     path: str
@@ -142,6 +202,9 @@ class SpoolStatus:
     dead_letters: int
     file_bytes: int
     site_id: str | None
+    dead_letter_bytes: int = 0
+    dead_letter_max_bytes: int = 0
+    dead_letters_evicted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +268,21 @@ def default_spool_path(site_id: str, track_url: str) -> Path:
     return home / ".local" / "state" / "customerio-logging" / name
 
 
+def check_spool_path(path: Path) -> None:
+    """Refuse, as :class:`Spool` would, a spool path that is unsafe to open; make nothing.
+
+    For read-only views of a spool (the command line), before they look at the file.
+
+    Raises:
+        SpoolUnavailableError: A symbolic link, another user's file or folder, a folder
+            other users can write to without the sticky bit; the message says which.
+    """
+    try:
+        check_place(path)
+    except UnsafePathError as exc:
+        raise SpoolUnavailableError(f"the spool at {path} {exc}") from None
+
+
 # Connections opened before a fork, kept alive in the child: closing one there could
 # checkpoint or delete the parent's write-ahead log under it (SQLite: never carry a
 # connection across fork).
@@ -226,9 +304,13 @@ class Spool:
     file already holds.
 
     Args:
-        path: The spool file; its directory is created (mode 0700) if missing.
+        path: The spool file; its directory is created (mode 0700) if missing. An
+            unsafe place is refused (:class:`SpoolUnavailableError`) and left as it is: a
+            symbolic link, a file or folder of another user's, a folder other users can
+            write to without the sticky bit (see ``_spool_file``).
         max_bytes: Bound on the waiting operations' bytes; the oldest are evicted
-            beyond it.
+            beyond it. The dead letter has its own bound, a share of it (see
+            ``DEAD_LETTER_SHARE``).
         site_id: The workspace whose events this process spools and replays. A file
             holding another workspace's events is refused. None (the CLI's read-only
             views) accepts any.
@@ -249,6 +331,7 @@ class Spool:
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self.dead_letter_max_bytes = max_bytes // DEAD_LETTER_SHARE
         self._site_id = site_id
         self._track_url = track_url
         self._notice = notice
@@ -257,6 +340,7 @@ class Spool:
         self._holder: int | None = None  # the thread inside a transaction
         self._conn: sqlite3.Connection | None = None
         self._busy_millis = -1  # the connection's busy_timeout, as last set
+        self._real: Path | None = None  # the file the connection has open, links resolved
         self._pid = os.getpid()
         self._broken_until = 0.0
         self._broken_message = ""
@@ -385,25 +469,62 @@ class Spool:
                     [(i, self._owner) for i in ids],
                 )
 
-    def dead_letter(self, letters: Sequence[DeadLetterRow]) -> None:
-        """Set operations aside for good (``seq`` is ignored); their spool rows go."""
+    def dead_letter(self, letters: Sequence[DeadLetterRow]) -> int:
+        """Set operations aside for good (``seq`` is ignored); their spool rows go.
+
+        Texts are cut to ``DEAD_LETTER_TEXT`` characters. The dead letter keeps its newest
+        ``MAX_DEAD_LETTERS`` rows within ``dead_letter_max_bytes``; older ones are evicted
+        and counted (:attr:`SpoolStatus.dead_letters_evicted`).
+
+        Returns:
+            How many dead letters (the oldest, maybe some of ``letters``) were evicted.
+        """
         if not letters:
-            return
+            return 0
         with self._transaction() as conn:
             conn.executemany(
                 "INSERT INTO dead_letter (id, action, name, reason, field, message, at, body) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (d.id, d.action, d.name, d.reason, d.field, d.message, d.at, d.body)
+                    (
+                        d.id,
+                        d.action,
+                        d.name,
+                        _capped(d.reason, DEAD_LETTER_TEXT // 5),
+                        None if d.field is None else _capped(d.field, DEAD_LETTER_TEXT // 5),
+                        _capped(d.message, DEAD_LETTER_TEXT),
+                        d.at,
+                        d.body,
+                    )
                     for d in letters
                 ],
             )
             conn.executemany("DELETE FROM spool WHERE id = ?", [(d.id,) for d in letters if d.id])
+            return self._trim_dead_letters(conn)
+
+    def _trim_dead_letters(self, conn: sqlite3.Connection) -> int:
+        evicted: int = conn.execute(
+            "DELETE FROM dead_letter WHERE seq NOT IN "
+            "(SELECT seq FROM dead_letter ORDER BY seq DESC LIMIT ?)",
+            (MAX_DEAD_LETTERS,),
+        ).rowcount
+        bound = self.dead_letter_max_bytes
+        if _meta_int(conn, "dead_letter_bytes") > bound:
+            # Keep the newest rows that fit in a little less than the bound, so that a
+            # full dead letter is trimmed once per twentieth of it, not on every write.
+            row = conn.execute(
+                f"SELECT seq FROM (SELECT seq, SUM({_DEAD_LETTER_BYTES}) "  # noqa: S608
+                "OVER (ORDER BY seq DESC) AS newer FROM dead_letter) "
+                "WHERE newer > ? ORDER BY seq DESC LIMIT 1",
+                (bound - bound // 20,),
+            ).fetchone()
+            if row is not None:
+                evicted += conn.execute("DELETE FROM dead_letter WHERE seq <= ?", row).rowcount
+        if evicted:
             conn.execute(
-                "DELETE FROM dead_letter WHERE seq NOT IN "
-                "(SELECT seq FROM dead_letter ORDER BY seq DESC LIMIT ?)",
-                (MAX_DEAD_LETTERS,),
+                "UPDATE meta SET value = value + ? WHERE key = 'dead_letters_evicted'", (evicted,)
             )
+        return evicted
 
     def requeue(self, seqs: Sequence[int] | None = None, *, reason: str | None = None) -> int:
         """Move dead letters back into the spool, to be sent again by replay.
@@ -460,6 +581,8 @@ class Spool:
             ).fetchone()
             (dead,) = conn.execute("SELECT COUNT(*) FROM dead_letter").fetchone()
             used = _meta_int(conn, "spool_bytes")
+            dead_bytes = _meta_int(conn, "dead_letter_bytes")
+            dead_evicted = _meta_int(conn, "dead_letters_evicted")
             site = conn.execute("SELECT value FROM meta WHERE key = 'site_id'").fetchone()
         file_bytes = sum(
             p.stat().st_size for p in (self.path, _sibling(self.path, "-wal")) if p.exists()
@@ -475,6 +598,9 @@ class Spool:
             dead_letters=dead,
             file_bytes=file_bytes,
             site_id=None if site is None else str(site[0]),
+            dead_letter_bytes=dead_bytes,
+            dead_letter_max_bytes=self.dead_letter_max_bytes,
+            dead_letters_evicted=dead_evicted,
         )
 
     def pending(self) -> int:
@@ -603,8 +729,13 @@ class Spool:
             self._busy_millis = -1
         except SpoolUnavailableError as exc:
             self._broken_until = time.monotonic() + _RETRY_OPEN_AFTER
+            if str(exc) == self._broken_message:
+                # The same problem as a minute ago (a refused path stays refused): tried
+                # again, but said once, not every minute.
+                raise SpoolUnavailableError(self._broken_message, first=False) from None
             self._broken_message = str(exc)
             raise
+        self._broken_message = ""  # a later problem is a new episode, worth its warning
         return self._conn
 
     def _failed(self, exc: sqlite3.Error) -> Exception:
@@ -625,10 +756,12 @@ class Spool:
         return SpoolUnavailableError(message)
 
     def _open(self) -> sqlite3.Connection:
-        path = self.path
+        path = self.path  # as given, in messages; SQLite gets the real one
         try:
-            _make_private_dir(path.parent)
-            lock = os.open(_sibling(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            real = prepare(path)
+            lock = open_private(real, LOCK)  # ours alone: SQLite never opens it
+        except UnsafePathError as exc:
+            raise SpoolUnavailableError(f"the spool at {path} {exc}") from None
         except OSError as exc:
             raise SpoolUnavailableError(
                 f"the spool at {path} cannot be created: {exc.strerror or type(exc).__name__}"
@@ -638,12 +771,13 @@ class Spool:
             # One process at a time checks (and maybe moves aside) the file. A POSIX
             # record lock, not flock(): a child forked meanwhile does not inherit it.
             _lock_file(lock, path)
+            make_private(real, LOCK)  # no one else's to hold
             try:
-                conn = self._open_checked(path)
+                conn = self._open_checked(real)
             except _UnusableFileError as exc:
-                moved = f"the spool file {path} {exc}; moved it to {_move_aside(path).name}"
-                conn = self._open_checked(path)
-        except (_UnusableFileError, _RefusedFileError) as exc:
+                moved = f"the spool file {path} {exc}; moved it to {move_aside(real).name}"
+                conn = self._open_checked(real)
+        except (_UnusableFileError, _RefusedFileError, UnsafePathError) as exc:
             raise SpoolUnavailableError(f"the spool at {path} {exc}") from None
         except sqlite3.Error as exc:
             if getattr(exc, "sqlite_errorname", "") in _BUSY:
@@ -659,29 +793,51 @@ class Spool:
             ) from None
         finally:
             os.close(lock)  # closing releases the lock
+        self._real = real
         if moved is not None and self._notice is not None:
             with contextlib.suppress(Exception):  # a notice must not undo a sound open
                 self._notice(f"{moved} and started a fresh one")
         return conn
 
     def _open_checked(self, path: Path) -> sqlite3.Connection:
-        _check_header(path)
-        _create_private(path)
+        checked = self._checked_file(path)
+        for suffix in SIBLINGS:
+            make_private(path, suffix)
         conn = sqlite3.connect(path, timeout=2.0, isolation_level=None, check_same_thread=False)
         try:
+            # SQLite opens the path by name, itself: the file it opened must be the one
+            # checked, not one (or a link) put in its place meanwhile.
+            check_opened(conn, checked)
             self._check_file(conn)
+            make_private(path)  # before the -wal is made: SQLite gives it the file's mode
             conn.execute("PRAGMA journal_mode = WAL")
             # WAL with synchronous=NORMAL: a commit survives the process being killed
             # (it is in the OS's cache); only a power loss can take the last ones.
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(_SCHEMA)
             self._check_workspace(conn)
+            for suffix in ("-wal", "-shm"):  # made by SQLite by now: check them again
+                make_private(path, suffix)
         except BaseException:
             conn.close()
             raise
-        for suffix in ("-wal", "-shm"):
-            _make_private(_sibling(path, suffix))
         return conn
+
+    def _checked_file(self, path: Path) -> FileId:
+        """Check the spool file (made if missing, never through a link); its identity."""
+        if any(s is not self and s._conn is not None and s._real == path for s in list(_spools)):
+            # Another spool of this process has it open (and checked it then). No
+            # descriptor of ours on it: closing one would drop that connection's SQLite
+            # locks, POSIX locks being the process's, not the descriptor's.
+            found = check_file(path)
+            if found is not None:
+                return found
+        fd = open_private(path)
+        try:
+            _check_header(fd)
+            return file_id(fd)
+        finally:
+            os.close(fd)
 
     def _check_file(self, conn: sqlite3.Connection) -> None:
         try:
@@ -759,57 +915,14 @@ def _lock_file(fd: int, path: Path) -> None:
         time.sleep(0.01)
 
 
-def _check_header(path: Path) -> None:
-    try:
-        with open(path, "rb") as file:
-            head = file.read(len(_HEADER))
-    except FileNotFoundError:
-        return
+def _check_header(fd: int) -> None:
+    head = os.pread(fd, len(_HEADER), 0)
     if head and head != _HEADER:
         raise _UnusableFileError("is not an SQLite database")
 
 
-def _make_private_dir(directory: Path) -> None:
-    if directory.is_dir():
-        return
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except FileExistsError:
-        # mkdir's own words ("File exists") would puzzle: say which part is not a folder.
-        raise NotADirectoryError(0, f"{directory} is not a directory") from None
-
-
-def _create_private(path: Path) -> None:
-    try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        _make_private(path)
-
-
-def _make_private(path: Path) -> None:
-    # The spool holds the app's events: readable by its owner only.
-    with contextlib.suppress(OSError):
-        if path.stat().st_mode & 0o077:
-            path.chmod(0o600)
-
-
-def _move_aside(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    extra = 1
-    while any(_sibling(target, s).exists() for s in ("", "-wal", "-shm", "-journal")):
-        extra += 1  # a second bad file within the same second keeps the first's copy
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{extra}")
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        source = _sibling(path, suffix)
-        if source.exists():
-            with contextlib.suppress(OSError):
-                source.rename(_sibling(target, suffix))
-    return target
-
-
-def _sibling(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
+def _capped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else shorten(text, limit)
 
 
 def _meta_int(conn: sqlite3.Connection, key: str) -> int:
