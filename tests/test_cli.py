@@ -647,8 +647,9 @@ class TestSpoolReplay:
     def test_a_huge_reason_is_kept_short_and_never_reaches_the_terminal_raw(
         self, emulator: TrackAPIEmulator, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        # A terminal title escape, then 5,000,000 characters: in the 207's reason and message.
-        huge = "\x1b]0;owned\x07" + "x" * 5_000_000
+        # A terminal title escape, then 900,000 characters: in the 207's reason and message
+        # (two of each: the whole answer stays within the 4 MiB a client reads).
+        huge = "\x1b]0;owned\x07" + "x" * 900_000
         ops = [_operation() for _ in range(2)]
         emulator.set_faults(FaultPlan(reject_ops=lambda op: huge))
         _fill(spool_path, ops)
