@@ -1084,6 +1084,17 @@ class TestUnboundedValues:
     def test_decimals_within_bounds_still_convert(self, value: Decimal, expected: object) -> None:
         assert attributes(amount=value) == {"amount": expected}
 
+    def test_a_declared_event_never_converts_a_decimal_with_too_many_digits(self) -> None:
+        class Paid(Event, name="paid"):
+            amount: int
+
+        capture = capture_event_dict(
+            {"event": "paid", "cio_event": True, "user_id": "u", "amount": Decimal("1e32000")}
+        )
+        assert capture is not None
+        error = invalid(capture, Taxonomy([Paid]))
+        assert error.field == "attributes.amount"
+
     def test_an_int_subclass_with_too_many_digits_is_invalid(self) -> None:
         error = invalid(cap(user_id="u", n=BigInt(10**5000)))
         assert (error.reason, error.field) == ("unsupported_value", "attributes.n")
@@ -1154,11 +1165,15 @@ class TestUnboundedValues:
 
 
 # Logs one event per argument, an amount of Decimal(argument), through the handler; prints
-# what became of them.
+# what became of them. With --declared, the event is declared with an int amount: its
+# model converts a Decimal itself.
 _AMOUNTS_PROGRAM = """
 import json, logging, sys
 from decimal import Decimal
 import customerio_logging as cio
+
+class Paid(cio.Event, name="paid"):
+    amount: int
 
 class Unused:
     def send(self, body):
@@ -1166,14 +1181,15 @@ class Unused:
     def close(self):
         pass
 
+declared = sys.argv[1] == "--declared"
 bridge = cio.configure(
     site_id="s", api_key="k", transport=Unused(), spool_path=False,
-    install_signal_handlers=False,
+    install_signal_handlers=False, events=[Paid] if declared else [],
 )
 log = logging.getLogger("app")
 log.propagate = False
 log.addHandler(cio.CustomerIOHandler())
-for text in sys.argv[1:]:
+for text in sys.argv[2:]:
     log.warning("paid", extra={"cio_event": True, "user_id": "u1", "amount": Decimal(text)})
 cio.flush(10)
 letters = [(d.reason, d.field) for d in bridge.dead_letters()]
@@ -1182,12 +1198,18 @@ print(json.dumps({"invalid": cio.stats().invalid, "letters": letters}))
 
 
 class TestNoFreeze:
-    def test_a_huge_decimal_neither_freezes_the_process_nor_is_lost(self) -> None:
+    @pytest.mark.parametrize(
+        ("declared", "reason"), [(False, "unsupported_value"), (True, "schema_mismatch")]
+    )
+    def test_a_huge_decimal_neither_freezes_the_process_nor_is_lost(
+        self, declared: bool, reason: str
+    ) -> None:
         # Before: 51 s with every thread frozen for 1e1000000, 26 min for 1e100000000.
         amounts = ["1e1000000", "-1e100000000", "9.5e999999999"]
+        mode = "--declared" if declared else "--undeclared"
         try:
             result = subprocess.run(
-                [sys.executable, "-c", _AMOUNTS_PROGRAM, *amounts],
+                [sys.executable, "-c", _AMOUNTS_PROGRAM, mode, *amounts],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -1198,7 +1220,7 @@ class TestNoFreeze:
         assert result.returncode == 0, result.stderr
         outcome = json.loads(result.stdout)
         assert outcome["invalid"] == len(amounts)
-        assert outcome["letters"] == [["unsupported_value", "attributes.amount"]] * len(amounts)
+        assert outcome["letters"] == [[reason, "attributes.amount"]] * len(amounts)
 
 
 class TestKeyCollisions:

@@ -227,7 +227,7 @@ def _snapshot(value: Any, depth: int, budget: list[int] | None) -> Any:
         return value
     kind = type(value)
     if kind not in _COPIED:
-        return value
+        return value if kind is not Decimal else _snapshot_decimal(value)
     if budget is None:
         budget = [_MAX_ITEMS]
     budget[0] -= len(value)
@@ -241,6 +241,13 @@ def _snapshot(value: Any, depth: int, budget: list[int] | None) -> Any:
         }
     items = [v if type(v) in scalars else _snapshot(v, depth, budget) for v in value]
     return items if kind is list else kind(items)
+
+
+def _snapshot_decimal(value: Decimal) -> Any:
+    # Refused here, before a declared event's model sees it: pydantic's own Decimal ->
+    # int takes minutes for Decimal("1e100000000").
+    why = _too_many_digits(value.adjusted() + 1) if value.is_finite() else None
+    return value if why is None else _Refused("unsupported_value", why)
 
 
 def _too_many_items() -> str:
@@ -569,7 +576,13 @@ def _coerce(value: Any, path: str, depth: int, budget: list[int] | None = None) 
         budget = [_MAX_ITEMS]
     plain = _PLAIN  # most items are: no call, and no path, for them
     if isinstance(value, dict):
-        pairs = _take(value, path, budget, items=True)
+        if kind is dict:  # the common case, inline: its len() is its size
+            budget[0] -= len(value)
+            if budget[0] < 0:
+                raise _too_many(path)
+            pairs: Any = value.items()
+        else:
+            pairs = _take(value, path, budget, items=True)
         out = {
             _key(k, path): v if type(v) in plain else _coerce(v, f"{path}.{k}", depth + 1, budget)
             for k, v in pairs
@@ -578,9 +591,15 @@ def _coerce(value: Any, path: str, depth: int, budget: list[int] | None = None) 
             raise _collision([(k, _key(k, path)) for k, _ in pairs], path)
         return out
     if isinstance(value, list | tuple):
+        if kind is list or kind is tuple:  # the common case, inline
+            budget[0] -= len(value)
+            if budget[0] < 0:
+                raise _too_many(path)
+        else:
+            value = _take(value, path, budget)
         return [
             v if type(v) in plain else _coerce(v, f"{path}[{i}]", depth + 1, budget)
-            for i, v in enumerate(_take(value, path, budget))
+            for i, v in enumerate(value)
         ]
     if isinstance(value, set | frozenset):
         items = [_coerce(v, f"{path}[]", depth + 1, budget) for v in _take(value, path, budget)]
@@ -654,10 +673,10 @@ def _decimal(value: Decimal, path: str) -> int | float | None:
         return None
     if value.is_zero():
         return 0
+    # Its digits are counted from the exponent before any conversion: int() of
+    # Decimal("1e1000000") holds the GIL for close to a minute.
+    _check_digits(value.adjusted() + 1, path)
     if value == value.to_integral_value():
-        # Its digits are counted from the exponent before any conversion: int() of
-        # Decimal("1e1000000") holds the GIL for close to a minute.
-        _check_digits(value.adjusted() + 1, path)
         return int(value)
     as_float = float(value)  # beyond a float's range this is inf: null, like inf itself
     return as_float if math.isfinite(as_float) else None
@@ -667,17 +686,21 @@ _DIGITS_PER_BIT = math.log10(2)
 
 
 def _check_digits(digits: float, path: str) -> None:
-    """Refuse a number with more digits than JSON text can take here.
+    why = _too_many_digits(digits)
+    if why is not None:
+        raise _unsupported(path, why)
 
-    At most ``sys.get_int_max_str_digits()`` (Python refuses longer int -> str) and
+
+def _too_many_digits(digits: float) -> str | None:
+    """Why a number of ``digits`` digits cannot be encoded; None if it can.
+
+    At most ``sys.get_int_max_str_digits()`` (Python refuses a longer int -> str) and
     never more than an operation's bytes.
     """
-    limit = sys.get_int_max_str_digits() or MAX_OPERATION_BYTES
-    limit = min(limit, MAX_OPERATION_BYTES)
-    if digits > limit:
-        raise _unsupported(
-            path, f"is a number of about {int(digits):,} digits; at most {limit:,} can be encoded"
-        )
+    limit = min(sys.get_int_max_str_digits() or MAX_OPERATION_BYTES, MAX_OPERATION_BYTES)
+    if digits <= limit:
+        return None
+    return f"is a number of about {int(digits):,} digits; at most {limit:,} can be encoded"
 
 
 def _take(value: Any, path: str, budget: list[int], *, items: bool = False) -> Any:
@@ -695,10 +718,14 @@ def _take(value: Any, path: str, budget: list[int], *, items: bool = False) -> A
             raise _unsupported(path, f"raised {type(exc).__name__} when iterated") from None
         budget[0] -= len(taken)
     if budget[0] < 0:
-        raise InvalidEventError(
-            f"{path} {_too_many_items()}", reason="operation_too_large", field=f"attributes.{path}"
-        )
+        raise _too_many(path)
     return taken
+
+
+def _too_many(path: str) -> InvalidEventError:
+    return InvalidEventError(
+        f"{path} {_too_many_items()}", reason="operation_too_large", field=f"attributes.{path}"
+    )
 
 
 def _unsupported(path: str, what: str) -> InvalidEventError:
