@@ -1083,6 +1083,12 @@ class TestUnboundedValues:
     )
     def test_decimals_within_bounds_still_convert(self, value: Decimal, expected: object) -> None:
         assert attributes(amount=value) == {"amount": expected}
+        record = logging.makeLogRecord(
+            {"msg": "e", "cio_event": True, "user_id": "u", "amounts": [value]}
+        )
+        capture = capture_record(record)  # checked there too, before any model sees it
+        assert capture is not None
+        assert build(capture)["attributes"] == {"amounts": [expected]}
 
     def test_a_declared_event_never_converts_a_decimal_with_too_many_digits(self) -> None:
         class Paid(Event, name="paid"):

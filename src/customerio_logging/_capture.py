@@ -246,7 +246,8 @@ def _snapshot(value: Any, depth: int, budget: list[int] | None) -> Any:
 def _snapshot_decimal(value: Decimal) -> Any:
     # Refused here, before a declared event's model sees it: pydantic's own Decimal ->
     # int takes minutes for Decimal("1e100000000").
-    why = _too_many_digits(value.adjusted() + 1) if value.is_finite() else None
+    big = value.is_finite() and not value.is_zero()
+    why = _too_many_digits(value.adjusted() + 1) if big else None
     return value if why is None else _Refused("unsupported_value", why)
 
 

@@ -56,18 +56,24 @@ class Settings:
     Build it with :meth:`from_env` to apply the precedence explicit keyword arguments >
     environment variables > defaults; ``configure()`` does that for you.
 
+    Every setting in seconds takes 0.01 to 3600 (those that allow 0 take 0 too): a
+    shorter wait is a busy loop, a longer one never ends in practice.
+
     Attributes:
         site_id: The Track API site id (``CUSTOMERIO_SITE_ID``).
         api_key: The Track API key (``CUSTOMERIO_TRACK_API_KEY``). Never shown in a repr.
+            Both are sent by HTTP basic auth, so they must be Latin-1 text.
         region: ``"us"`` or ``"eu"`` (``CUSTOMERIO_REGION``); picks the default ``track_url``.
         track_url: Base URL of the Track API (``CUSTOMERIO_TRACK_URL``). ``http://`` is allowed
             only for loopback hosts, so a local emulator works and a key never crosses a
             network in clear text.
         batch_size: Most operations in one ``/api/v2/batch`` request (1 to 1000).
-        flush_interval: Longest time in seconds an event waits before its batch is sent.
+        flush_interval: Longest time in seconds an event waits before its batch is sent
+            (0.01 to 3600).
         max_queue_size: Most events waiting in memory; beyond it new events are dropped and
             counted.
-        shutdown_timeout: Seconds the exit hook and ``shutdown()`` may spend delivering.
+        shutdown_timeout: Seconds the exit hook and ``shutdown()`` may spend delivering
+            (0, or 0.01 to 3600).
         request_timeout: Seconds one HTTP request may take (connect and read).
         max_retries: Attempts after the first for a batch that failed transiently.
         retry_base_delay: Seconds before the first retry; each retry doubles it (with
@@ -77,7 +83,7 @@ class Settings:
         max_retry_after: Longest ``Retry-After`` honoured, in seconds; a longer one is
             cut to this.
         max_requests_per_second: The rate limit on requests to the Track API, shared by
-            everything the bridge sends.
+            everything the bridge sends; at least 0.1 (one request every 10 s).
         install_signal_handlers: Flush on SIGTERM (then chain to the previous handler)
             when ``configure()`` runs on the main thread.
         spool_path: The SQLite file where events that cannot be delivered now wait
