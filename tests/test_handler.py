@@ -10,6 +10,7 @@ import pytest
 import structlog
 
 import customerio_logging as cio
+from customerio_logging import _bridge
 from customerio_logging._capture import Captured
 from customerio_logging.testing import TrackAPIEmulator
 
@@ -302,9 +303,10 @@ class TestUnreadableTag:
         assert handler.handle(record) is False
 
 
-class TestMalformedSettingsFromTheEnvironment:
-    """A handler-only app builds its bridge from the environment on the first tagged call:
-    a malformed setting there is reported once, not as a traceback per call."""
+class TestMalformedSettings:
+    """A malformed track_url, or credentials HTTP basic auth cannot send, are refused at
+    configuration. A handler-only app builds its bridge from the environment on the first
+    tagged call: there the refusal is reported once, not as a traceback per call."""
 
     @pytest.mark.parametrize(
         ("var", "value"),
@@ -338,3 +340,20 @@ class TestMalformedSettingsFromTheEnvironment:
         stats = cio.stats()
         assert (stats.enqueued, stats.dropped) == (3, 3)
         assert var in (stats.last_error or "")
+
+    @pytest.mark.parametrize(
+        "given",
+        [
+            {"track_url": "https://[..."},
+            {"api_key": "sk\u2019live-SECRET-key"},
+            {"site_id": "site\u2014SECRET"},
+        ],
+    )
+    def test_configure_refuses_them_with_a_configuration_error(self, given: dict[str, str]) -> None:
+        settings = {"site_id": "site-1", "api_key": "sk-live-SECRET-key", **given}
+        with pytest.raises(cio.ConfigurationError) as info:
+            cio.configure(**settings)
+        assert type(info.value) is cio.ConfigurationError
+        assert info.value.setting == next(iter(given))
+        assert "SECRET" not in str(info.value)
+        assert _bridge.current_bridge() is None
