@@ -344,6 +344,29 @@ class TestUnknownEvents:
         warnings = [r for r in caplog.records if "mystery" in r.getMessage()]
         assert len(warnings) == 1
 
+    def test_warned_names_are_bounded_in_length_and_number(
+        self,
+        settings: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        monkeypatch.setattr(_bridge, "_UNKNOWN_NAMES_KEPT", 5, raising=False)
+        bridge = cio.configure(
+            **settings, events=[self.Known], unknown_events="warn", transport=FakeTransport()
+        )
+        huge = [f"{i}" + "x" * 1_000_000 for i in range(20)]
+        with caplog.at_level(logging.WARNING, logger="customerio_logging"):
+            for name in huge:  # too long to be a name: invalid, and neither kept nor warned
+                bridge.submit(Capture(name, None, {"user_id": "u"}, 1.0))
+            for i in range(8):
+                bridge.submit(Capture(f"mystery{i}", None, {"user_id": "u"}, 1.0))
+        warnings = [r.getMessage() for r in caplog.records if "not declared" in r.getMessage()]
+        assert [w.split("'")[1] for w in warnings] == [f"mystery{i}" for i in range(5)]
+        assert "no more will be" in warnings[-1]
+        assert sum(map(len, bridge._warned_unknown)) < 100
+        assert bridge.flush(5.0)
+        assert bridge.stats().invalid == len(huge)
+
     def test_reject_counts_unknown_events_invalid(
         self, settings: dict[str, Any], emulator: TrackAPIEmulator
     ) -> None:

@@ -8,6 +8,8 @@ import enum
 import json
 import logging
 import math
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ import pytest
 import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_serializer
 from ulid import ULID
 
 from customerio_logging._capture import (
@@ -1001,6 +1003,287 @@ class TestCycles:
         assert result.reason == "too_deep"
         assert result.field is not None
         assert result.field.startswith("attributes.loop")
+
+
+class Endless(list):  # type: ignore[type-arg]
+    """A list whose iteration never ends; stops the test (rather than hanging it) far
+    past the point where capture must have given up."""
+
+    def __iter__(self) -> Iterator[int]:
+        yield from range(10 * MAX_OPERATION_BYTES)
+        raise AssertionError("iterated far past what an operation can hold")
+
+
+class EndlessItems(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        return ((f"k{i}", i) for i in Endless())
+
+
+class HashOnce:
+    """A key that hashes once (going into the dict), then raises."""
+
+    def __init__(self) -> None:
+        self.hashed = False
+
+    def __hash__(self) -> int:
+        if self.hashed:
+            raise TypeError("unhashable now")
+        self.hashed = True
+        return 1
+
+
+class BigInt(int):
+    pass
+
+
+class BadOffset(dt.tzinfo):
+    def utcoffset(self, when: dt.datetime | None) -> dt.timedelta:
+        return dt.timedelta(hours=30)  # out of range: timestamp() raises ValueError
+
+
+class Unserializable(BaseModel):
+    n: int
+
+    @field_serializer("n")
+    def _refuse(self, n: int) -> int:
+        raise RuntimeError("the app's serializer fails")
+
+
+def _shared(width: int, levels: int) -> list[Any]:
+    """A list of a list of ... sharing one object: ``width ** levels`` items, little memory."""
+    value: list[Any] = [0] * width
+    for _ in range(levels - 1):
+        value = [value] * width
+    return value
+
+
+class TestUnboundedValues:
+    """No value's size may hold a thread: conversions are bounded, or refused with a reason."""
+
+    # Sizes that take milliseconds even unbounded; the sizes that froze the process for
+    # minutes are in TestNoFreeze, in a subprocess with a hard timeout.
+    @pytest.mark.parametrize(
+        "value", [Decimal("1e5000"), Decimal(f"-1.5e{MAX_OPERATION_BYTES}")], ids=str
+    )
+    def test_a_decimal_with_too_many_digits_is_invalid(self, value: Decimal) -> None:
+        error = invalid(cap(user_id="u", amount=value))
+        assert error.reason == "unsupported_value"
+        assert error.field == "attributes.amount"
+        assert "digits" in str(error)
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            (Decimal("1e400"), 10**400),
+            (Decimal("0e1000000"), 0),
+            (Decimal("-0e-1000000"), 0),
+            (Decimal("1e-1000000"), 0.0),
+            (Decimal("2.5e-3"), 0.0025),
+        ],
+    )
+    def test_decimals_within_bounds_still_convert(self, value: Decimal, expected: object) -> None:
+        assert attributes(amount=value) == {"amount": expected}
+        record = logging.makeLogRecord(
+            {"msg": "e", "cio_event": True, "user_id": "u", "amounts": [value]}
+        )
+        capture = capture_record(record)  # checked there too, before any model sees it
+        assert capture is not None
+        assert build(capture)["attributes"] == {"amounts": [expected]}
+
+    def test_a_declared_event_never_converts_a_decimal_with_too_many_digits(self) -> None:
+        class Paid(Event, name="paid"):
+            amount: int
+
+        capture = capture_event_dict(
+            {"event": "paid", "cio_event": True, "user_id": "u", "amount": Decimal("1e32000")}
+        )
+        assert capture is not None
+        error = invalid(capture, Taxonomy([Paid]))
+        assert error.field == "attributes.amount"
+
+    def test_an_int_subclass_with_too_many_digits_is_invalid(self) -> None:
+        error = invalid(cap(user_id="u", n=BigInt(10**5000)))
+        assert (error.reason, error.field) == ("unsupported_value", "attributes.n")
+
+    def test_an_int_key_with_too_many_digits_is_invalid(self) -> None:
+        error = invalid(cap(user_id="u", m={10**5000: 1}))
+        assert (error.reason, error.field) == ("unsupported_value", "attributes.m")
+
+    def test_an_integer_identifier_with_too_many_digits_is_invalid(self) -> None:
+        error = invalid(cap(user_id=10**5000))
+        assert (error.reason, error.field) == ("identifier_too_long", "identifiers.user_id")
+
+    def test_a_datetime_without_a_timestamp_is_invalid(self) -> None:
+        error = invalid(cap(user_id="u", when=dt.datetime(2024, 1, 1, tzinfo=BadOffset())))
+        assert (error.reason, error.field) == ("unsupported_value", "attributes.when")
+
+    def test_a_model_whose_model_dump_raises_is_invalid(self) -> None:
+        error = invalid(cap(user_id="u", order=Unserializable(n=1)))
+        assert (error.reason, error.field) == ("unsupported_value", "attributes.order")
+        assert "model_dump" in str(error)
+
+    @pytest.mark.parametrize(
+        "value",
+        [Endless(), EndlessItems(), {"nested": [Endless()]}],
+        ids=["list", "dict-items", "nested"],
+    )
+    def test_a_container_whose_iteration_never_ends_is_invalid(self, value: object) -> None:
+        capture = capture_event_dict({"event": "e", "cio_event": True, "user_id": "u", "v": value})
+        assert capture is not None
+        error = invalid(capture)
+        assert error.reason == "operation_too_large"
+        assert error.field is not None
+        assert error.field.startswith("attributes.v")
+        assert f"{MAX_OPERATION_BYTES:,} items" in str(error)
+
+    def test_a_value_sharing_one_list_many_times_is_not_copied_whole(self) -> None:
+        # A million items in a few kilobytes: copying or converting them all would take
+        # a second on the app's thread; none of them could ever be sent.
+        record = logging.makeLogRecord(
+            {"msg": "e", "cio_event": True, "user_id": "u", "grid": _shared(1000, 2)}
+        )
+        capture = capture_record(record)
+        assert capture is not None
+        error = invalid(capture)
+        assert (error.reason, error.field) == ("operation_too_large", "attributes.grid")
+
+    def test_items_up_to_the_bound_are_kept(self) -> None:
+        # Counted across the whole value, items stay legal up to what an operation holds.
+        assert attributes(grid=_shared(10, 3)) == {"grid": [[[0] * 10] * 10] * 10}
+
+    @pytest.mark.parametrize("through", ["record", "event_dict", "dict_message"])
+    @pytest.mark.parametrize("kind", ["dict_key", "set_item"])
+    def test_a_key_whose_hash_raises_is_invalid_with_a_reason(
+        self, through: str, kind: str
+    ) -> None:
+        value: object = {HashOnce(): 1} if kind == "dict_key" else {HashOnce()}
+        fields = {"cio_event": True, "user_id": "u", "m": value}
+        if through == "record":
+            capture = capture_record(logging.makeLogRecord({"msg": "e", **fields}))
+        elif through == "event_dict":
+            capture = capture_event_dict({"event": "e", **fields})
+        else:
+            capture = capture_record(logging.makeLogRecord({"msg": {"event": "e", **fields}}))
+        assert capture is not None
+        error = invalid(capture)
+        assert (error.reason, error.field) == ("unsupported_value", "attributes.m")
+        assert "hash" in str(error)
+
+
+# Logs one event per argument, an amount of Decimal(argument), through the handler; prints
+# what became of them. With --declared, the event is declared with an int amount: its
+# model converts a Decimal itself.
+_AMOUNTS_PROGRAM = """
+import json, logging, sys
+from decimal import Decimal
+import customerio_logging as cio
+
+class Paid(cio.Event, name="paid"):
+    amount: int
+
+class Unused:
+    def send(self, body):
+        raise AssertionError("nothing here is valid: nothing is sent")
+    def close(self):
+        pass
+
+declared = sys.argv[1] == "--declared"
+bridge = cio.configure(
+    site_id="s", api_key="k", transport=Unused(), spool_path=False,
+    install_signal_handlers=False, events=[Paid] if declared else [],
+)
+log = logging.getLogger("app")
+log.propagate = False
+log.addHandler(cio.CustomerIOHandler())
+for text in sys.argv[2:]:
+    log.warning("paid", extra={"cio_event": True, "user_id": "u1", "amount": Decimal(text)})
+cio.flush(10)
+letters = [(d.reason, d.field) for d in bridge.dead_letters()]
+print(json.dumps({"invalid": cio.stats().invalid, "letters": letters}))
+"""
+
+
+class TestNoFreeze:
+    @pytest.mark.parametrize(
+        ("declared", "reason"), [(False, "unsupported_value"), (True, "schema_mismatch")]
+    )
+    def test_a_huge_decimal_neither_freezes_the_process_nor_is_lost(
+        self, declared: bool, reason: str
+    ) -> None:
+        # Before: 51 s with every thread frozen for 1e1000000, 26 min for 1e100000000.
+        amounts = ["1e1000000", "-1e100000000", "9.5e999999999"]
+        mode = "--declared" if declared else "--undeclared"
+        try:
+            result = subprocess.run(
+                [sys.executable, "-c", _AMOUNTS_PROGRAM, mode, *amounts],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail("converting a huge Decimal froze the process")
+        assert result.returncode == 0, result.stderr
+        outcome = json.loads(result.stdout)
+        assert outcome["invalid"] == len(amounts)
+        assert outcome["letters"] == [[reason, "attributes.amount"]] * len(amounts)
+
+
+class TestKeyCollisions:
+    """Two keys that are one key in JSON would silently lose a value: refused instead."""
+
+    @pytest.mark.parametrize(
+        ("value", "field"),
+        [
+            ({1: "a", "1": "b"}, "attributes.m.1"),
+            ({"1": "a", 1: "b"}, "attributes.m.1"),
+            ({None: "a", "null": "b"}, "attributes.m.null"),
+            ({1.5: "a", "1.5": "b"}, "attributes.m.1.5"),
+            ({True: "a", "true": "b"}, "attributes.m.true"),
+            ({"ok": {2: "a", "2": "b"}}, "attributes.m.ok.2"),
+        ],
+    )
+    def test_colliding_keys_are_invalid_naming_the_key(
+        self, value: dict[Any, Any], field: str
+    ) -> None:
+        error = invalid(cap(user_id="u", m=value))
+        assert error.reason == "duplicate_key"
+        assert error.field == field
+        assert field.removeprefix("attributes.") in str(error)
+        assert "'b'" not in str(error)  # keys are named, values never quoted
+
+    def test_a_keyword_and_its_trailing_underscore_form_collide(self) -> None:
+        error = invalid(cap(user_id="u", **{"from": "a", "from_": "b"}))
+        assert (error.reason, error.field) == ("duplicate_key", "attributes.from")
+        assert "'from_'" in str(error)
+
+    def test_distinct_keys_are_all_kept(self) -> None:
+        assert attributes(m={1: "a", "2": "b", None: "c"}) == {
+            "m": {"1": "a", "2": "b", "null": "c"}
+        }
+
+
+class NoTruth:
+    """A tag like a numpy array: its truth value cannot be tested."""
+
+    def __bool__(self) -> bool:
+        raise ValueError("The truth value of an array is ambiguous")
+
+
+class TestUnreadableTag:
+    @pytest.mark.parametrize("through", ["record", "event_dict", "dict_message"])
+    def test_taken_then_invalid_with_a_reason(self, through: str) -> None:
+        fields = {"cio_event": NoTruth(), "user_id": "u"}
+        if through == "record":
+            capture = capture_record(logging.makeLogRecord({"msg": "e", **fields}))
+        elif through == "event_dict":
+            capture = capture_event_dict({"event": "e", **fields})
+        else:
+            capture = capture_record(logging.makeLogRecord({"msg": {"event": "e", **fields}}))
+        assert capture is not None
+        error = invalid(capture)
+        assert (error.reason, error.field) == ("invalid_tag", "cio_event")
+        assert "NoTruth" in str(error)
 
 
 class TestTimestampAndId:

@@ -248,6 +248,10 @@ class TestTrackUrl:
             "https://track.customer.io:99999",
             "https://track.customer.io/?q=1",
             "https://track.customer.io/#frag",
+            "https://[...",
+            "https://[::1",
+            "http://[127.0.0.1]:8080",
+            "https://track.customer.io\uff0f@evil.example",
             123,
             b"https://track.customer.io",
         ],
@@ -318,6 +322,23 @@ class TestCredentials:
         assert error.env_var == ENV_VARS[name]
         assert name in str(error)
         assert ENV_VARS[name] in str(error)
+
+    @pytest.mark.parametrize("name", ["site_id", "api_key"])
+    @pytest.mark.parametrize("bad", ["sk\u2019live", "\u0441ite", "key\u2014one", "k\U0001f511"])
+    def test_outside_latin1_is_refused(self, name: str, bad: str) -> None:
+        # HTTP basic auth sends both as Latin-1: such a value would fail every request.
+        for error in (
+            config_error(**{"site_id": "s", "api_key": "k", name: bad}),
+            config_error({ENV_VARS[name]: bad}, **{"site_id": "s", "api_key": "k", name: None}),
+        ):
+            assert error.setting == name
+            assert "Latin-1" in str(error)
+            assert ENV_VARS[name] in str(error)
+            assert bad not in str(error)
+
+    @pytest.mark.parametrize("name", ["site_id", "api_key"])
+    def test_latin1_beyond_ascii_is_accepted(self, name: str) -> None:
+        assert getattr(make(**{name: "caf\u00e9-\u00df"}), name) == "caf\u00e9-\u00df"
 
     def test_both_missing_names_site_id_first(self) -> None:
         assert config_error().setting == "site_id"
@@ -396,6 +417,45 @@ class TestNumbers:
     @pytest.mark.parametrize("value", [0.01, 1, 2.5, 3600])
     def test_intervals_accept_positive_numbers(self, value: float) -> None:
         assert make(flush_interval=value).flush_interval == value
+
+    TIMES: ClassVar[list[str]] = [
+        "flush_interval",
+        "shutdown_timeout",
+        "request_timeout",
+        "retry_base_delay",
+        "retry_max_delay",
+        "retry_budget",
+        "max_retry_after",
+    ]
+
+    # Either delay may then take any value in range without contradicting the other.
+    DELAYS_APART: ClassVar[dict[str, float]] = {"retry_base_delay": 0.01, "retry_max_delay": 3600}
+
+    @pytest.mark.parametrize("name", TIMES)
+    @pytest.mark.parametrize("value", [1e-6, 0.009, 3600.5, 1e10, 1e300])
+    def test_times_out_of_range_are_refused_with_the_range(self, name: str, value: float) -> None:
+        # 1e-6 s: a busy loop; 1e10 s: beyond threading.TIMEOUT_MAX, a wait would raise.
+        given = {**self.DELAYS_APART, name: value}
+        error = config_error(site_id="s", api_key="k", **given)
+        assert error.setting == name
+        assert "between 0.01 and 3600 seconds" in str(error)
+        assert f"configure({name}=...)" in str(error)
+
+    @pytest.mark.parametrize("name", TIMES)
+    @pytest.mark.parametrize("value", [0.01, 3600])
+    def test_times_at_the_bounds_are_accepted(self, name: str, value: float) -> None:
+        assert getattr(make(**{**self.DELAYS_APART, name: value}), name) == value
+
+    @pytest.mark.parametrize("value", [1e-6, 0.05, 0.0999])
+    def test_a_request_rate_below_one_every_ten_seconds_is_refused(self, value: float) -> None:
+        # 1e-6 requests per second: an 11-day wait before the second request.
+        error = config_error(site_id="s", api_key="k", max_requests_per_second=value)
+        assert error.setting == "max_requests_per_second"
+        assert "at least 0.1 requests per second" in str(error)
+
+    @pytest.mark.parametrize("value", [0.1, 1, 100, 1e6])
+    def test_request_rates_from_one_every_ten_seconds_are_accepted(self, value: float) -> None:
+        assert make(max_requests_per_second=value).max_requests_per_second == value
 
 
 class TestOtherSettings:
@@ -532,6 +592,11 @@ BAD_INPUTS: list[tuple[dict[str, str], dict[str, Any]]] = [
     ({"CUSTOMERIO_TRACK_API_KEY": SECRET, "CUSTOMERIO_TRACK_URL": "http://evil.com"}, {}),
     ({"CUSTOMERIO_TRACK_API_KEY": f"x\x00{SECRET}"}, {}),
     ({"CUSTOMERIO_TRACK_API_KEY": SECRET}, {"batch_size": 5000}),
+    ({}, {"api_key": f"{SECRET}\u2019"}),
+    ({"CUSTOMERIO_TRACK_API_KEY": f"\u2014{SECRET}"}, {}),
+    ({"CUSTOMERIO_TRACK_API_KEY": SECRET, "CUSTOMERIO_TRACK_URL": f"https://[{SECRET}"}, {}),
+    ({}, {"api_key": SECRET, "track_url": f"https://{SECRET}\uff0f@evil.example"}),
+    ({}, {"api_key": SECRET, "flush_interval": 1e-6}),
 ]
 
 

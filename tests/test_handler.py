@@ -10,6 +10,7 @@ import pytest
 import structlog
 
 import customerio_logging as cio
+from customerio_logging import _bridge
 from customerio_logging._capture import Captured
 from customerio_logging.testing import TrackAPIEmulator
 
@@ -257,3 +258,102 @@ class TestNeverTwice:
         structlog.get_logger().info("evt", cio_event=True, user_id="u1")
         stats = cio.stats()
         assert (stats.enqueued, stats.dropped) == (1, 1)
+
+
+class NoTruth:
+    """A cio_event value like a numpy array: its truth value cannot be tested."""
+
+    def __bool__(self) -> bool:
+        raise ValueError("The truth value of an array is ambiguous")
+
+
+class TestUnreadableTag:
+    """A tag whose truth test raises never makes the log call raise: counted invalid."""
+
+    def test_through_the_handler_and_a_dict_message(
+        self,
+        settings: dict[str, Any],
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        bridge = cio.configure(**settings)
+        logger.addHandler(cio.CustomerIOHandler())
+        logger.info("evt", extra={"cio_event": NoTruth(), "user_id": "u1"})
+        logger.info({"event": "evt", "cio_event": NoTruth(), "user_id": "u1"})
+        assert cio.flush(5.0)
+        stats = cio.stats()
+        assert (stats.enqueued, stats.invalid, stats.dropped) == (2, 2, 0)
+        assert [(d.reason, d.field) for d in bridge.dead_letters()] == [
+            ("invalid_tag", "cio_event")
+        ] * 2
+        assert "Logging error" not in capsys.readouterr().err
+
+    def test_through_the_processor(self, settings: dict[str, Any]) -> None:
+        bridge = cio.configure(**settings)
+        event = {"event": "evt", "cio_event": NoTruth(), "user_id": "u1"}
+        out = cio.CustomerIOProcessor()(None, "info", event)
+        assert type(out["cio_event"]) is Captured  # taken: a handler downstream skips it
+        assert cio.flush(5.0)
+        assert (cio.stats().enqueued, cio.stats().invalid) == (1, 1)
+        assert [d.reason for d in bridge.dead_letters()] == ["invalid_tag"]
+
+    def test_untagged_records_still_skip_the_handler(self, logger: logging.Logger) -> None:
+        handler = cio.CustomerIOHandler(bridge=_NullBridge())  # type: ignore[arg-type]
+        record = logger.makeRecord("x", logging.INFO, "f", 1, "plain", None, None)
+        assert handler.handle(record) is False
+
+
+class TestMalformedSettings:
+    """A malformed track_url, or credentials HTTP basic auth cannot send, are refused at
+    configuration. A handler-only app builds its bridge from the environment on the first
+    tagged call: there the refusal is reported once, not as a traceback per call."""
+
+    @pytest.mark.parametrize(
+        ("var", "value"),
+        [
+            ("CUSTOMERIO_TRACK_URL", "https://[..."),
+            ("CUSTOMERIO_TRACK_API_KEY", "sk\u2019live-key"),
+            ("CUSTOMERIO_SITE_ID", "site\u2014one"),
+        ],
+    )
+    def test_reported_once_and_counted(
+        self,
+        var: str,
+        value: str,
+        logger: logging.Logger,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        monkeypatch.setenv("CUSTOMERIO_SITE_ID", "site-1")
+        monkeypatch.setenv("CUSTOMERIO_TRACK_API_KEY", "sk-live-key")
+        monkeypatch.setenv(var, value)
+        logger.addHandler(cio.CustomerIOHandler())
+        with caplog.at_level(logging.WARNING, logger="customerio_logging"):
+            for i in range(3):
+                logger.info("evt", extra={"cio_event": True, "user_id": str(i)})
+        assert "Logging error" not in capsys.readouterr().err
+        warnings = [r.getMessage() for r in caplog.records if "not configured" in r.getMessage()]
+        assert len(warnings) == 1
+        assert var in warnings[0]
+        assert value not in warnings[0]
+        stats = cio.stats()
+        assert (stats.enqueued, stats.dropped) == (3, 3)
+        assert var in (stats.last_error or "")
+
+    @pytest.mark.parametrize(
+        "given",
+        [
+            {"track_url": "https://[..."},
+            {"api_key": "sk\u2019live-SECRET-key"},
+            {"site_id": "site\u2014SECRET"},
+        ],
+    )
+    def test_configure_refuses_them_with_a_configuration_error(self, given: dict[str, str]) -> None:
+        settings = {"site_id": "site-1", "api_key": "sk-live-SECRET-key", **given}
+        with pytest.raises(cio.ConfigurationError) as info:
+            cio.configure(**settings)
+        assert type(info.value) is cio.ConfigurationError
+        assert info.value.setting == next(iter(given))
+        assert "SECRET" not in str(info.value)
+        assert _bridge.current_bridge() is None

@@ -59,6 +59,7 @@ _EXIT_COST = 25e-6  # seconds to build and write one event left queued at exit (
 _LEFTOVER_CHUNK = 2000  # events written to the spool per transaction at exit
 _UNWRITTEN_RETRY = 1.0  # seconds before the thread tries again to write deferred events
 _MESSAGE_CHARS = 300  # an explanation never needs more; a longer one quotes data
+_UNKNOWN_NAMES_KEPT = 1000  # undeclared event names warned about, remembered
 
 
 def _short(text: str, limit: int = MAX_NAME_BYTES) -> str:
@@ -481,17 +482,25 @@ class Bridge:
     def _warn_if_unknown(self, capture: Capture) -> None:
         # Here on the app's thread rather than on the dispatch thread: that thread never
         # logs, so it never waits for logging's locks (see CustomerIOHandler.flush).
+        # The names remembered are bounded: a longer one is invalid anyway (name_too_long),
+        # and past _UNKNOWN_NAMES_KEPT of them the last warning says no more will come.
         name = capture.tag if isinstance(capture.tag, str) else capture.message
+        if not isinstance(name, str) or len(self._warned_unknown) >= _UNKNOWN_NAMES_KEPT:
+            return
+        name = name.strip()
+        action = capture.fields.get(ACTION, "event")
         if (
-            isinstance(name, str)
-            and capture.fields.get(ACTION, "event") == "event"
-            and name.strip() not in self._warned_unknown
-            and not self._taxonomy.is_known(name.strip())
+            len(name) <= MAX_NAME_BYTES
+            and isinstance(action, str)
+            and action == "event"
+            and name not in self._warned_unknown
+            and not self._taxonomy.is_known(name)
         ):
-            self._warned_unknown.add(name.strip())
+            self._warned_unknown.add(name)
+            last = len(self._warned_unknown) >= _UNKNOWN_NAMES_KEPT
             _warn(
-                f"event {_short(name.strip())!r} is not declared in configure(events=...); "
-                f"sent anyway"
+                f"event {name!r} is not declared in configure(events=...); sent anyway"
+                + (f" ({_UNKNOWN_NAMES_KEPT} such names reported: no more will be)" if last else "")
             )
 
     def count_dropped(self, message: str) -> None:

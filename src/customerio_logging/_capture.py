@@ -11,13 +11,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import itertools
 import json
 import json.encoder
 import logging
 import math
+import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from pathlib import PurePath
 from typing import Any, NamedTuple
@@ -90,6 +92,12 @@ RESERVED_KEYS: frozenset[str] = _RECORD_KEYS | {
 """Keys a stdlib log call cannot carry as event data under their own name: a LogRecord's
 own attributes, and the keys read as the tag, the action or the person."""
 _SHORT_IDENTIFIER = MAX_IDENTIFIER_BYTES // 4  # UTF-8 takes at most 4 bytes a character
+# Every item of a container takes at least one byte of the operation's JSON, so a value
+# holding more items than an operation has bytes can never be sent. Copying and
+# converting stop there: a value's size (or a container whose iteration never ends)
+# must not hold a thread.
+_MAX_ITEMS = MAX_OPERATION_BYTES
+_COPIED = frozenset({dict, list, tuple, set, frozenset})
 
 
 class Captured(str):
@@ -100,6 +108,34 @@ class Captured(str):
     """
 
     __slots__ = ()
+
+
+class _UnreadableTag:
+    """Stands for a ``cio_event`` value whose truth cannot be tested (a numpy array).
+
+    Such a call is taken, so that it is counted (invalid, with its reason), rather
+    than the log call raising.
+    """
+
+    __slots__ = ("kind",)
+
+    def __init__(self, tag: object) -> None:
+        self.kind = type(tag).__qualname__
+
+
+class _Refused:
+    """Stands for a field value that could not be copied on the app's thread: too many
+    items, or a dict key or set item whose hash raised. Building the event reports it."""
+
+    __slots__ = ("reason", "why")
+
+    def __init__(self, reason: str, why: str) -> None:
+        self.reason = reason
+        self.why = why
+
+
+class _TooManyItemsError(Exception):
+    pass
 
 
 class Capture(NamedTuple):
@@ -122,14 +158,20 @@ def capture_record(record: logging.LogRecord) -> Capture | None:
         # structlog's ProcessorFormatter puts the whole event dict in record.msg. A dict
         # message without the tag may still be tagged on the record itself (extra=).
         tag = msg.get(TAG)
-        if not tag or type(tag) is Captured:
-            return None
+        try:
+            if not tag or type(tag) is Captured:
+                return None
+        except Exception:  # noqa: BLE001 - a tag with no truth value: taken, then refused
+            tag = _UnreadableTag(tag)
         return Capture(
             tag, msg.get("event"), _snapshot_fields(msg, _STRUCTLOG_KEYS), record.created
         )
     tag = record.__dict__.get(TAG)
-    if not tag or type(tag) is Captured:
-        return None
+    try:
+        if not tag or type(tag) is Captured:
+            return None
+    except Exception:  # noqa: BLE001 - a tag with no truth value: taken, then refused
+        tag = _UnreadableTag(tag)
     fields = _snapshot_fields(record.__dict__, _RECORD_KEYS)
     return Capture(tag, record.getMessage(), fields, record.created)
 
@@ -137,8 +179,11 @@ def capture_record(record: logging.LogRecord) -> Capture | None:
 def capture_event_dict(event_dict: Mapping[str, Any]) -> Capture | None:
     """Snapshot a structlog event dict, or return None if it is not tagged."""
     tag = event_dict.get(TAG)
-    if not tag or type(tag) is Captured:
-        return None
+    try:
+        if not tag or type(tag) is Captured:
+            return None
+    except Exception:  # noqa: BLE001 - a tag with no truth value: taken, then refused
+        tag = _UnreadableTag(tag)
     return Capture(
         tag, event_dict.get("event"), _snapshot_fields(event_dict, _STRUCTLOG_KEYS), time.time()
     )
@@ -147,22 +192,70 @@ def capture_event_dict(event_dict: Mapping[str, Any]) -> Capture | None:
 def _snapshot_fields(source: Mapping[str, Any], skip: frozenset[str]) -> dict[str, Any]:
     # Copy containers now: the app may mutate a list after logging it, and the
     # dispatch thread reads these values later. Scalars and other objects are shared.
-    return {
-        key: value if type(value) in _SCALARS else _snapshot(value, 0)
-        for key, value in source.items()
-        if key not in skip
-    }
+    try:
+        return {
+            key: value if type(value) in _SCALARS else _snapshot(value, 0, None)
+            for key, value in source.items()
+            if key not in skip
+        }
+    except Exception:  # noqa: BLE001 - see _refusing_snapshot
+        return {
+            key: value if type(value) in _SCALARS else _refusing_snapshot(value)
+            for key, value in source.items()
+            if key not in skip
+        }
 
 
-def _snapshot(value: Any, depth: int) -> Any:
+def _refusing_snapshot(value: Any) -> Any:
+    """A field's copy, or what building the event will refuse it for: more items than an
+    operation can hold, or a dict key or set item whose hash raised."""
+    try:
+        return _snapshot(value, 0, None)
+    except _TooManyItemsError:
+        return _Refused("operation_too_large", _too_many_items())
+    except Exception as exc:  # noqa: BLE001 - the app's __hash__ or __eq__
+        return _Refused(
+            "unsupported_value",
+            f"holds a dict key or set item whose hash raised {type(exc).__name__}",
+        )
+
+
+def _snapshot(value: Any, depth: int, budget: list[int] | None) -> Any:
+    # ``budget``: items the field may still hold. A value that shares one list many
+    # times is far larger than its memory: each copy counts.
     if depth > _MAX_DEPTH:
         return value
     kind = type(value)
+    if kind not in _COPIED:
+        return value if kind is not Decimal else _snapshot_decimal(value)
+    if budget is None:
+        budget = [_MAX_ITEMS]
+    budget[0] -= len(value)
+    if budget[0] < 0:
+        raise _TooManyItemsError
+    scalars = _SCALARS  # most items are: no call for them
+    depth += 1
     if kind is dict:
-        return {k: _snapshot(v, depth + 1) for k, v in value.items()}
-    if kind is list or kind is tuple or kind is set or kind is frozenset:
-        return kind(_snapshot(v, depth + 1) for v in value)
-    return value
+        return {
+            k: v if type(v) in scalars else _snapshot(v, depth, budget) for k, v in value.items()
+        }
+    items = [v if type(v) in scalars else _snapshot(v, depth, budget) for v in value]
+    return items if kind is list else kind(items)
+
+
+def _snapshot_decimal(value: Decimal) -> Any:
+    # Refused here, before a declared event's model sees it: pydantic's own Decimal ->
+    # int takes minutes for Decimal("1e100000000").
+    big = value.is_finite() and not value.is_zero()
+    why = _too_many_digits(value.adjusted() + 1) if big else None
+    return value if why is None else _Refused("unsupported_value", why)
+
+
+def _too_many_items() -> str:
+    return (
+        f"holds more than {_MAX_ITEMS:,} items in all; an operation of at most "
+        f"{MAX_OPERATION_BYTES:,} bytes cannot hold them"
+    )
 
 
 def build_operation(capture: Capture, taxonomy: Taxonomy) -> Operation:
@@ -185,6 +278,13 @@ def build_operation(capture: Capture, taxonomy: Taxonomy) -> Operation:
 
 
 def _build_operation(capture: Capture, taxonomy: Taxonomy) -> Operation:
+    if type(capture.tag) is _UnreadableTag:
+        raise InvalidEventError(
+            f"cio_event must be True or the event name; it is a {capture.tag.kind}, whose "
+            f"truth value cannot be tested",
+            reason="invalid_tag",
+            field=TAG,
+        )
     fields = dict(capture.fields)
     action = fields.pop(ACTION, "event")
     if action not in PERSON_ACTIONS:
@@ -368,7 +468,16 @@ def _identifiers(fields: dict[str, Any], *, anonymous_ok: bool) -> dict[str, str
 def _identifier_value(value: object, key: str) -> str:
     if type(value) is str and 0 < len(value) <= _SHORT_IDENTIFIER and not value.isspace():
         return value  # the common case: short enough whatever its characters' UTF-8 width
-    if (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, uuid.UUID):
+    if isinstance(value, int) and not isinstance(value, bool):
+        if int.bit_length(value) > MAX_IDENTIFIER_BYTES * 4:  # too long, without str()
+            raise InvalidEventError(
+                f"{key} is an integer of more than {MAX_IDENTIFIER_BYTES} digits; the Track "
+                f"API takes at most {MAX_IDENTIFIER_BYTES} bytes",
+                reason="identifier_too_long",
+                field=f"identifiers.{key}",
+            )
+        value = str(value)
+    elif isinstance(value, uuid.UUID):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
         raise InvalidEventError(
@@ -438,15 +547,21 @@ def _coerce_data(fields: dict[str, Any]) -> dict[str, Any]:
     # A trailing underscore lets a log call use a Python keyword: from_ -> "from".
     # Most values are str, int, bool or None and need no call (once per key per event).
     plain = _PLAIN
-    return {
+    data = {
         (key[:-1] if key[-1:] == "_" and len(key) > 1 else key): (
             value if type(value) in plain else _coerce(value, key, 0)
         )
         for key, value in fields.items()
     }
+    if len(data) != len(fields):
+        # Two keys that became one (from and from_): say so rather than lose one.
+        pairs = [(k, k[:-1] if k[-1:] == "_" and len(k) > 1 else k) for k in fields]
+        raise _collision(pairs, None)
+    return data
 
 
-def _coerce(value: Any, path: str, depth: int) -> Any:
+def _coerce(value: Any, path: str, depth: int, budget: list[int] | None = None) -> Any:
+    """``value`` as JSON-ready data; ``budget``: items the whole field may still hold."""
     kind = type(value)
     if kind is str or kind is int or kind is bool or value is None:
         return value
@@ -458,67 +573,195 @@ def _coerce(value: Any, path: str, depth: int) -> Any:
             reason="too_deep",
             field=f"attributes.{path}",
         )
+    if budget is None:
+        budget = [_MAX_ITEMS]
+    plain = _PLAIN  # most items are: no call, and no path, for them
     if isinstance(value, dict):
-        return {_key(k, path): _coerce(v, f"{path}.{k}", depth + 1) for k, v in value.items()}
+        if kind is dict:  # the common case, inline: its len() is its size
+            budget[0] -= len(value)
+            if budget[0] < 0:
+                raise _too_many(path)
+            pairs: Any = value.items()
+        else:
+            pairs = _take(value, path, budget, items=True)
+        out = {
+            _key(k, path): v if type(v) in plain else _coerce(v, f"{path}.{k}", depth + 1, budget)
+            for k, v in pairs
+        }
+        if len(out) != len(pairs):
+            raise _collision([(k, _key(k, path)) for k, _ in pairs], path)
+        return out
     if isinstance(value, list | tuple):
-        return [_coerce(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+        if kind is list or kind is tuple:  # the common case, inline
+            budget[0] -= len(value)
+            if budget[0] < 0:
+                raise _too_many(path)
+        else:
+            value = _take(value, path, budget)
+        return [
+            v if type(v) in plain else _coerce(v, f"{path}[{i}]", depth + 1, budget)
+            for i, v in enumerate(value)
+        ]
     if isinstance(value, set | frozenset):
-        items = [_coerce(v, f"{path}[]", depth + 1) for v in value]
+        items = [_coerce(v, f"{path}[]", depth + 1, budget) for v in _take(value, path, budget)]
         try:
             return sorted(items)
         except TypeError:
             return items
+    return _coerce_scalar(value, path, depth, budget)
+
+
+def _coerce_object(value: Any, path: str, depth: int, budget: list[int]) -> Any:
+    if isinstance(value, BaseModel):
+        try:
+            dumped = value.model_dump()
+        except Exception as exc:  # noqa: BLE001 - the app's serializer: translated here
+            raise _unsupported(
+                path, f"is a pydantic model whose model_dump() raised {type(exc).__name__}"
+            ) from None
+        return _coerce(dumped, path, depth + 1, budget)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # One level at a time, not dataclasses.asdict: that recurses without a bound and
+        # a cycle would end in RecursionError instead of too_deep.
+        shallow = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return _coerce(shallow, path, depth + 1, budget)
+    if isinstance(value, _Refused):
+        raise InvalidEventError(
+            f"{path} {value.why}", reason=value.reason, field=f"attributes.{path}"
+        )
+    raise _unsupported(
+        path,
+        f"is a {type(value).__qualname__}, which has no JSON form; log a str, number, "
+        f"bool, list, dict, datetime, Decimal, UUID, Enum or a pydantic model",
+    )
+
+
+def _coerce_scalar(value: Any, path: str, depth: int, budget: list[int]) -> Any:
     if isinstance(value, dt.datetime):
         aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-        return int(aware.timestamp())
+        try:
+            return int(aware.timestamp())
+        except (OverflowError, ValueError, OSError):
+            raise _unsupported(path, "is a datetime with no Unix timestamp") from None
     if isinstance(value, dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
     if isinstance(value, enum.Enum):
-        return _coerce(value.value, path, depth + 1)
+        return _coerce(value.value, path, depth + 1, budget)
     if isinstance(value, bool | str):
         return bool(value) if isinstance(value, bool) else str(value)
     if isinstance(value, int):
+        # Checked before any conversion: int -> str takes time quadratic in the digits.
+        _check_digits(int.bit_length(value) * _DIGITS_PER_BIT, path)
         return int(value)
     if isinstance(value, float):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            return None
-        if value == value.to_integral_value():
-            return int(value)
-        as_float = float(value)  # beyond a float's range this is inf: null, like inf itself
-        return as_float if math.isfinite(as_float) else None
+        return _decimal(value, path)
     if isinstance(value, uuid.UUID | PurePath):
         return str(value)
     if isinstance(value, bytes):
         try:
             return value.decode()
         except UnicodeDecodeError:
-            raise InvalidEventError(
-                f"{path} is bytes that are not UTF-8 text",
-                reason="unsupported_value",
-                field=f"attributes.{path}",
-            ) from None
-    if isinstance(value, BaseModel):
-        return _coerce(value.model_dump(), path, depth + 1)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        # One level at a time, not dataclasses.asdict: that recurses without a bound and
-        # a cycle would end in RecursionError instead of too_deep.
-        shallow = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        return _coerce(shallow, path, depth + 1)
-    raise InvalidEventError(
-        f"{path} is a {type(value).__qualname__}, which has no JSON form; log a str, number, "
-        f"bool, list, dict, datetime, Decimal, UUID, Enum or a pydantic model",
-        reason="unsupported_value",
-        field=f"attributes.{path}",
+            raise _unsupported(path, "is bytes that are not UTF-8 text") from None
+    return _coerce_object(value, path, depth, budget)
+
+
+def _decimal(value: Decimal, path: str) -> int | float | None:
+    if not value.is_finite():
+        return None
+    if value.is_zero():
+        return 0
+    # Its digits are counted from the exponent before any conversion: int() of
+    # Decimal("1e1000000") holds the GIL for close to a minute.
+    _check_digits(value.adjusted() + 1, path)
+    if value == value.to_integral_value():
+        return int(value)
+    as_float = float(value)  # beyond a float's range this is inf: null, like inf itself
+    return as_float if math.isfinite(as_float) else None
+
+
+_DIGITS_PER_BIT = math.log10(2)
+
+
+def _check_digits(digits: float, path: str) -> None:
+    why = _too_many_digits(digits)
+    if why is not None:
+        raise _unsupported(path, why)
+
+
+def _too_many_digits(digits: float) -> str | None:
+    """Why a number of ``digits`` digits cannot be encoded; None if it can.
+
+    At most ``sys.get_int_max_str_digits()`` (Python refuses a longer int -> str) and
+    never more than an operation's bytes.
+    """
+    limit = min(sys.get_int_max_str_digits() or MAX_OPERATION_BYTES, MAX_OPERATION_BYTES)
+    if digits <= limit:
+        return None
+    return f"is a number of about {int(digits):,} digits; at most {limit:,} can be encoded"
+
+
+def _take(value: Any, path: str, budget: list[int], *, items: bool = False) -> Any:
+    """The container's items (``items()`` of a dict), but never more than the budget.
+
+    A subclass may override ``__iter__`` or ``items``: its iteration may never end.
+    """
+    if type(value) in _COPIED:  # a built-in container: its len() is its size
+        budget[0] -= len(value)
+        taken: Any = value.items() if items else value
+    else:
+        try:
+            taken = list(itertools.islice(value.items() if items else value, budget[0] + 1))
+        except Exception as exc:  # noqa: BLE001 - the app's __iter__ or items()
+            raise _unsupported(path, f"raised {type(exc).__name__} when iterated") from None
+        budget[0] -= len(taken)
+    if budget[0] < 0:
+        raise _too_many(path)
+    return taken
+
+
+def _too_many(path: str) -> InvalidEventError:
+    return InvalidEventError(
+        f"{path} {_too_many_items()}", reason="operation_too_large", field=f"attributes.{path}"
     )
+
+
+def _unsupported(path: str, what: str) -> InvalidEventError:
+    return InvalidEventError(
+        f"{path} {what}", reason="unsupported_value", field=f"attributes.{path}"
+    )
+
+
+def _collision(pairs: Iterable[tuple[object, str]], path: str | None) -> InvalidEventError:
+    """The error for two keys that are one key in JSON (``1`` and ``"1"``, ``from`` and
+    ``from_``): one of the two values would be lost."""
+    seen: dict[str, object] = {}
+    for key, name in pairs:
+        if name in seen:
+            where = _shown(name if path is None else f"{path}.{name}", repr_=False)
+            return InvalidEventError(
+                f"{where} is given twice: the keys {_shown(seen[name])} and "
+                f"{_shown(key)} are the same key in JSON; rename one",
+                reason="duplicate_key",
+                field=f"attributes.{where}",
+            )
+        seen[name] = key
+    raise AssertionError("no two keys collide")  # pragma: no cover - callers check first
+
+
+def _shown(key: object, *, repr_: bool = True) -> str:
+    text = repr(key) if repr_ else str(key)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _key(key: object, path: str) -> str:
     if isinstance(key, str):
         return key
+    if isinstance(key, int):
+        _check_digits(int.bit_length(key) * _DIGITS_PER_BIT, path)
     if isinstance(key, int | float) or key is None:
         return json.dumps(key)
     raise InvalidEventError(

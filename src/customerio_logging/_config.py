@@ -39,6 +39,14 @@ OnFull = Literal["drop", "spill"]
 Durability = Literal["memory", "disk"]
 _SPOOL_OFF = frozenset({"false", "off", "none", "no", "0"})
 _LOOPBACK_NAMES = frozenset({"localhost"})
+# Bounds of the time settings. A shorter wait is a busy loop (flush_interval=1e-6) or a
+# request that can only time out; a longer one never ends in practice (and past
+# threading.TIMEOUT_MAX a wait raises OverflowError on the dispatch thread).
+_MIN_SECONDS = 0.01
+_MAX_SECONDS = 3600.0
+# At least one request every 10 s: a slower rate holds one batch longer than the retry
+# and shutdown horizons (max_requests_per_second=1e-6 is an 11-day wait).
+_MIN_RATE = 0.1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -48,20 +56,27 @@ class Settings:
     Build it with :meth:`from_env` to apply the precedence explicit keyword arguments >
     environment variables > defaults; ``configure()`` does that for you.
 
+    Every setting in seconds takes 0.01 to 3600 (those that allow 0 take 0 too): a
+    shorter wait is a busy loop, a longer one never ends in practice.
+
     Attributes:
         site_id: The Track API site id (``CUSTOMERIO_SITE_ID``).
         api_key: The Track API key (``CUSTOMERIO_TRACK_API_KEY``). Never shown in a repr.
+            Both are sent by HTTP basic auth, so they must be Latin-1 text.
         region: ``"us"`` or ``"eu"`` (``CUSTOMERIO_REGION``); picks the default ``track_url``.
         track_url: Base URL of the Track API (``CUSTOMERIO_TRACK_URL``). ``http://`` is allowed
             only for loopback hosts, so a local emulator works and a key never crosses a
             network in clear text.
         batch_size: Most operations in one ``/api/v2/batch`` request (1 to 1000).
-        flush_interval: Longest time in seconds an event waits before its batch is sent.
+        flush_interval: Longest time in seconds an event waits before its batch is sent
+            (0.01 to 3600).
         max_queue_size: Most events waiting in memory; beyond it new events are dropped and
             counted.
-        shutdown_timeout: Seconds the exit hook and ``shutdown()`` may spend delivering.
+        shutdown_timeout: Seconds the exit hook and ``shutdown()`` may spend delivering
+            (0, or 0.01 to 3600).
         request_timeout: Seconds one HTTP request may take in all, from connecting to the
-            answer's last byte (not per read: a server that trickles is cut off).
+            answer's last byte (not per read: a server that trickles is cut off); 0.01
+            to 3600.
         max_retries: Attempts after the first for a batch that failed transiently.
         retry_base_delay: Seconds before the first retry; each retry doubles it (with
             jitter) up to ``retry_max_delay``.
@@ -70,7 +85,7 @@ class Settings:
         max_retry_after: Longest ``Retry-After`` honoured, in seconds; a longer one is
             cut to this.
         max_requests_per_second: The rate limit on requests to the Track API, shared by
-            everything the bridge sends.
+            everything the bridge sends; at least 0.1 (one request every 10 s).
         install_signal_handlers: Flush on SIGTERM (then chain to the previous handler)
             when ``configure()`` runs on the main thread.
         spool_path: The SQLite file where events that cannot be delivered now wait
@@ -157,7 +172,11 @@ class Settings:
         _require_seconds("retry_budget", self.retry_budget, allow_zero=True)
         _require_seconds("max_retry_after", self.max_retry_after, allow_zero=True)
         _require_seconds(
-            "max_requests_per_second", self.max_requests_per_second, unit="requests per second"
+            "max_requests_per_second",
+            self.max_requests_per_second,
+            low=_MIN_RATE,
+            high=math.inf,
+            unit="requests per second",
         )
         if self.retry_max_delay < self.retry_base_delay:
             raise ConfigurationError(
@@ -297,6 +316,23 @@ def _require_text(name: str, value: object) -> None:
             setting=name,
             env_var=ENV_VARS.get(name),
         )
+    if not _is_latin1(value):
+        # HTTP basic auth sends both as Latin-1: such a value would fail every request.
+        raise ConfigurationError(
+            f"{name} holds characters that HTTP basic auth cannot send (outside Latin-1, "
+            f"e.g. a look-alike quote or dash from a copy-paste); check the value you pass "
+            f"as {name}{env_hint}",
+            setting=name,
+            env_var=ENV_VARS.get(name),
+        )
+
+
+def _is_latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _require_int(name: str, value: object, *, low: int, high: int | None = None) -> None:
@@ -310,15 +346,27 @@ def _require_int(name: str, value: object, *, low: int, high: int | None = None)
 
 
 def _require_seconds(
-    name: str, value: object, *, allow_zero: bool = False, unit: str = "seconds"
+    name: str,
+    value: object,
+    *,
+    allow_zero: bool = False,
+    low: float = _MIN_SECONDS,
+    high: float = _MAX_SECONDS,
+    unit: str = "seconds",
 ) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise ConfigurationError(
             f"{name} must be a finite number of {unit}, got {value!r}", setting=name
         )
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{name} must be {bound} {unit}, got {value}", setting=name)
+    if (allow_zero and value == 0) or low <= value <= high:
+        return
+    bound = f"between {low:g} and {high:g}" if math.isfinite(high) else f"at least {low:g}"
+    zero = "0 or " if allow_zero else ""
+    raise ConfigurationError(
+        f"{name} must be {zero}{bound} {unit}, got {value!r}: pass configure({name}=...) "
+        f"within that range",
+        setting=name,
+    )
 
 
 def _check_track_url(url: object) -> str:
@@ -330,22 +378,27 @@ def _check_track_url(url: object) -> str:
             env_var=ENV_VARS["track_url"],
         )
     # The URL is never echoed in these errors: a malformed one may still carry the API key.
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigurationError(
-            f"track_url must look like https://host[:port]; {hint}",
-            setting="track_url",
-            env_var=ENV_VARS["track_url"],
-        )
+    malformed = ConfigurationError(
+        f"track_url must look like https://host[:port]; {hint}",
+        setting="track_url",
+        env_var=ENV_VARS["track_url"],
+    )
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError:  # "https://[...": an unbalanced bracket, or invalid characters
+        raise malformed from None  # its text may quote the URL
+    if parts.scheme not in ("https", "http") or not host:
+        raise malformed
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ConfigurationError(
             f"track_url must not contain credentials, a query or a fragment; {hint}",
             setting="track_url",
             env_var=ENV_VARS["track_url"],
         )
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not _is_loopback(host):
         raise ConfigurationError(
-            f"track_url uses http:// for a non-loopback host ({parts.hostname}); the API key "
+            f"track_url uses http:// for a non-loopback host ({host}); the API key "
             f"would travel in clear text. Use https://, or http://127.0.0.1:PORT for a local "
             f"emulator; {hint}",
             setting="track_url",

@@ -48,10 +48,13 @@ class CustomerIOHandler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> bool:
         """Skip untagged records before logging's filters and lock cost anything."""
-        if not record.__dict__.get(TAG):
-            msg = record.msg
-            if type(msg) is not dict or not msg.get(TAG):
-                return False
+        try:
+            if not record.__dict__.get(TAG):
+                msg = record.msg
+                if type(msg) is not dict or not msg.get(TAG):
+                    return False
+        except Exception:  # noqa: BLE001, S110 - a tag with no truth value (a numpy array):
+            pass  # emit takes it, and the bridge counts it invalid
         return bool(super().handle(record))
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -45,8 +45,11 @@ class CustomerIOProcessor:
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         tag = event_dict.get(TAG)
-        if not tag or type(tag) is Captured:
-            return event_dict
+        try:
+            if not tag or type(tag) is Captured:
+                return event_dict
+        except Exception:  # noqa: BLE001, S110 - a tag with no truth value (a numpy array):
+            pass  # taken below, and counted invalid by the bridge
         try:
             capture = capture_event_dict(event_dict)
             if capture is not None:
