@@ -831,6 +831,34 @@ class TestFile:
         finally:
             spool.close()
 
+    def test_a_process_killed_while_making_the_file_leaves_no_half_made_spool(
+        self, spool_path: Path
+    ) -> None:
+        result = subprocess.run(
+            _program("spool_killed_while_made", spool_path),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
+        # Before the fix the file was marked ours, with no tables: half made. Now the
+        # marks and the tables come in one transaction, and the kill undid it all.
+        conn = sqlite3.connect(spool_path)
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+        finally:
+            conn.close()
+        assert (app_id, tables) == (0, 0)
+        # And the next process makes it a whole spool.
+        spool = Spool(spool_path, max_bytes=BIG, site_id=SITE)
+        try:
+            spool.add([_op("a")])
+            assert spool.pending() == 1
+        finally:
+            spool.close()
+
     def test_a_readable_file_is_made_private_again(
         self, make_spool: Callable[..., Spool], spool_path: Path
     ) -> None:

@@ -153,6 +153,21 @@ _SCHEMA = _SCHEMA.format(
 )
 
 
+def _statements(script: str) -> list[str]:
+    """The script's statements one by one: ``executescript`` would commit between them."""
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return statements
+
+
+_SCHEMA_STATEMENTS = _statements(_SCHEMA)
+
+
 class SpoolUnavailableError(CustomerIOLoggingError):
     """The spool cannot be used now: unwritable path, full disk, another workspace's file.
 
@@ -808,13 +823,13 @@ class Spool:
             # SQLite opens the path by name, itself: the file it opened must be the one
             # checked, not one (or a link) put in its place meanwhile.
             check_opened(conn, checked)
-            self._check_file(conn)
+            new = self._check_file(conn)
             make_private(path)  # before the -wal is made: SQLite gives it the file's mode
             conn.execute("PRAGMA journal_mode = WAL")
             # WAL with synchronous=NORMAL: a commit survives the process being killed
             # (it is in the OS's cache); only a power loss can take the last ones.
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.executescript(_SCHEMA)
+            _create_schema(conn, stamp=new)
             self._check_workspace(conn)
             for suffix in ("-wal", "-shm"):  # made by SQLite by now: check them again
                 make_private(path, suffix)
@@ -839,15 +854,18 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _check_file(self, conn: sqlite3.Connection) -> None:
+    def _check_file(self, conn: sqlite3.Connection) -> bool:
+        """Check the file is a sound spool of a format this code reads (nothing written).
+
+        Returns:
+            True for an empty database, to be made a spool.
+        """
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
             if app_id == 0 and version == 0 and tables == 0:
-                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                return
+                return True
             if app_id != APPLICATION_ID:
                 raise _UnusableFileError("is not a customerio-logging spool")
             check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
@@ -862,6 +880,7 @@ class Spool:
                 f"was written by a newer customerio-logging (format {version}); upgrade, "
                 f"or point spool_path elsewhere"
             )
+        return False
 
     def _check_workspace(self, conn: sqlite3.Connection) -> None:
         if self._site_id is None:
@@ -886,6 +905,22 @@ class Spool:
         except BaseException:
             conn.rollback()
             raise
+
+
+def _create_schema(conn: sqlite3.Connection, *, stamp: bool) -> None:
+    """Make the file a spool (``stamp``: mark it ours), or bring an older one up to date:
+    all in one transaction, so that a process killed meanwhile leaves no half-made file."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if stamp:
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        for statement in _SCHEMA_STATEMENTS:
+            conn.execute(statement)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 class _UnusableFileError(Exception):
