@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -114,6 +115,14 @@ class GatedTransport(FakeTransport):
         self.entered.set()
         self.gate.wait(10)
         return super().send(body)
+
+
+def closed_port_url() -> str:
+    """An http:// URL on 127.0.0.1 where nothing listens: an unreachable API."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 def spool_pending(path: Path) -> int:

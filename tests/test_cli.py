@@ -11,7 +11,6 @@ import queue
 import re
 import shlex
 import signal
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -31,6 +30,8 @@ from customerio_logging._schema import Operation, new_ulid
 from customerio_logging._spool import DeadLetterRow, Spool, default_spool_path
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
+from .conftest import closed_port_url
+
 WRONG_KEY = "wrong-key-5f3a9c"
 
 
@@ -43,14 +44,6 @@ def _credentials(emulator: TrackAPIEmulator, *, api_key: str | None = None) -> l
         "--track-url",
         emulator.url,
     ]
-
-
-def _closed_port_url() -> str:
-    """A loopback URL nothing listens on: connections to it are refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 _SPOOL_COMMANDS = [
@@ -168,7 +161,7 @@ class TestCheck:
         assert WRONG_KEY not in out + err
 
     def test_an_unreachable_host_exits_1(self, capsys: pytest.CaptureFixture[str]) -> None:
-        url = _closed_port_url()
+        url = closed_port_url()
         args = ["check", "--site-id", "s", "--api-key", WRONG_KEY, "--track-url", url]
         assert main(args) == 1
         out, err = capsys.readouterr()
@@ -252,7 +245,7 @@ class TestSend:
     def test_an_unreachable_api_exits_1_quickly_with_the_reason(
         self, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        url = _closed_port_url()
+        url = closed_port_url()
         args = ["send", "signed_up", "--user-id", "u1", "--timeout", "1"]
         args += ["--site-id", "s", "--api-key", WRONG_KEY, "--track-url", url]
         assert main(args) == 1
@@ -591,7 +584,7 @@ class TestSpoolReplay:
         ops = [_operation() for _ in range(5)]
         _fill(spool_path, ops)
         args = ["spool", "replay", "--spool-path", str(spool_path), "--timeout", "0.5"]
-        args += ["--site-id", "s", "--api-key", WRONG_KEY, "--track-url", _closed_port_url()]
+        args += ["--site-id", "s", "--api-key", WRONG_KEY, "--track-url", closed_port_url()]
         assert main(args) == 1
         out, err = capsys.readouterr()
         assert "NOT SENT: the --timeout of 0.5 s ran out" in out

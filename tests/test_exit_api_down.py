@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,16 +20,9 @@ import pytest
 
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
-from .conftest import PROGRAMS, spool_pending
+from .conftest import PROGRAMS, closed_port_url, spool_pending
 
 TIMEOUT = 60.0
-
-
-def _closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def _run(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -86,7 +78,7 @@ class TestExitWithTheApiDown:
     def test_an_unreachable_api_leaves_every_event_in_a_whole_spool(
         self, state: Path, end: str
     ) -> None:
-        result, took = _run(_env(_closed_port_url(), state), "--count", "50", "--end", end)
+        result, took = _run(_env(closed_port_url(), state), "--count", "50", "--end", end)
         if end == "exit":
             assert result.returncode == 0, result.stderr
             stats = _stats(result)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 import customerio_logging as cio
 from customerio_logging._spool import CALLER_WAIT
 
-from .conftest import PROGRAMS, spool_pending
+from .conftest import PROGRAMS, closed_port_url, spool_pending
 
 HOLD = """
 import sqlite3, sys
@@ -57,13 +56,6 @@ def _wait_for(condition: object, timeout: float = 15.0) -> None:
         time.sleep(0.02)
 
 
-def _closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
 def _log_timed(log: object, count: int, prefix: str) -> float:
     slowest = 0.0
     for i in range(count):
@@ -90,7 +82,7 @@ class TestSpoolLockedByAnotherProcess:
         bridge = cio.configure(
             site_id="site",
             api_key="key",
-            track_url=_closed_port_url(),
+            track_url=closed_port_url(),
             spool_path=str(path),
             flush_interval=0.05,
             max_retries=0,
@@ -115,8 +107,13 @@ class TestSpoolLockedByAnotherProcess:
         stats = bridge.stats()
         assert stats.dropped == stats.failed == 0, stats
         assert stats.enqueued == (
-            stats.sent + stats.failed + stats.invalid + stats.dropped + stats.spooled
-            + stats.dead_lettered + stats.queue_depth
+            stats.sent
+            + stats.failed
+            + stats.invalid
+            + stats.dropped
+            + stats.spooled
+            + stats.dead_lettered
+            + stats.queue_depth
         ), stats
 
 
@@ -127,7 +124,7 @@ class TestDurableCallsFromASignalHandler:
             **os.environ,
             "CUSTOMERIO_SITE_ID": "site",
             "CUSTOMERIO_TRACK_API_KEY": "key",
-            "CUSTOMERIO_TRACK_URL": _closed_port_url(),
+            "CUSTOMERIO_TRACK_URL": closed_port_url(),
             "CUSTOMERIO_SPOOL_PATH": str(path),
         }
         app = subprocess.Popen(

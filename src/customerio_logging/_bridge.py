@@ -338,28 +338,13 @@ class Bridge:
         Returns:
             False when the spool is off or unusable: nothing was kept.
         """
-        spool = self._spool
-        if spool is None:
-            return False
         closed = self._dispatcher.closed
-        try:
-            self._count_evicted(spool.add([op], lease=lease, wait=None if closed else CALLER_WAIT))
-        except SpoolBusyError as exc:
-            if not closed and self._defer([op], lease=lease, untaken=True):
-                return True
-            self._spool_problem(exc)
-            return False
-        except SpoolUnavailableError as exc:
-            self._spool_problem(exc)
-            return False
-        if not lease:
-            with self._counters.lock:
-                self._counters.spooled += 1
-                self._counters.untaken += 1
-        if self._unwritten and not closed:
+        wait = None if closed else CALLER_WAIT
+        kept = self._store([op], lease=lease, wait=wait, defer=not closed, untaken=True)
+        if kept and self._unwritten and not closed:
             # Deferred by a signal handler that interrupted this very write: now.
             self._write_unwritten(CALLER_WAIT)
-        return True
+        return kept
 
     def _write_unwritten(self, wait: float | None = None) -> None:
         """Spool what log calls could not; what still cannot be written stays for later."""
@@ -422,27 +407,45 @@ class Bridge:
             )
         return None
 
-    def _store(self, ops: list[Operation], *, defer: bool = False) -> bool:
+    def _store(
+        self,
+        ops: list[Operation],
+        *,
+        lease: bool = False,
+        wait: float | None = None,
+        defer: bool = False,
+        untaken: bool = False,
+    ) -> bool:
         """Write ``ops`` to the spool; False when there is none or it cannot be used.
 
-        With ``defer``, a spool that stays busy keeps them in memory instead (counted
-        ``deferred``, waiting in ``queue_depth``) to be written by a later try: True too.
+        Args:
+            ops: The operations.
+            lease: Reserve them for this process's queue (``durability="disk"``): they
+                are still queued, so not counted here.
+            wait: Most seconds to wait for a busy spool (see ``Spool.add``).
+            defer: When the spool stays busy, keep them in memory instead, to be
+                written by a later try (counted ``deferred``, waiting in
+                ``queue_depth``); True then too.
+            untaken: They never went through the queue: counted in ``enqueued`` here.
         """
         spool = self._spool
         if spool is None or not ops:
             return False
         try:
-            self._count_evicted(spool.add(ops))
+            self._count_evicted(spool.add(ops, lease=lease, wait=wait))
         except SpoolBusyError as exc:
-            if defer and self._defer(ops, lease=False, untaken=False):
+            if defer and self._defer(ops, lease=lease, untaken=untaken):
                 return True
             self._spool_problem(exc)
             return False
         except SpoolUnavailableError as exc:
             self._spool_problem(exc)
             return False
-        with self._counters.lock:
-            self._counters.spooled += len(ops)
+        if not lease:
+            with self._counters.lock:
+                self._counters.spooled += len(ops)
+                if untaken:
+                    self._counters.untaken += len(ops)
         return True
 
     def _defer(self, ops: list[Operation], *, lease: bool, untaken: bool) -> bool:
@@ -615,15 +618,12 @@ class Bridge:
                 op = item if isinstance(item, Operation) else self._build_here(item)
                 if op is not None:
                     ops.append(op)
-            with self._counters.lock:
-                self._counters.untaken += len(ops)
-            if not self._store(ops):
-                self._count_lost_at_exit(len(ops), wait, taken=True)
+            if not self._store(ops, untaken=True):
+                self._count_lost_at_exit(len(ops), wait)
 
-    def _count_lost_at_exit(self, count: int, wait: float, *, taken: bool = False) -> None:
+    def _count_lost_at_exit(self, count: int, wait: float) -> None:
         with self._counters.lock:
-            if not taken:
-                self._counters.untaken += count
+            self._counters.untaken += count
             self._counters.dropped += count
             self._counters.last_error = (
                 f"{count} events were still queued when shutdown's {wait:g}s ran out"

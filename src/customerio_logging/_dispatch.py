@@ -209,7 +209,7 @@ class Dispatcher(Generic[T]):
 
         Returns:
             The items still queued when sending stopped (not sent). The thread, told to
-            stop, may still be finishing its current batch: see ``in_flight`` callers.
+            stop, may still be finishing its current batch: the caller sees to that.
         """
         deadline = self._clock() + max(0.0, timeout)
         thread = self._thread
