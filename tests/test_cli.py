@@ -198,6 +198,21 @@ class TestCheck:
 
 
 class TestSend:
+    def test_a_timeout_beyond_an_hour_is_taken(self, emulator: TrackAPIEmulator) -> None:
+        # The settings it feeds take an hour at most; the CLI's own wait takes more.
+        assert (
+            main(["send", "ping", "--user-id", "u1", "--timeout", "7200", *_credentials(emulator)])
+            == 0
+        )
+        assert [op["name"] for op in emulator.operations] == ["ping"]
+
+    @pytest.mark.parametrize("command", [["send", "ping", "--user-id", "u1"], ["spool", "replay"]])
+    def test_a_timeout_under_a_hundredth_of_a_second_is_a_usage_error(
+        self, emulator: TrackAPIEmulator, command: list[str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main([*command, "--timeout", "0.001", *_credentials(emulator)]) == 2
+        assert "at least 0.01 seconds" in capsys.readouterr().err
+
     def test_one_event_reaches_the_api_with_its_data(
         self, emulator: TrackAPIEmulator, capsys: pytest.CaptureFixture[str]
     ) -> None:

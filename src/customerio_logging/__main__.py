@@ -31,7 +31,7 @@ import requests
 
 from ._bridge import DeadLetter, Stats, configure, shutdown
 from ._capture import RESERVED_KEYS, TAG
-from ._config import ENV_VARS, REGION_URLS, Settings
+from ._config import ENV_VARS, MAX_SECONDS, MIN_SECONDS, REGION_URLS, Settings
 from ._delivery import Delivery, Response, SessionTransport, Transport, official_client, shorten
 from ._pacing import Pacer
 from ._replay import Replayer
@@ -276,8 +276,8 @@ def _positive_seconds(text: str) -> float:
         seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    if not MIN_SECONDS <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_SECONDS:g} seconds, got {text!r}")
     return seconds
 
 
@@ -529,9 +529,10 @@ def _send(args: argparse.Namespace) -> int:
         **_credential_overrides(args),
         "install_signal_handlers": False,
         "spool_path": False,
-        # The whole delivery fits --timeout: one request, and the retries after it.
-        "request_timeout": args.timeout,
-        "retry_budget": args.timeout,
+        # The whole delivery fits --timeout: one request, and the retries after it
+        # (neither setting takes more than an hour; the flush below waits it all).
+        "request_timeout": min(args.timeout, MAX_SECONDS),
+        "retry_budget": min(args.timeout, MAX_SECONDS),
     }
     try:
         settings = Settings.from_env(**overrides)

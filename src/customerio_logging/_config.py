@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ._delivery import Transport
     from ._schema import Event, UserAttributes
 
-__all__ = ["ENV_VARS", "REGION_URLS", "Settings"]
+__all__ = ["ENV_VARS", "MAX_SECONDS", "MIN_SECONDS", "REGION_URLS", "Settings"]
 
 REGION_URLS: Mapping[str, str] = {
     "us": "https://track.customer.io",
@@ -42,8 +42,8 @@ _LOOPBACK_NAMES = frozenset({"localhost"})
 # Bounds of the time settings. A shorter wait is a busy loop (flush_interval=1e-6) or a
 # request that can only time out; a longer one never ends in practice (and past
 # threading.TIMEOUT_MAX a wait raises OverflowError on the dispatch thread).
-_MIN_SECONDS = 0.01
-_MAX_SECONDS = 3600.0
+MIN_SECONDS = 0.01
+MAX_SECONDS = 3600.0
 # At least one request every 10 s: a slower rate holds one batch longer than the retry
 # and shutdown horizons (max_requests_per_second=1e-6 is an 11-day wait).
 _MIN_RATE = 0.1
@@ -350,8 +350,8 @@ def _require_seconds(
     value: object,
     *,
     allow_zero: bool = False,
-    low: float = _MIN_SECONDS,
-    high: float = _MAX_SECONDS,
+    low: float = MIN_SECONDS,
+    high: float = MAX_SECONDS,
     unit: str = "seconds",
 ) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
