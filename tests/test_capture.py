@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import enum
@@ -1227,6 +1228,102 @@ class TestNoFreeze:
         outcome = json.loads(result.stdout)
         assert outcome["invalid"] == len(amounts)
         assert outcome["letters"] == [[reason, "attributes.amount"]] * len(amounts)
+
+
+_DECLARED_PROGRAM = """
+import collections, itertools, json, logging, sys
+from decimal import Decimal
+import customerio_logging as cio
+
+class Paid(cio.Event, name="paid"):
+    amount: int = 0
+    tags: list[int] = []
+    meta: dict[str, int] = {}
+
+class Big(Decimal):
+    pass
+
+class Endless:
+    def __iter__(self):
+        return itertools.count()
+
+class EndlessList(list):
+    def __iter__(self):
+        return itertools.count()
+
+class EndlessItems(collections.OrderedDict):
+    def items(self):
+        return ((str(i), i) for i in itertools.count())
+
+class Unused:
+    def send(self, body):
+        raise AssertionError("nothing here is valid: nothing is sent")
+    def close(self):
+        pass
+
+bridge = cio.configure(
+    site_id="s", api_key="k", transport=Unused(), spool_path=False,
+    install_signal_handlers=False, events=[Paid],
+)
+log = logging.getLogger("app")
+log.propagate = False
+log.addHandler(cio.CustomerIOHandler())
+for field, value in [
+    ("amount", Big("1e10000000")),
+    ("amount", Big("-1e30000000")),
+    ("tags", Endless()),
+    ("tags", EndlessList()),
+    ("tags", itertools.count()),
+    ("meta", EndlessItems()),
+]:
+    log.warning("paid", extra={"cio_event": True, "user_id": "u1", field: value})
+cio.flush(10)
+letters = [d.field for d in bridge.dead_letters()]
+print(json.dumps({"invalid": cio.stats().invalid, "letters": letters}))
+"""
+
+
+class TestNoFreezeInADeclaredEvent:
+    def test_values_without_a_bound_never_reach_the_events_model(self) -> None:
+        # A declared event's pydantic model sees the values before building bounds them.
+        # Before: a Decimal subclass of ten million digits held every thread for 5 s
+        # (28 s for thirty million); an endless iterable in a list field never returned.
+        try:
+            result = subprocess.run(
+                [sys.executable, "-c", _DECLARED_PROGRAM],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail("a declared event's model froze the process")
+        assert result.returncode == 0, result.stderr
+        outcome = json.loads(result.stdout)
+        assert outcome["invalid"] == 6
+        fields = [*["attributes.amount"] * 2, *["attributes.tags"] * 3, "attributes.meta"]
+        assert len(outcome["letters"]) == len(fields)
+        # The model names the item it stopped at (attributes.tags.32000) or the field.
+        for letter, field in zip(outcome["letters"], fields, strict=True):
+            assert letter == field or letter.startswith(f"{field}."), (letter, field)
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            collections.OrderedDict(a=1, b=2),
+            collections.defaultdict(int, a=1),
+            type("Ints", (list,), {})([1, 2]),
+            collections.namedtuple("Pair", "x y")(1, 2),
+        ],
+        ids=["OrderedDict", "defaultdict", "list subclass", "namedtuple"],
+    )
+    def test_container_subclasses_are_copied_and_still_sent(self, value: object) -> None:
+        capture = capture_event_dict({"cio_event": "e", "event": "e", "user_id": "u1", "v": value})
+        assert capture is not None
+        op = build_operation(capture, Taxonomy(()))
+        assert json.loads(op.body)["attributes"]["v"] == (
+            dict(value) if isinstance(value, dict) else list(value)  # type: ignore[call-overload]
+        )
 
 
 class TestKeyCollisions:

@@ -19,7 +19,7 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import PurePath
 from typing import Any, NamedTuple
@@ -98,6 +98,10 @@ _SHORT_IDENTIFIER = MAX_IDENTIFIER_BYTES // 4  # UTF-8 takes at most 4 bytes a c
 # must not hold a thread.
 _MAX_ITEMS = MAX_OPERATION_BYTES
 _COPIED = frozenset({dict, list, tuple, set, frozenset})
+# Iterable, but converted as a whole, never item by item (or bounded by their type).
+_ITERABLE_AS_IS = (str, bytes, bytearray, memoryview, BaseModel, enum.Enum)
+# Shared with the dispatch thread as they are: bounded in size by their type.
+_SHARED = frozenset({dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID, bytes})
 
 
 class Captured(str):
@@ -132,6 +136,23 @@ class _Refused:
     def __init__(self, reason: str, why: str) -> None:
         self.reason = reason
         self.why = why
+
+
+class _BoundedIterable:
+    """Stands for an object of the app's that can be iterated (a numpy array, a class with
+    ``__iter__``): a declared event's model may iterate it, and this stops that iteration
+    one item past the bound. Building it otherwise refuses it, as any unknown type."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __iter__(self) -> Iterator[Any]:
+        items = iter(self.value)  # type: ignore[call-overload]
+        yield from itertools.islice(items, _MAX_ITEMS)
+        for _ in itertools.islice(items, 1):
+            raise ValueError(_too_many_items())
 
 
 class _TooManyItemsError(Exception):
@@ -227,7 +248,7 @@ def _snapshot(value: Any, depth: int, budget: list[int] | None) -> Any:
         return value
     kind = type(value)
     if kind not in _COPIED:
-        return value if kind is not Decimal else _snapshot_decimal(value)
+        return value if kind in _SHARED else _snapshot_other(value, depth, budget)
     if budget is None:
         budget = [_MAX_ITEMS]
     budget[0] -= len(value)
@@ -241,6 +262,55 @@ def _snapshot(value: Any, depth: int, budget: list[int] | None) -> Any:
         }
     items = [v if type(v) in scalars else _snapshot(v, depth, budget) for v in value]
     return items if kind is list else kind(items)
+
+
+def _snapshot_other(value: Any, depth: int, budget: list[int] | None) -> Any:
+    """A value of another type: shared as it is, unless its size has no bound.
+
+    A declared event's model sees these values before building bounds anything: a
+    Decimal or int subclass of a million digits, a mapping or sequence subclass whose
+    iteration never ends, an iterator. So they are copied within bounds (as the built-in
+    container they extend) or refused here, on the app's thread, at a cost that does not
+    grow with their size.
+    """
+    if isinstance(value, Decimal):
+        return _snapshot_decimal(value)
+    if isinstance(value, int):  # an int subclass (IntEnum included)
+        why = _too_many_digits(int.bit_length(value) * _DIGITS_PER_BIT)
+        return value if why is None else _Refused("unsupported_value", why)
+    if isinstance(value, Mapping):
+        return _snapshot_items(dict, value.items, depth, budget)
+    if isinstance(value, list | tuple | set | frozenset):
+        return _snapshot_items(_base_container(value), lambda: value, depth, budget)
+    if isinstance(value, Iterator) or (type(value) is range and len(value) > _MAX_ITEMS):
+        return _Refused(
+            "unsupported_value",
+            f"is an iterator or range ({type(value).__qualname__}); log a list instead",
+        )
+    if hasattr(type(value), "__iter__") and not isinstance(value, _ITERABLE_AS_IS):
+        return _BoundedIterable(value)
+    return value
+
+
+def _snapshot_items(
+    base: type, items: Callable[[], Iterable[Any]], depth: int, budget: list[int] | None
+) -> Any:
+    """A container subclass copied as the built-in ``base``: at most one item past the
+    bound is ever read, so an endless iteration ends here."""
+    try:
+        taken = list(itertools.islice(items(), _MAX_ITEMS + 1))
+    except Exception as exc:  # noqa: BLE001 - the app's __iter__ or items()
+        return _Refused("unsupported_value", f"raised {type(exc).__name__} when iterated")
+    if len(taken) > _MAX_ITEMS:
+        return _Refused("operation_too_large", _too_many_items())
+    return _snapshot(base(taken), depth, budget)
+
+
+def _base_container(value: list[Any] | tuple[Any, ...] | set[Any] | frozenset[Any]) -> type:
+    for base in (list, tuple, set, frozenset):
+        if isinstance(value, base):
+            return base
+    raise AssertionError("not a container")  # pragma: no cover - the caller checked
 
 
 def _snapshot_decimal(value: Decimal) -> Any:
@@ -629,6 +699,8 @@ def _coerce_object(value: Any, path: str, depth: int, budget: list[int]) -> Any:
         raise InvalidEventError(
             f"{path} {value.why}", reason=value.reason, field=f"attributes.{path}"
         )
+    if isinstance(value, _BoundedIterable):
+        value = value.value
     raise _unsupported(
         path,
         f"is a {type(value).__qualname__}, which has no JSON form; log a str, number, "
