@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import grp
 import json
 import os
 import re
@@ -451,7 +452,11 @@ class _SpoolModel(RuleBasedStateMachine):
         for op_id in ids:
             if op_id not in self.lease_until:
                 self.order.append(op_id)
-            # Added again: its lease is the new one, and any claim on it is over.
+            elif lease:
+                # A reservation never takes back a row already there (spooled, or
+                # claimed by replay): it stays as it is.
+                continue
+            # New, or added again without a lease: released, any claim on it over.
             self.lease_until[op_id] = self.clock.now + FRESH_LEASE if lease else None
             self.claimed.discard(op_id)
         used = sum(map(_model_size, self.order))
@@ -1060,6 +1065,16 @@ needs_root = pytest.mark.skipif(
 )
 
 
+def _shared_group() -> int:
+    """A group other than this user's own: one others can be in."""
+    for name in ("users", "nogroup", "staff"):
+        with contextlib.suppress(KeyError):
+            gid = grp.getgrnam(name).gr_gid
+            if gid != os.getegid():
+                return gid
+    pytest.skip("no shared group on this machine")
+
+
 def _state(path: Path) -> tuple[int, int, bytes]:
     """A file's mode, owner and bytes: what the spool must leave as it found them."""
     info = os.lstat(path)
@@ -1137,6 +1152,11 @@ class TestUnsafePlace:
     ) -> None:
         folder = tmp_path / "shared"
         folder.mkdir()
+        if mode & 0o020:
+            # Group-writable: by a group others are in (a shared one), not this user's own.
+            if os.geteuid() != 0:
+                pytest.skip("giving a folder to another group needs root")
+            os.chown(folder, -1, _shared_group())
         folder.chmod(mode)
         spool = Spool(folder / "spool.sqlite3", max_bytes=BIG, site_id=SITE)
         try:
@@ -1148,6 +1168,23 @@ class TestUnsafePlace:
             assert "other users can write" in str(refused)
             assert f"{mode:04o}" in str(refused)
             assert os.listdir(folder) == []
+        finally:
+            spool.close()
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="root's own group is a private one")
+    def test_a_folder_writable_by_this_users_own_private_group_is_fine(
+        self, tmp_path: Path
+    ) -> None:
+        # A umask of 002 with user private groups makes folders 0775: the group is the
+        # user alone (here root, whose group has no other member).
+        folder = tmp_path / "mine"
+        folder.mkdir()
+        folder.chmod(0o775)
+        assert folder.stat().st_gid == os.getegid()
+        spool = Spool(folder / "spool.sqlite3", max_bytes=BIG, site_id=SITE)
+        try:
+            spool.add([_op("a")])
+            assert spool.pending() == 1
         finally:
             spool.close()
 

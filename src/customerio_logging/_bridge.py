@@ -58,8 +58,14 @@ _EXIT_RESERVE = 0.2  # seconds kept back from sending at exit to write what is l
 _EXIT_COST = 25e-6  # seconds to build and write one event left queued at exit (generous)
 _LEFTOVER_CHUNK = 2000  # events written to the spool per transaction at exit
 _UNWRITTEN_RETRY = 1.0  # seconds before the thread tries again to write deferred events
+_UNWRITTEN_WAIT = 1.0  # seconds the thread waits for a log call writing deferred events
 _MESSAGE_CHARS = 300  # an explanation never needs more; a longer one quotes data
 _UNKNOWN_NAMES_KEPT = 1000  # undeclared event names warned about, remembered
+
+
+def _time_left(end: float) -> float:
+    """Seconds until ``end`` (monotonic), never negative."""
+    return max(0.0, end - time.monotonic())
 
 
 def _short(text: str, limit: int = MAX_NAME_BYTES) -> str:
@@ -207,6 +213,11 @@ class Bridge:
         # Spool writes a log call could not make in its short wait: (operation, reserved
         # for the queue). The dispatch thread writes them (see _write_unwritten).
         self._unwritten: deque[tuple[Operation, bool]] = deque()
+        self._letters_unwritten: deque[DeadLetterRow] = deque()  # likewise, dead letters
+        # Held while those are written or dropped: a reservation taken from the deque
+        # by one thread must not reach the disk after its event was sent by another.
+        # Reentrant: a shutdown from a signal handler may interrupt this thread's own write.
+        self._unwritten_lock = threading.RLock()
         self._spill = settings.on_full == "spill"
         self._delivery = Delivery(
             transport,
@@ -229,6 +240,7 @@ class Bridge:
             flush_interval=settings.flush_interval,
             max_queue_size=settings.max_queue_size,
             idle=None if self._replayer is None else self._replay_round,
+            on_start=self.open_spool if self._disk else None,
         )
         # Settling a batch and shutdown's rescue of a batch still in flight take turns.
         self._settle_lock = threading.RLock()
@@ -267,19 +279,26 @@ class Bridge:
     def start(self) -> Bridge:
         """Start the dispatch thread (idempotent).
 
-        With ``durability="disk"`` the spool is opened here, once: a log call never
-        opens it (that can take seconds), it only writes, waiting ``CALLER_WAIT`` at most.
+        With ``durability="disk"`` the thread opens the spool first thing: a log call
+        never opens it (that can take seconds), it only writes, waiting ``CALLER_WAIT``
+        at most; until then, events wait in memory to be written (``deferred``).
+        ``configure()`` opens it before it returns.
         """
         if not self._shut_down:
             _quiet_http_logs_on_dispatch_thread()
             cover_multiprocessing_exit()
-            if self._disk and self._spool is not None and self._dispatcher.thread is None:
-                try:
-                    self._spool.prepare()
-                except (SpoolUnavailableError, SpoolBusyError) as exc:
-                    self._spool_problem(exc)
             self._dispatcher.start()
         return self
+
+    def open_spool(self) -> None:
+        """Open the spool now, if there is one and it is not open (never raises: a
+        problem is counted and warned about like any other spool problem)."""
+        spool = self._spool
+        if spool is not None and not spool.is_open:
+            try:
+                spool.prepare()
+            except (SpoolUnavailableError, SpoolBusyError) as exc:
+                self._spool_problem(exc)
 
     # -- the app's side ---------------------------------------------------------------
 
@@ -314,9 +333,13 @@ class Bridge:
         op = self._build_here(capture)
         if op is None:
             return False
-        self._write_from_log_call(op, lease=True)
-        if self._dispatcher.submit(op):
-            return True
+        if not self._dispatcher.full:
+            # Reserved first, queued then. Should the queue fill in between (another
+            # thread), the event goes to the spool released below; a reservation still
+            # waiting in memory then never takes the row back (see Spool.add).
+            self._write_from_log_call(op, lease=True)
+            if self._dispatcher.submit(op):
+                return True
         return self._keep_unqueued(op)
 
     def _keep_unqueued(self, op: Operation) -> bool:
@@ -340,40 +363,84 @@ class Bridge:
         """
         closed = self._dispatcher.closed
         wait = None if closed else CALLER_WAIT
-        kept = self._store([op], lease=lease, wait=wait, defer=not closed, untaken=True)
-        if kept and self._unwritten and not closed:
+        kept = self._store([op], lease=lease, wait=wait, defer=True, untaken=True)
+        if kept and (self._unwritten or self._letters_unwritten) and not closed:
             # Deferred by a signal handler that interrupted this very write: now.
-            self._write_unwritten(CALLER_WAIT)
+            self._write_unwritten(CALLER_WAIT, blocking=False)
         return kept
 
-    def _write_unwritten(self, wait: float | None = None) -> None:
-        """Spool what log calls could not; what still cannot be written stays for later."""
-        taken: list[tuple[Operation, bool]] = []
-        with contextlib.suppress(IndexError):
-            while True:
-                taken.append(self._unwritten.popleft())
-        if not taken or self._spool is None:
+    def _write_unwritten(
+        self,
+        wait: float | None = None,
+        *,
+        sending: list[Operation] | None = None,
+        blocking: bool = True,
+    ) -> None:
+        """Spool what log calls could not; what still cannot be written stays for later.
+
+        Args:
+            wait: Most seconds to wait for the spool (see ``Spool.add``).
+            sending: A batch about to be sent: its reservations still unwritten after
+                this are dropped (the batch settles those events itself), so that none
+                reaches the disk after its event was sent.
+            blocking: False on a log call's thread: if another thread is at it, leave
+                the work to that one.
+        """
+        if not self._unwritten_lock.acquire(blocking, -1 if not blocking else _UNWRITTEN_WAIT):
             return
+        try:
+            taken: list[tuple[Operation, bool]] = []
+            with contextlib.suppress(IndexError):
+                while True:
+                    taken.append(self._unwritten.popleft())
+            if taken:
+                left = self._write_entries(taken, wait)
+                if sending and left:
+                    ids = {op.id for op in sending}
+                    left = [(op, lease) for op, lease in left if not (lease and op.id in ids)]
+                self._unwritten.extendleft(reversed(left))
+            letters: list[DeadLetterRow] = []
+            with contextlib.suppress(IndexError):
+                while True:
+                    letters.append(self._letters_unwritten.popleft())
+            if letters:
+                self._keep_dead_letters(letters, wait=wait)
+        finally:
+            self._unwritten_lock.release()
+
+    def _write_entries(
+        self, taken: list[tuple[Operation, bool]], wait: float | None
+    ) -> list[tuple[Operation, bool]]:
+        """Write deferred entries; the ones a busy spool still did not take."""
+        spool = self._spool
+        assert spool is not None
         # Reservations first: an event the queue then refused is released after them.
+        # Opening the file is fine here: a log call only gets here once it wrote to it.
         reserved = [op for op, lease in taken if lease]
         unqueued = [op for op, lease in taken if not lease]
         try:
             if reserved:
-                self._count_evicted(self._spool.add(reserved, lease=True, wait=wait))
+                self._count_evicted(spool.add(reserved, lease=True, wait=wait, open_file=True))
+                reserved = []
             if unqueued:
-                self._count_evicted(self._spool.add(unqueued, wait=wait))
+                self._count_evicted(spool.add(unqueued, wait=wait, open_file=True))
         except SpoolBusyError:
-            self._unwritten.extendleft(reversed(taken))
-            return
+            return [(op, True) for op in reserved] + [(op, False) for op in unqueued]
         except SpoolUnavailableError as exc:
             self._spool_problem(exc)
+            self._count_unwritten(len(unqueued), lost=True)
+            return []
+        self._count_unwritten(len(unqueued), lost=False)
+        return []
+
+    def _count_unwritten(self, count: int, *, lost: bool) -> None:
+        if count:
             with self._counters.lock:
-                self._counters.unwritten -= len(unqueued)
-                self._counters.dropped += len(unqueued)
-            return
-        with self._counters.lock:
-            self._counters.unwritten -= len(unqueued)
-            self._counters.spooled += len(unqueued)
+                self._counters.unwritten -= count
+                if lost:
+                    self._counters.dropped += count
+                else:
+                    self._counters.spooled += count
 
     def _drop_unwritten(self, wait: float) -> None:
         """At shutdown: what a busy spool still could not take is lost, and counted."""
@@ -381,10 +448,10 @@ class Bridge:
         with contextlib.suppress(IndexError):
             while True:
                 lost += not self._unwritten.popleft()[1]
+        self._letters_unwritten.clear()  # still in dead_letters(), in memory
         if lost:
+            self._count_unwritten(lost, lost=True)
             with self._counters.lock:
-                self._counters.unwritten -= lost
-                self._counters.dropped += lost
                 self._counters.last_error = (
                     f"{lost} events were dropped: the spool stayed busy through shutdown's "
                     f"{wait:g}s"
@@ -395,16 +462,21 @@ class Bridge:
             return "the bridge is shut down"
         return f"the queue is full (max_queue_size={self.settings.max_queue_size})"
 
-    def _build_here(self, capture: Capture) -> Operation | None:
-        """Build on the caller's thread; an invalid event is counted (never queued)."""
+    def _build_here(
+        self, capture: Capture, letters: list[DeadLetterRow] | None = None
+    ) -> Operation | None:
+        """Build on the caller's thread; an invalid event is counted (never queued).
+
+        Its dead letter goes into ``letters`` when given (the caller writes them at
+        once), else to the spool within a log call's wait.
+        """
         try:
             return build_operation(capture, self._taxonomy)
         except InvalidEventError as exc:
-            self._reject(capture, exc.reason, exc.field, str(exc), here=True)
+            self._reject(capture, exc.reason, exc.field, str(exc), here=True, letters=letters)
         except Exception as exc:  # noqa: BLE001 - a user validator or a bug: count, don't raise
-            self._reject(
-                capture, "internal_error", None, f"{type(exc).__name__} while building", here=True
-            )
+            why = f"{type(exc).__name__} while building"
+            self._reject(capture, "internal_error", None, why, here=True, letters=letters)
         return None
 
     def _store(
@@ -413,6 +485,7 @@ class Bridge:
         *,
         lease: bool = False,
         wait: float | None = None,
+        open_file: bool | None = None,
         defer: bool = False,
         untaken: bool = False,
     ) -> bool:
@@ -423,18 +496,20 @@ class Bridge:
             lease: Reserve them for this process's queue (``durability="disk"``): they
                 are still queued, so not counted here.
             wait: Most seconds to wait for a busy spool (see ``Spool.add``).
+            open_file: Open the spool if need be (see ``Spool.add``).
             defer: When the spool stays busy, keep them in memory instead, to be
                 written by a later try (counted ``deferred``, waiting in
-                ``queue_depth``); True then too.
+                ``queue_depth``); True then too. Not once shutdown began: no later
+                try would come.
             untaken: They never went through the queue: counted in ``enqueued`` here.
         """
         spool = self._spool
         if spool is None or not ops:
             return False
         try:
-            self._count_evicted(spool.add(ops, lease=lease, wait=wait))
+            self._count_evicted(spool.add(ops, lease=lease, wait=wait, open_file=open_file))
         except SpoolBusyError as exc:
-            if defer and self._defer(ops, lease=lease, untaken=untaken):
+            if defer and not self._dispatcher.closed and self._defer(ops, lease, untaken):
                 return True
             self._spool_problem(exc)
             return False
@@ -448,10 +523,14 @@ class Bridge:
                     self._counters.untaken += len(ops)
         return True
 
-    def _defer(self, ops: list[Operation], *, lease: bool, untaken: bool) -> bool:
+    def _defer(self, ops: list[Operation], lease: bool, untaken: bool) -> bool:
         """Keep ``ops`` in memory until the spool can take them; False when that memory
-        (``max_queue_size`` operations) is full."""
-        if not lease and len(self._unwritten) + len(ops) > self.settings.max_queue_size:
+        (``max_queue_size`` events not queued) is full.
+
+        Reservations are not bounded here: each stands for an event in the queue, and
+        goes when its batch is sent (see _write_unwritten).
+        """
+        if not lease and self._counters.unwritten + len(ops) > self.settings.max_queue_size:
             return False
         self._unwritten.extend((op, lease) for op in ops)
         with self._counters.lock:
@@ -575,11 +654,12 @@ class Bridge:
         # Sending is over: a retry wait, a 429 pause or a held batch ends now, and the
         # thread settles its batch (to the spool) while this one writes the rest.
         pacer.set_deadline(time.monotonic())
-        if self._unwritten:
-            self._write_unwritten(max(CALLER_WAIT, deadline - time.monotonic()))
-            self._drop_unwritten(wait)
+        # Writing to disk ends by then too, however busy the spool is.
+        end = deadline + EXIT_MARGIN
+        if self._unwritten or self._letters_unwritten:
+            self._write_unwritten(_time_left(end))
         if left:
-            self._settle_leftovers(left, wait)
+            self._settle_leftovers(left, wait, end)
         thread = self._dispatcher.thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -590,7 +670,8 @@ class Bridge:
         else:
             # A thread still at work would race the close; it is a daemon and ends
             # with the interpreter, so what it holds must be on disk first.
-            self._rescue_in_flight(thread)
+            self._rescue_in_flight(thread, end)
+        self._drop_unwritten(wait)
         self._emit_pending_warnings()
 
     def _prepare_spool(self, spool: Spool, wait: float) -> None:
@@ -602,23 +683,26 @@ class Bridge:
         except (SpoolUnavailableError, SpoolBusyError) as exc:
             self._spool_problem(exc)
 
-    def _settle_leftovers(self, left: list[Capture | Operation], wait: float) -> None:
-        """What was still queued when shutdown's time ran out: spooled, else dropped.
+    def _settle_leftovers(self, left: list[Capture | Operation], wait: float, end: float) -> None:
+        """What was still queued when sending stopped: spooled by ``end``, else dropped.
 
         Built and written a chunk at a time, so that a kill soon after (a container's
         grace period ending) finds most of them on disk already.
         """
-        if self._spool is None:
-            # Nowhere to keep them: no point building (and validating) them first.
-            self._count_lost_at_exit(len(left), wait)
-            return
         for start in range(0, len(left), _LEFTOVER_CHUNK):
+            chunk = left[start : start + _LEFTOVER_CHUNK]
+            if self._spool is None or _time_left(end) <= 0:
+                # Nowhere (or no time) to keep them: no point building them first.
+                self._count_lost_at_exit(len(left) - start, wait)
+                return
             ops: list[Operation] = []
-            for item in left[start : start + _LEFTOVER_CHUNK]:
-                op = item if isinstance(item, Operation) else self._build_here(item)
+            letters: list[DeadLetterRow] = []
+            for item in chunk:
+                op = item if isinstance(item, Operation) else self._build_here(item, letters)
                 if op is not None:
                     ops.append(op)
-            if not self._store(ops, untaken=True):
+            self._keep_dead_letters(letters, wait=_time_left(end))
+            if ops and not self._store(ops, wait=_time_left(end), open_file=True, untaken=True):
                 self._count_lost_at_exit(len(ops), wait)
 
     def _count_lost_at_exit(self, count: int, wait: float) -> None:
@@ -629,17 +713,16 @@ class Bridge:
                 f"{count} events were still queued when shutdown's {wait:g}s ran out"
             )
 
-    def _rescue_in_flight(self, thread: threading.Thread) -> None:
+    def _rescue_in_flight(self, thread: threading.Thread, end: float) -> None:
         """The thread is still at work past the deadline: make sure its batch is on disk.
 
         A batch whose request is on the wire (it may hang) is written here; should the
         send still succeed before the process ends, the rows are removed again, and if
         the process ends first, replay sends them later and the API drops any duplicate
         by id. A batch being built or settled (no network involved: the deadline ended
-        every wait) is waited for instead, at most ``EXIT_MARGIN`` seconds: the thread
-        may need a lock this thread holds (a signal handler), so never longer.
+        every wait) is waited for instead, until ``end`` at most: the thread may need a
+        lock this thread holds (a signal handler), so never longer.
         """
-        end = time.monotonic() + EXIT_MARGIN
         while thread.is_alive():
             if not self._settle_lock.acquire(timeout=max(0.0, end - time.monotonic())):
                 return
@@ -647,7 +730,7 @@ class Bridge:
                 ops = self._in_flight
                 if ops and self._delivery.in_request:
                     if self._spool is not None:
-                        self._spool_in_flight(ops)
+                        self._spool_in_flight(ops, _time_left(end))
                     return
             finally:
                 self._settle_lock.release()
@@ -656,9 +739,9 @@ class Bridge:
                 return
             thread.join(min(left, 0.05))
 
-    def _spool_in_flight(self, ops: list[Operation]) -> None:
+    def _spool_in_flight(self, ops: list[Operation], wait: float) -> None:
         fresh = [op for op in ops if op.id not in self._rescued]
-        if self._store(fresh):
+        if self._store(fresh, wait=wait, open_file=True):
             self._rescued.update(op.id for op in fresh)
             with self._counters.lock:
                 # Counted spooled now, no longer in the queue's depth.
@@ -781,6 +864,7 @@ class Bridge:
         message: str,
         *,
         here: bool = False,
+        letters: list[DeadLetterRow] | None = None,
     ) -> None:
         name = capture.tag if isinstance(capture.tag, str) else capture.message
         # A "name" may be a whole log message: keep at most an event name's worth of it.
@@ -800,23 +884,33 @@ class Bridge:
             self._counters.last_error = f"invalid event {short_name!r}: {letter.message}"
             self._dead_letters.append(letter)
         at, text = letter.at, letter.message
-        self._keep_dead_letters(
-            [DeadLetterRow(0, None, None, short_name, reason, field, text, at, None)]
-        )
+        row = DeadLetterRow(0, None, None, short_name, reason, field, text, at, None)
+        if letters is not None:
+            letters.append(row)
+        else:
+            self._keep_dead_letters([row], wait=CALLER_WAIT if here else None)
 
-    def _keep_dead_letters(self, rows: list[DeadLetterRow]) -> None:
-        if self._spool is not None and rows:
-            try:
-                self._spool.dead_letter(rows)
-            except (SpoolUnavailableError, SpoolBusyError) as exc:
+    def _keep_dead_letters(self, rows: list[DeadLetterRow], *, wait: float | None = None) -> None:
+        """Dead letters to disk too; with ``wait`` (a log call's), a busy spool leaves
+        them for the dispatch thread (up to ``_DEAD_LETTERS_KEPT`` of them)."""
+        if self._spool is None or not rows:
+            return
+        try:
+            self._spool.dead_letter(rows, wait=wait)
+        except SpoolBusyError as exc:
+            if wait is None:
                 self._spool_problem(exc)  # they stay in dead_letters(), in memory
+            elif len(self._letters_unwritten) < _DEAD_LETTERS_KEPT:
+                self._letters_unwritten.extend(rows)
+        except SpoolUnavailableError as exc:
+            self._spool_problem(exc)
 
     def _send(self, ops: list[Operation]) -> None:
-        if self._unwritten:
+        if self._unwritten or self._letters_unwritten:
             # Reservations deferred by log calls go to disk before their events are sent;
             # a short wait only, fresh events must not stall behind a busy spool.
-            self._write_unwritten(CALLER_WAIT)
-            if self._unwritten:
+            self._write_unwritten(CALLER_WAIT, sending=ops)
+            if self._unwritten or self._letters_unwritten:
                 self._dispatcher.schedule_idle(_UNWRITTEN_RETRY)
         self._in_flight = ops
         try:
@@ -847,8 +941,6 @@ class Bridge:
                 self._spool.ack(done)
             except (SpoolUnavailableError, SpoolBusyError) as exc:
                 self._spool_problem(exc)  # replay resends them; the API drops duplicates
-        if done and self._unwritten:
-            self._forget_reservations(set(done))
         self._keep_dead_letters(dead_letter_rows(refused))
         now = time.time()
         kept = (
@@ -884,20 +976,11 @@ class Bridge:
             self._replayer.retry_soon()
             self._dispatcher.schedule_idle(0.0)
 
-    def _forget_reservations(self, sent: set[str]) -> None:
-        """Drop the deferred reservations of events just sent: written now, they would
-        only make replay send them again."""
-        entries: list[tuple[Operation, bool]] = []
-        with contextlib.suppress(IndexError):
-            while True:
-                entries.append(self._unwritten.popleft())
-        self._unwritten.extend(e for e in entries if not (e[1] and e[0].id in sent))
-
     def _replay_round(self) -> float:
         """The dispatch thread's idle work: one replay round; seconds until the next."""
         replayer = self._replayer
         assert replayer is not None
-        if self._unwritten:
+        if self._unwritten or self._letters_unwritten:
             self._write_unwritten()
         result: ReplayRound = replayer.round()
         report = result.report
@@ -917,7 +1000,8 @@ class Bridge:
             if result.error and (result.returned or result.refused):
                 c.last_error = f"replaying the spool: {result.error}"
         delay = replayer.next_delay(result)
-        return min(delay, _UNWRITTEN_RETRY) if self._unwritten else delay
+        waiting = self._unwritten or self._letters_unwritten
+        return min(delay, _UNWRITTEN_RETRY) if waiting else delay
 
 
 # The library's own logger, fetched once here so that the dispatch thread never needs
@@ -993,6 +1077,8 @@ def configure(**settings: Any) -> Bridge:
             old, _bridge = _bridge, new
         if old is not None:
             old.shutdown()
+        if new.settings.durability == "disk":
+            new.open_spool()  # the first log call's event is on disk when it returns
         new.start()
     if new.settings.install_signal_handlers:
         install_sigterm_handler(_on_sigterm)

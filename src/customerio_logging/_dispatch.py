@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -91,6 +92,8 @@ class Dispatcher(Generic[T]):
         idle: Background work done only while the queue is empty (the spool's replay):
             one round per call, returning the seconds until it wants the next. Fresh
             events always go first.
+        on_start: Done first thing on the thread (the spool opened, off the app's
+            threads).
         clock: Monotonic seconds; tests inject one.
     """
 
@@ -104,6 +107,7 @@ class Dispatcher(Generic[T]):
         max_queue_size: int,
         body_limit: int = BATCH_BODY_BYTES,
         idle: Callable[[], float] | None = None,
+        on_start: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._process = process
@@ -114,10 +118,12 @@ class Dispatcher(Generic[T]):
         self._body_limit = body_limit
         self._clock = clock
         self._idle = idle
+        self._on_start = on_start
         self._next_idle = 0.0  # when idle work is next due (set when the thread starts)
         self._queue: deque[T | _Flush | _Stop] = deque()
         self._wake = _Wake()
         self._closed = False
+        self._ended = False  # the thread has left its loop for good
         self._thread: threading.Thread | None = None
         # Reentrant: a tagged call from a signal handler may start the thread while the
         # interrupted code on the same thread is starting it.
@@ -142,6 +148,11 @@ class Dispatcher(Generic[T]):
     def depth(self) -> int:
         """Items waiting: queued, or taken and in a batch not yet settled."""
         return self.queued + len(self._batch) + self._busy
+
+    @property
+    def full(self) -> bool:
+        """True when ``submit`` would refuse an item now (queue full, or stopped)."""
+        return self._closed or len(self._queue) >= self._max_queue_size
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -184,7 +195,10 @@ class Dispatcher(Generic[T]):
         marker = _Flush()
         self._put_marker(marker)
         self._wake.set()
-        return marker.done.wait(max(0.0, timeout))
+        if self._ended:  # after the check above: see _end
+            marker.done.set()
+        done = marker.done.wait(max(0.0, timeout))
+        return done and (not self._ended or self.depth == 0)
 
     def request_flush(self) -> None:
         """Have the thread send its partial batch now; returns without waiting."""
@@ -277,6 +291,9 @@ class Dispatcher(Generic[T]):
             self._markers -= 1
 
     def _run(self) -> None:
+        if self._on_start is not None:
+            with contextlib.suppress(Exception):  # on_start accounts for itself
+                self._on_start()
         queue = self._queue
         next_tick = self._clock() + self._flush_interval
         # Idle work starts a moment after the thread: not while the app is still booting
@@ -294,7 +311,10 @@ class Dispatcher(Generic[T]):
             # Clear before draining: a submit after this point sets it again.
             self._wake.clear()
             while queue:
-                item = queue.popleft()
+                try:
+                    item = queue.popleft()
+                except IndexError:  # stop() drained it meanwhile
+                    break
                 kind = type(item)
                 if kind is _Flush:
                     self._took_marker()
@@ -303,6 +323,7 @@ class Dispatcher(Generic[T]):
                 elif kind is _Stop:
                     self._took_marker()
                     self._send_batch()
+                    self._end()
                     return
                 else:
                     self._add(item)  # type: ignore[arg-type]
@@ -310,6 +331,13 @@ class Dispatcher(Generic[T]):
             if now >= next_tick:
                 self._send_batch()
                 next_tick = now + self._flush_interval
+
+    def _end(self) -> None:
+        """The thread ends: a flush that raced stop() must not wait for it in vain."""
+        self._ended = True
+        for item in list(self._queue):
+            if isinstance(item, _Flush):
+                item.done.set()
 
     def _run_idle(self) -> None:
         assert self._idle is not None

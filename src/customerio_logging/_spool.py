@@ -153,6 +153,16 @@ _SCHEMA = _SCHEMA.format(
 )
 
 
+_INSERT = (
+    "INSERT INTO spool (id, action, name, body, created, lease_owner, lease_until) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) "
+)
+_KEEP = _INSERT + "DO UPDATE SET lease_owner = NULL, lease_until = NULL"
+"""Add, or release a row already there to replay."""
+_RESERVE = _INSERT + "DO NOTHING"
+"""Add leased; a row already there (spooled, or claimed by replay) is left as it is."""
+
+
 def _statements(script: str) -> list[str]:
     """The script's statements one by one: ``executescript`` would commit between them."""
     statements: list[str] = []
@@ -372,18 +382,25 @@ class Spool:
     # -- writing ----------------------------------------------------------------------
 
     def add(
-        self, ops: Sequence[Operation], *, lease: bool = False, wait: float | None = None
+        self,
+        ops: Sequence[Operation],
+        *,
+        lease: bool = False,
+        wait: float | None = None,
+        open_file: bool | None = None,
     ) -> int:
         """Keep ``ops`` until they are sent; an op already here is released to replay.
 
         Args:
             ops: The operations, with their ids and bodies as they will be sent.
             lease: Reserve them for this process's own queue (``durability="disk"``):
-                no replay takes them while this process lives.
+                no replay takes them while this process lives. An op already here is
+                left as it is (a reservation never takes a row back from replay).
             wait: Most seconds to wait for the spool, its lock and another process's
-                write lock each (a log call passes :data:`CALLER_WAIT`). With a wait,
-                a spool not open yet is not opened here (that may take seconds): the
-                call raises :class:`SpoolBusyError` instead.
+                write lock each (a log call passes :data:`CALLER_WAIT`).
+            open_file: Open the file if it is not open yet (that may take seconds);
+                when False the call raises :class:`SpoolBusyError` instead. By default
+                only a call without a ``wait`` opens it.
 
         Returns:
             How many operations (the oldest, maybe some of ``ops``) were evicted to
@@ -394,13 +411,9 @@ class Spool:
         now = self._clock()
         owner, until = (self._owner, now + FRESH_LEASE) if lease else (None, None)
         rows = [(op.id, op.action, op.name, op.body, now, owner, until) for op in ops]
-        with self._transaction(wait=wait, open_file=wait is None) as conn:
-            conn.executemany(
-                "INSERT INTO spool (id, action, name, body, created, lease_owner, lease_until) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "lease_owner = excluded.lease_owner, lease_until = excluded.lease_until",
-                rows,
-            )
+        opens = wait is None if open_file is None else open_file
+        with self._transaction(wait=wait, open_file=opens) as conn:
+            conn.executemany(_RESERVE if lease else _KEEP, rows)
             return self._evict(conn)
 
     def _evict(self, conn: sqlite3.Connection) -> int:
@@ -484,19 +497,27 @@ class Spool:
                     [(i, self._owner) for i in ids],
                 )
 
-    def dead_letter(self, letters: Sequence[DeadLetterRow]) -> int:
+    def dead_letter(
+        self,
+        letters: Sequence[DeadLetterRow],
+        *,
+        wait: float | None = None,
+        open_file: bool | None = None,
+    ) -> int:
         """Set operations aside for good (``seq`` is ignored); their spool rows go.
 
         Texts are cut to ``DEAD_LETTER_TEXT`` characters. The dead letter keeps its newest
         ``MAX_DEAD_LETTERS`` rows within ``dead_letter_max_bytes``; older ones are evicted
-        and counted (:attr:`SpoolStatus.dead_letters_evicted`).
+        and counted (:attr:`SpoolStatus.dead_letters_evicted`). ``wait`` and
+        ``open_file`` are as for :meth:`add`.
 
         Returns:
             How many dead letters (the oldest, maybe some of ``letters``) were evicted.
         """
         if not letters:
             return 0
-        with self._transaction() as conn:
+        opens = wait is None if open_file is None else open_file
+        with self._transaction(wait=wait, open_file=opens) as conn:
             conn.executemany(
                 "INSERT INTO dead_letter (id, action, name, reason, field, message, at, body) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -668,6 +689,11 @@ class Spool:
             with self._transaction(write=False, wait=wait, open_file=True):
                 pass
 
+    @property
+    def is_open(self) -> bool:
+        """True once this process has the file open."""
+        return self._conn is not None and self._pid == os.getpid()
+
     @contextlib.contextmanager
     def _transaction(
         self, *, write: bool = True, wait: float | None = None, open_file: bool = True
@@ -678,15 +704,18 @@ class Spool:
             # A signal handler on this thread, run in the middle of a transaction.
             raise SpoolBusyError("the spool is in use by this very thread (a signal handler)")
         lock_wait = _WAIT if wait is None else wait
+        end = time.monotonic() + lock_wait  # a given wait bounds the whole call, not each step
         if not self._lock.acquire(timeout=lock_wait):
             raise SpoolBusyError(f"the spool stayed busy for {lock_wait:g} s")
         try:
             self._holder = threading.get_ident()
             if self._conn is None and not open_file:
                 raise SpoolBusyError("the spool is not open yet")
-            conn = self._connection()
+            left = None if wait is None else max(0.0, end - time.monotonic())
+            conn = self._connection(_LOCK_WAIT if left is None else left)
             try:
-                self._set_busy_wait(conn, _BUSY_WAIT if wait is None else wait)
+                left = None if wait is None else max(0.0, end - time.monotonic())
+                self._set_busy_wait(conn, _BUSY_WAIT if left is None else left)
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     yield conn
@@ -727,7 +756,7 @@ class Spool:
         self._pid = os.getpid()
         self._broken_until = 0.0
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self, open_wait: float = 0.0) -> sqlite3.Connection:
         if self._conn is not None:
             return self._conn
         if time.monotonic() < self._broken_until:
@@ -740,7 +769,7 @@ class Spool:
             )
             raise SpoolUnavailableError(self._broken_message)
         try:
-            self._conn = self._open()
+            self._conn = self._open(open_wait)
             self._busy_millis = -1
         except SpoolUnavailableError as exc:
             self._broken_until = time.monotonic() + _RETRY_OPEN_AFTER
@@ -770,7 +799,7 @@ class Spool:
             self._broken_message = message
         return SpoolUnavailableError(message)
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, wait: float) -> sqlite3.Connection:
         path = self.path  # as given, in messages; SQLite gets the real one
         try:
             real = prepare(path)
@@ -785,7 +814,7 @@ class Spool:
         try:
             # One process at a time checks (and maybe moves aside) the file. A POSIX
             # record lock, not flock(): a child forked meanwhile does not inherit it.
-            _lock_file(lock, path)
+            _lock_file(lock, path, wait)
             make_private(real, LOCK)  # no one else's to hold
             try:
                 conn = self._open_checked(real)
@@ -934,9 +963,9 @@ class _RefusedFileError(Exception):
 _LOCK_WAIT = 10.0  # seconds: a quick_check of a large file, done by another process
 
 
-def _lock_file(fd: int, path: Path) -> None:
-    """Take the open lock, waiting at most ``_LOCK_WAIT`` seconds for another process."""
-    deadline = time.monotonic() + _LOCK_WAIT
+def _lock_file(fd: int, path: Path, wait: float) -> None:
+    """Take the open lock, waiting at most ``wait`` seconds for another process."""
+    deadline = time.monotonic() + wait
     while True:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -944,7 +973,7 @@ def _lock_file(fd: int, path: Path) -> None:
         except OSError:
             if time.monotonic() >= deadline:
                 raise SpoolBusyError(
-                    f"the spool at {path} stayed locked by another process for {_LOCK_WAIT:g} s"
+                    f"the spool at {path} stayed locked by another process for {wait:g} s"
                 ) from None
         # lockf has no timed wait: a short poll, for the rare open that meets another.
         time.sleep(0.01)

@@ -8,7 +8,9 @@ sticky shared one; in it, regular files of this user's own, never a link, never 
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
+import pwd
 import sqlite3
 import stat
 import time
@@ -195,12 +197,29 @@ def _check_folder(directory: Path) -> None:
         raise UnsafePathError(
             f"is in a folder owned by another user ({directory}, uid {info.st_uid}); {_FIX}"
         )
-    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+    writers = info.st_mode & (0o002 if _private_group(info.st_gid) else 0o022)
+    if writers and not info.st_mode & stat.S_ISVTX:
         # Others could rename our file and put a link, or their own file, in its place.
         raise UnsafePathError(
             f"is in a folder other users can write to ({directory}, mode "
             f"{stat.S_IMODE(info.st_mode):04o}, no sticky bit); {_FIX}"
         )
+
+
+def _private_group(gid: int) -> bool:
+    """True for this user's own group, as systems with user private groups (a umask of
+    002) make it: named after the user, with no other member, and no other user's
+    primary group. Its write bit lets no one else in."""
+    if gid != os.getegid():
+        return False
+    try:
+        user = pwd.getpwuid(os.geteuid())
+        group = grp.getgrgid(gid)
+    except KeyError:  # a uid or gid with no name (a container's arbitrary one)
+        return False
+    if group.gr_name != user.pw_name or any(m != user.pw_name for m in group.gr_mem):
+        return False
+    return all(u.pw_gid != gid or u.pw_uid == user.pw_uid for u in pwd.getpwall())
 
 
 def _check_file(info: os.stat_result, suffix: str = "") -> None:
