@@ -1159,12 +1159,7 @@ class TestUnboundedValues:
     ) -> None:
         value: object = {HashOnce(): 1} if kind == "dict_key" else {HashOnce()}
         fields = {"cio_event": True, "user_id": "u", "m": value}
-        if through == "record":
-            capture = capture_record(logging.makeLogRecord({"msg": "e", **fields}))
-        elif through == "event_dict":
-            capture = capture_event_dict({"event": "e", **fields})
-        else:
-            capture = capture_record(logging.makeLogRecord({"msg": {"event": "e", **fields}}))
+        capture = _capture_through(through, fields)
         assert capture is not None
         error = invalid(capture)
         assert (error.reason, error.field) == ("unsupported_value", "attributes.m")
@@ -1202,6 +1197,15 @@ cio.flush(10)
 letters = [(d.reason, d.field) for d in bridge.dead_letters()]
 print(json.dumps({"invalid": cio.stats().invalid, "letters": letters}))
 """
+
+
+def _capture_through(through: str, fields: dict[str, object]) -> Capture | None:
+    """Capture ``fields`` as a stdlib record, a structlog event dict, or a dict message."""
+    if through == "record":
+        return capture_record(logging.makeLogRecord({"msg": "e", **fields}))
+    if through == "event_dict":
+        return capture_event_dict({"event": "e", **fields})
+    return capture_record(logging.makeLogRecord({"msg": {"event": "e", **fields}}))
 
 
 class TestNoFreeze:
@@ -1371,12 +1375,7 @@ class TestUnreadableTag:
     @pytest.mark.parametrize("through", ["record", "event_dict", "dict_message"])
     def test_taken_then_invalid_with_a_reason(self, through: str) -> None:
         fields = {"cio_event": NoTruth(), "user_id": "u"}
-        if through == "record":
-            capture = capture_record(logging.makeLogRecord({"msg": "e", **fields}))
-        elif through == "event_dict":
-            capture = capture_event_dict({"event": "e", **fields})
-        else:
-            capture = capture_record(logging.makeLogRecord({"msg": {"event": "e", **fields}}))
+        capture = _capture_through(through, fields)
         assert capture is not None
         error = invalid(capture)
         assert (error.reason, error.field) == ("invalid_tag", "cio_event")

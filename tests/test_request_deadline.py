@@ -382,21 +382,25 @@ class TestWatchdogInAFreshProcess:
         assert _run_python(_CUT_PROGRAM) == "0"
 
 
+def _bridge(server: Trickler, tmp_path: Path, *, request_timeout: float) -> cio.Bridge:
+    return cio.configure(
+        site_id="site",
+        api_key="key",
+        track_url=f"http://127.0.0.1:{server.port}",
+        request_timeout=request_timeout,
+        max_retries=0,
+        flush_interval=0.05,
+        spool_path=tmp_path / "spool.db",
+        install_signal_handlers=False,
+    )
+
+
 class TestBridgeDeadline:
     def test_a_trickled_batch_is_spooled_within_the_request_timeout(self, tmp_path: Path) -> None:
         head, drip = PHASES["body"]
         server = Trickler(head, drip, interval=0.2)
         try:
-            bridge = cio.configure(
-                site_id="site",
-                api_key="key",
-                track_url=f"http://127.0.0.1:{server.port}",
-                request_timeout=1.0,
-                max_retries=0,
-                flush_interval=0.05,
-                spool_path=tmp_path / "spool.db",
-                install_signal_handlers=False,
-            )
+            bridge = _bridge(server, tmp_path, request_timeout=1.0)
             bridge.submit(_capture())
             started = time.monotonic()
             assert bridge.flush(timeout=1.0 + _MARGIN + 0.5)
@@ -413,16 +417,7 @@ class TestBridgeDeadline:
         head, drip = PHASES["headers"]
         server = Trickler(head, drip, interval=0.2)
         try:
-            bridge = cio.configure(
-                site_id="site",
-                api_key="key",
-                track_url=f"http://127.0.0.1:{server.port}",
-                request_timeout=30.0,
-                max_retries=0,
-                flush_interval=0.05,
-                spool_path=tmp_path / "spool.db",
-                install_signal_handlers=False,
-            )
+            bridge = _bridge(server, tmp_path, request_timeout=30.0)
             bridge.submit(_capture())
             assert server.accepted.wait(5.0)
             bridge.shutdown(0.3)
