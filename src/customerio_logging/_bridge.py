@@ -779,6 +779,20 @@ class Bridge:
                 deferred=c.deferred,
             )
 
+    def _carry_counters(self, before: Stats) -> None:
+        """Go on counting from a bridge this one replaces (see flush_or_spool): what that
+        one still held in memory is counted dropped here."""
+        c = self._counters
+        with c.lock:
+            for name in (
+                "sent", "retried", "failed", "dropped", "invalid", "spooled", "replayed",
+                "dead_lettered", "batches", "replay_refused", "evicted", "deferred",
+            ):  # fmt: skip
+                setattr(c, name, getattr(before, name))
+            c.untaken = before.enqueued
+            c.dropped += before.queue_depth
+            c.last_error = before.last_error
+
     def dead_letters(self) -> list[DeadLetter]:
         """The most recent events set aside as undeliverable (newest last, at most 1000)."""
         with self._counters.lock:
@@ -1153,6 +1167,33 @@ def _bridge_from_env() -> Bridge:
 def current_bridge() -> Bridge | None:
     """The bridge if one exists, without building one."""
     return _bridge
+
+
+def flush_or_spool(timeout: float) -> bool:
+    """Deliver what is queued within ``timeout``; what is not delivered by then is on disk
+    when this returns, and a fresh bridge (same settings) takes the process's next events.
+
+    For a process that may be frozen or killed without warning as soon as this returns:
+    a serverless handler's end. It takes ``timeout`` plus the few milliseconds the spool
+    writes take (at most ``EXIT_MARGIN`` more when the spool is busy).
+
+    Returns:
+        True when everything was delivered (or nothing is set up).
+    """
+    global _bridge
+    bridge = _bridge
+    if bridge is None or bridge.flush(timeout):
+        return True
+    # Sending stops now: what is queued, and a batch still on the wire, go to the spool.
+    bridge.shutdown(0.0)
+    fresh = Bridge(bridge.settings)
+    fresh._carry_counters(bridge.stats())
+    with _bridge_lock:
+        if _bridge is bridge:
+            _bridge = fresh
+    if _bridge is fresh:
+        fresh.start()
+    return False
 
 
 def flush(timeout: float | None = None) -> bool:
