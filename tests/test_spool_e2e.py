@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,23 @@ class TestTwoDrainers:
         replayed = [json.loads(out.splitlines()[-1])["replayed"] for out, _ in outputs]
         assert sum(replayed) == 4000
         _assert_each_once(emulator, _users("u", 4000))
+
+
+class TestShortLivedProcess:
+    def test_a_process_too_short_for_background_replay_still_sends_the_backlog(
+        self, emulator: TrackAPIEmulator, tmp_path: Path
+    ) -> None:
+        # A cron job: before, a process that lived under a second never replayed (the
+        # background replay starts a second after the bridge), so a backlog never left.
+        spool = tmp_path / "spool.sqlite3"
+        emulator.set_faults(DOWN)
+        assert _run(emulator, spool, "log", "300").returncode == 0
+        assert spool_pending(spool) == 300
+        emulator.set_faults(None)
+        started = time.monotonic()
+        result = _run(emulator, spool, "log", "1", "--prefix", "late")
+        took = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        _assert_each_once(emulator, _users("u", 300) | {"late0"})
+        assert spool_pending(spool) == 0
+        assert took < 2.0 + 5.0, took  # shutdown_timeout, plus the interpreter's start

@@ -651,6 +651,8 @@ class Bridge:
                 return min(wait / 2, _EXIT_RESERVE + (queued + len(self._unwritten)) * _EXIT_COST)
 
         left = self._dispatcher.stop(wait, reserve=reserve)
+        if not left and reserve is not None:
+            self._replay_at_exit(deadline - reserve(0))
         # Sending is over: a retry wait, a 429 pause or a held batch ends now, and the
         # thread settles its batch (to the spool) while this one writes the rest.
         pacer.set_deadline(time.monotonic())
@@ -673,6 +675,22 @@ class Bridge:
             self._rescue_in_flight(thread, end)
         self._drop_unwritten(wait)
         self._emit_pending_warnings()
+
+    def _replay_at_exit(self, until: float) -> None:
+        """Everything fresh was delivered with time to spare: replay the spool until
+        ``until``, so that a process too short-lived for the background replay (a cron
+        job) still sends what earlier ones left. Only once this process's own sends went
+        through: an API that does not answer costs the exit nothing."""
+        thread = self._dispatcher.thread
+        if (
+            self._replayer is None
+            or (thread is not None and thread.is_alive())
+            or self._fresh_failing
+            or self._counters.sent == 0
+        ):
+            return
+        while time.monotonic() < until and self._replay_round() == 0.0:
+            pass
 
     def _prepare_spool(self, spool: Spool, wait: float) -> None:
         """Open the spool now if something may need it, not first at the deadline."""
