@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import customerio_logging
 from customerio_logging.testing import TrackAPIEmulator
 
 from .conftest import PROGRAMS
@@ -21,7 +22,8 @@ celery = pytest.importorskip("celery")
 N = 60  # tasks sent; each child is recycled after 10
 RAN_BEFORE_SIGTERM = 30
 TIMEOUT = 30.0
-SRC = Path(__file__).parent.parent / "src"
+# The worker imports the library the tests import.
+SRC = Path(customerio_logging.__file__).parent.parent
 
 
 def _send_tasks(broker: Path, count: int) -> set[str]:
@@ -79,8 +81,12 @@ def _run_worker(emulator: TrackAPIEmulator, tmp_path: Path, setup: str) -> dict[
             start_new_session=True,
         )  # fmt: skip
         try:
-            started = _wait_until(lambda: len(os.listdir(ran)) >= RAN_BEFORE_SIGTERM, TIMEOUT)
+            started = _wait_until(
+                lambda: len(os.listdir(ran)) >= RAN_BEFORE_SIGTERM or worker.poll() is not None,
+                TIMEOUT,
+            )
             assert started, (tmp_path / "worker.log").read_text()
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
             before = {path.name for path in ran.iterdir()}
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(TIMEOUT) == 0, (tmp_path / "worker.log").read_text()
