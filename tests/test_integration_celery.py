@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,13 +51,13 @@ def _wait_until(condition: object, timeout: float) -> bool:
     return True
 
 
-def _run_worker(emulator: TrackAPIEmulator, tmp_path: Path, setup: str) -> dict[str, str]:
-    """Start the worker on N queued tasks, SIGTERM it once RAN_BEFORE_SIGTERM ran, wait
-    for it to end; return the tasks that ran: user id -> pid of the child that ran it.
-
-    Tasks the pool had taken still run after the SIGTERM (a warm shutdown): the test
-    checks some ended after it.
-    """
+@contextlib.contextmanager
+def _worker(
+    emulator: TrackAPIEmulator, tmp_path: Path, setup: str
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A worker started on N queued tasks, and the folder where the tasks that ran leave a
+    file (user id -> pid of the child that ran it); the worker's process group is killed
+    at the end, whatever happened."""
     broker, ran = tmp_path / "broker", tmp_path / "ran"
     broker.mkdir()
     ran.mkdir()
@@ -81,22 +83,44 @@ def _run_worker(emulator: TrackAPIEmulator, tmp_path: Path, setup: str) -> dict[
             start_new_session=True,
         )  # fmt: skip
         try:
-            started = _wait_until(
-                lambda: len(os.listdir(ran)) >= RAN_BEFORE_SIGTERM or worker.poll() is not None,
-                TIMEOUT,
-            )
-            assert started, (tmp_path / "worker.log").read_text()
-            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
-            before = {path.name for path in ran.iterdir()}
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(TIMEOUT) == 0, (tmp_path / "worker.log").read_text()
+            yield worker, ran
         finally:
-            if worker.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+            worker.wait()
+
+
+def _wait_for_tasks(worker: subprocess.Popen[bytes], ran: Path, count: int) -> set[str]:
+    """Wait until ``count`` tasks ran; return their user ids."""
+    done = _wait_until(lambda: len(os.listdir(ran)) >= count or worker.poll() is not None, TIMEOUT)
+    log = (ran.parent / "worker.log").read_text
+    assert done, log()
+    assert worker.poll() is None, log()
+    return set(os.listdir(ran))
+
+
+def _run_worker(emulator: TrackAPIEmulator, tmp_path: Path, setup: str) -> dict[str, str]:
+    """Start the worker, SIGTERM it once RAN_BEFORE_SIGTERM tasks ran, wait for it to end;
+    return the tasks that ran: user id -> pid of the child that ran it.
+
+    Tasks the pool had taken still run after the SIGTERM (a warm shutdown): some must
+    end after it.
+    """
+    with _worker(emulator, tmp_path, setup) as (worker, ran):
+        before = _wait_for_tasks(worker, ran, RAN_BEFORE_SIGTERM)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(TIMEOUT) == 0, (tmp_path / "worker.log").read_text()
     after = {path.name: path.read_text() for path in ran.iterdir()}
     assert set(after) - before, "no task was running at SIGTERM"
     return after
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _accepted_users(emulator: TrackAPIEmulator) -> Counter[str]:
@@ -117,6 +141,21 @@ class TestInstall:
         users = _accepted_users(emulator)
         assert [u for u, n in users.items() if n > 1] == [], "an event arrived twice"
         assert set(users) == set(ran)
+
+    @pytest.mark.skipif(sys.platform != "linux", reason="Linux parent-death signal")
+    def test_children_still_die_with_the_worker(
+        self, emulator: TrackAPIEmulator, tmp_path: Path
+    ) -> None:
+        # The replacements of recycled children get our parent-death signal in place of
+        # Celery's SIGKILL: they must still end when the worker process is killed (by
+        # that signal, or on their own when the pool's pipes close, whichever is first).
+        with _worker(emulator, tmp_path, "install") as (worker, ran):
+            _wait_for_tasks(worker, ran, 25)  # a child has been recycled: its replacement runs
+            children = {int(path.read_text()) for path in ran.iterdir()}
+            assert len(children) > 2, "no child was recycled"
+            worker.kill()
+            worker.wait()
+            assert _wait_until(lambda: not any(map(_alive, children)), 5.0), "orphans"
 
 
 class TestWithoutInstall:
