@@ -33,6 +33,7 @@ def _send_tasks(broker: Path, count: int) -> set[str]:
     producer.conf.broker_transport_options = {
         "data_folder_in": str(broker),
         "data_folder_out": str(broker),
+        "control_folder": str(broker),
     }
     users = {f"u{i}" for i in range(count)}
     with producer.connection_for_write() as connection:

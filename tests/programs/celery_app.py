@@ -31,6 +31,7 @@ app.conf.update(
         "data_folder_in": broker,
         "data_folder_out": broker,
         "processed_folder": broker,
+        "control_folder": broker,
         "polling_interval": 0.05,
     },
     task_ignore_result=True,
