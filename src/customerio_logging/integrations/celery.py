@@ -115,14 +115,17 @@ def _on_exit(**_: Any) -> None:
 
 
 def _on_child_start(**_: Any) -> None:
+    # Celery arms SIGKILL as a pool child's parent-death signal. Linux sends it when the
+    # *thread* that forked the child ends: for a child a pool thread forked, that is at a
+    # warm shutdown, before the child is told to stop and delivers.
     global _parent_pid
     if sys.platform != "linux" or threading.get_ident() == _main_thread_id:
         return  # no parent-death signal, or forked by the worker's main thread: it is right
-    from billiard.util import get_pdeathsig, set_pdeathsig  # type: ignore[import-untyped]
-
     # A real-time signal: nothing else sends it, and Python can handle it.
     parent_gone = signal.SIGRTMAX - 3
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(ImportError, OSError):  # a billiard without them: left alone
+        from billiard.util import get_pdeathsig, set_pdeathsig  # type: ignore[import-untyped]
+
         if get_pdeathsig() != signal.SIGKILL:
             return
         _parent_pid = os.getppid()
