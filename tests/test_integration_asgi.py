@@ -15,9 +15,9 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -131,7 +131,8 @@ class TestLifespan:
 
         assert server.replies == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
         assert delivered_at_reply == [1]  # delivered before the server heard "complete"
-        assert bridge.thread is not None and not bridge.thread.is_alive()
+        assert bridge.thread is not None
+        assert not bridge.thread.is_alive()
 
     def test_an_app_speaking_lifespan_is_passed_through_and_its_own_shutdown_events_delivered(
         self, bridge: cio.Bridge, emulator: TrackAPIEmulator
@@ -150,7 +151,8 @@ class TestLifespan:
             asyncio.run(server.run(CustomerIOMiddleware(_lifespan_app(fail_startup=True))))
 
         assert server.replies == ["lifespan.startup.failed"]
-        assert bridge.thread is not None and bridge.thread.is_alive()
+        assert bridge.thread is not None
+        assert bridge.thread.is_alive()
 
     def test_an_app_failing_in_its_shutdown_still_gets_its_events_delivered(
         self, bridge: cio.Bridge, emulator: TrackAPIEmulator
@@ -213,17 +215,27 @@ def _free_port() -> int:
         return port
 
 
-class _Uvicorn:
-    """``uvicorn asgi_app:app --workers 2`` in its own process group; stderr collected."""
+def _command(server: str, port: int) -> list[str]:
+    """Two workers of the app: ``uvicorn --workers 2``, or gunicorn with UvicornWorker."""
+    if server == "uvicorn":
+        return [
+            *(sys.executable, "-m", "uvicorn", "asgi_app:app"),
+            *("--app-dir", str(PROGRAMS), "--workers", "2", "--no-access-log"),
+            *("--host", "127.0.0.1", "--port", str(port)),
+        ]
+    return [
+        *(sys.executable, "-m", "gunicorn", "asgi_app:app", "--chdir", str(PROGRAMS)),
+        *("-k", "uvicorn.workers.UvicornWorker", "-w", "2", "-b", f"127.0.0.1:{port}"),
+    ]
 
-    def __init__(self, env: dict[str, str]) -> None:
+
+class _Uvicorn:
+    """The app served by two uvicorn workers, in its own process group; stderr collected."""
+
+    def __init__(self, env: dict[str, str], server: str = "uvicorn") -> None:
         self.port = _free_port()
         self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "uvicorn", "asgi_app:app"),
-                *("--app-dir", str(PROGRAMS), "--workers", "2", "--no-access-log"),
-                *("--host", "127.0.0.1", "--port", str(self.port)),
-            ],
+            _command(server, self.port),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -256,7 +268,7 @@ class _Uvicorn:
     def get(self, user: str, statuses: dict[str, int]) -> None:
         url = f"http://127.0.0.1:{self.port}/?user={user}"
         try:
-            with urllib.request.urlopen(url, timeout=HARD_TIMEOUT) as reply:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=HARD_TIMEOUT) as reply:
                 statuses[user] = reply.status
         except OSError:
             statuses[user] = 0  # refused or reset: not accepted
@@ -267,16 +279,16 @@ class _Uvicorn:
         return self.process.wait(HARD_TIMEOUT)
 
     def kill(self) -> None:
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(HARD_TIMEOUT)
         self._reader.join(HARD_TIMEOUT)
 
 
 @contextmanager
-def _uvicorn(emulator: TrackAPIEmulator, tmp_path: Path, **app_env: str) -> Iterator[_Uvicorn]:
+def _uvicorn(
+    emulator: TrackAPIEmulator, tmp_path: Path, server_name: str = "uvicorn", **app_env: str
+) -> Iterator[_Uvicorn]:
     src = Path(cio.__file__).parent.parent
     env = {
         **os.environ,
@@ -287,7 +299,7 @@ def _uvicorn(emulator: TrackAPIEmulator, tmp_path: Path, **app_env: str) -> Iter
         "XDG_STATE_HOME": str(tmp_path / "state"),
         **app_env,
     }
-    server = _Uvicorn(env)
+    server = _Uvicorn(env, server_name)
     try:
         server.wait_for(lambda text: text.count("Application startup complete") == 2)
         yield server
@@ -311,12 +323,15 @@ def _terminate_with_requests_in_flight(
 
 
 class TestUvicornWorkers:
-    USERS = [f"u{i}" for i in range(6)]
+    USERS: ClassVar[list[str]] = [f"u{i}" for i in range(6)]
 
+    @pytest.mark.parametrize("server_name", ["uvicorn", "gunicorn"])
     def test_with_the_middleware_every_request_in_flight_at_sigterm_has_its_event_once(
-        self, emulator: TrackAPIEmulator, tmp_path: Path
+        self, server_name: str, emulator: TrackAPIEmulator, tmp_path: Path
     ) -> None:
-        with _uvicorn(emulator, tmp_path, APP_MIDDLEWARE="1") as server:
+        if server_name == "gunicorn":
+            pytest.importorskip("gunicorn")
+        with _uvicorn(emulator, tmp_path, server_name, APP_MIDDLEWARE="1") as server:
             status, statuses = _terminate_with_requests_in_flight(server, self.USERS)
 
         assert status == 0, server.stderr

@@ -228,7 +228,7 @@ def sigterm_hint() -> str | None:
     return (
         f"SIGTERM is handled by {module}.{name}, which ends the process without "
         f"customerio_logging's flush and without atexit: events still queued then are lost. "
-        f"Wrap the ASGI app in customerio_logging.integrations.asgi.CustomerIOMiddleware "
-        f"(it shuts the bridge down at lifespan shutdown, after the server drained); under "
-        f"gunicorn, call customerio_logging.shutdown() from its worker_exit hook"
+        f"Wrap the ASGI app in customerio_logging.integrations.asgi.CustomerIOMiddleware: "
+        f"it shuts the bridge down at lifespan shutdown, after the server drained (under "
+        f"gunicorn's UvicornWorker too, where a worker_exit hook would never run)"
     )

@@ -133,12 +133,9 @@ async def _off_loop(work: Callable[[], None]) -> None:
     """Run ``work`` on a worker thread, so that the event loop is never blocked by it."""
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: anyio on trio, if anyio is there
-        try:
-            import anyio.to_thread
-        except ImportError:
-            work()  # requests are drained: blocking this loop delays nothing but the exit
-            return
-        await anyio.to_thread.run_sync(work)
+    except RuntimeError:
+        # Not asyncio (trio): no thread to await without importing a framework. At
+        # lifespan shutdown the requests are drained: blocking delays only the exit.
+        work()
         return
     await loop.run_in_executor(None, work)
