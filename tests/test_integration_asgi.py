@@ -14,14 +14,15 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
 import customerio_logging as cio
+from customerio_logging import _lifecycle
 from customerio_logging._delivery import Response
 from customerio_logging.integrations.asgi import CustomerIOMiddleware
 from customerio_logging.testing import TrackAPIEmulator
@@ -187,6 +188,25 @@ class TestLifespan:
         assert time.monotonic() - started < bridge.settings.shutdown_timeout
         assert bridge.stats().sent == 1
 
+    def test_as_starlette_middleware_the_apps_lifespan_events_are_delivered(
+        self, bridge: cio.Bridge, emulator: TrackAPIEmulator
+    ) -> None:
+        pytest.importorskip("starlette")
+        from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            yield
+            _log_event("app_stopping", "app")
+
+        app = Starlette(lifespan=lifespan, middleware=[Middleware(CustomerIOMiddleware)])
+        server = _Server()
+        asyncio.run(server.run(app))
+
+        assert server.replies == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+        assert _users_delivered(emulator, "app_stopping") == {"app": 1}
+
     def test_http_scopes_pass_straight_through(self) -> None:
         seen: list[Any] = []
 
@@ -203,6 +223,50 @@ class TestLifespan:
         asyncio.run(CustomerIOMiddleware(app)(scope, receive, send))
 
         assert seen == [(scope, receive, send)]
+
+
+class TestDisplacedSigterm:
+    """Which SIGTERM handlers mean the process will end without our flush."""
+
+    @pytest.fixture
+    def uvicorn_capture(self) -> Callable[..., object]:
+        uvicorn = pytest.importorskip("uvicorn")
+        return uvicorn.Server(uvicorn.Config(_no_lifespan)).handle_exit
+
+    def test_ours_chained_onto_uvicorns_capture_is_reported(
+        self, uvicorn_capture: Callable[..., object]
+    ) -> None:
+        # configure() ran inside the capture (uvicorn --workers imports the app there).
+        ours = _lifecycle._handle_sigterm
+        expected = "uvicorn.server.Server.handle_exit"
+        assert _lifecycle.temporary_capture(ours, uvicorn_capture) == expected
+
+    def test_uvicorns_capture_without_ours_is_reported(
+        self, uvicorn_capture: Callable[..., object]
+    ) -> None:
+        # The bridge was built from the environment at the first log call: no handler.
+        expected = "uvicorn.server.Server.handle_exit"
+        assert _lifecycle.temporary_capture(uvicorn_capture, None) == expected
+
+    def test_ours_displaced_by_uvicorns_capture_is_not(
+        self, uvicorn_capture: Callable[..., object]
+    ) -> None:
+        # configure() ran before uvicorn.run(): the capture restores ours and raises again.
+        assert _lifecycle.temporary_capture(uvicorn_capture, signal.SIG_DFL) is None
+
+    @pytest.mark.parametrize(
+        ("current", "chained"),
+        [
+            (_lifecycle._handle_sigterm, signal.SIG_DFL),
+            (_lifecycle._handle_sigterm, signal.SIG_IGN),
+            (_lifecycle._handle_sigterm, signal.default_int_handler),
+            (signal.SIG_DFL, None),
+            (None, None),
+        ],
+        ids=["ours-default", "ours-ignored", "ours-chained-to-another", "no-handler", "not-python"],
+    )
+    def test_other_handlers_are_not(self, current: Any, chained: Any) -> None:
+        assert _lifecycle.temporary_capture(current, chained) is None
 
 
 # -- real uvicorn --workers 2, SIGTERM with requests in flight ------------------------------

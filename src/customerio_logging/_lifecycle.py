@@ -19,6 +19,7 @@ __all__ = [
     "install_sigterm_handler",
     "note_exit_covered",
     "sigterm_hint",
+    "temporary_capture",
 ]
 
 _lock = threading.Lock()
@@ -213,22 +214,36 @@ def sigterm_hint() -> str | None:
     global _hinted
     if _hinted or _exit_covered:
         return None
-    current = signal.getsignal(signal.SIGTERM)
-    if current is _handle_sigterm:
-        handler = _previous_sigterm  # ours chains onto it
-    elif _on_sigterm is None:
-        handler = current
-    else:
-        return None
-    module = getattr(handler, "__module__", None)
-    if not isinstance(module, str) or not module.startswith(_CAPTURING_MODULES):
+    installed = _on_sigterm is not None
+    capture = temporary_capture(
+        signal.getsignal(signal.SIGTERM), _previous_sigterm if installed else None
+    )
+    if capture is None:
         return None
     _hinted = True
-    name = getattr(handler, "__qualname__", type(handler).__qualname__)
     return (
-        f"SIGTERM is handled by {module}.{name}, which ends the process without "
+        f"SIGTERM is handled by {capture}, which ends the process without "
         f"customerio_logging's flush and without atexit: events still queued then are lost. "
         f"Wrap the ASGI app in customerio_logging.integrations.asgi.CustomerIOMiddleware: "
         f"it shuts the bridge down at lifespan shutdown, after the server drained (under "
         f"gunicorn's UvicornWorker too, where a worker_exit hook would never run)"
     )
+
+
+def temporary_capture(current: _Handler, chained: _Handler) -> str | None:
+    """The name of the temporary SIGTERM capture whose end skips our handler, or None.
+
+    Args:
+        current: The SIGTERM handler in force (``signal.getsignal``).
+        chained: The handler ours chains onto; None when ours was never installed.
+    """
+    if current is _handle_sigterm:
+        handler = chained  # ours hands the signal on to it
+    elif chained is None:
+        handler = current
+    else:
+        return None  # ours was displaced: a capture restores it (and raises it again)
+    module = getattr(handler, "__module__", None)
+    if not isinstance(module, str) or not module.startswith(_CAPTURING_MODULES):
+        return None
+    return f"{module}.{getattr(handler, '__qualname__', type(handler).__qualname__)}"
