@@ -1,4 +1,5 @@
-"""Process lifecycle: flush the bridge at exit and on SIGTERM; make it the child's after fork."""
+"""Process lifecycle: flush the bridge at exit and on SIGTERM (and tell when a server's
+SIGTERM capture will skip that); make it the child's after fork."""
 
 from __future__ import annotations
 
