@@ -29,6 +29,7 @@ from ._lifecycle import (
     install_exit_hook,
     install_fork_hook,
     install_sigterm_handler,
+    sigterm_hint,
 )
 from ._limits import MAX_NAME_BYTES
 from ._pacing import Pacer
@@ -228,6 +229,9 @@ class Bridge:
         # Problems met on the dispatch thread, to be logged on an app thread: the
         # dispatch thread never logs (see CustomerIOHandler.flush).
         self._pending_warnings: list[str] = []
+        # Whether to look, once per batch (off the log calls' path), for a server that
+        # will end the process at SIGTERM without our flush (see sigterm_hint).
+        self._watch_sigterm = settings.install_signal_handlers
         self._deadline: float | None = None  # when shutdown must be done (monotonic)
         self._counters = _Counters()
         self._dead_letters: deque[DeadLetter] = deque(maxlen=_DEAD_LETTERS_KEPT)
@@ -944,6 +948,8 @@ class Bridge:
             self._write_unwritten(CALLER_WAIT, sending=ops)
             if self._unwritten or self._letters_unwritten:
                 self._dispatcher.schedule_idle(_UNWRITTEN_RETRY)
+        if self._watch_sigterm:
+            self._check_sigterm()
         self._in_flight = ops
         try:
             report = self._delivery.deliver(ops)
@@ -956,6 +962,15 @@ class Bridge:
                 self._account(report)
             finally:
                 self._in_flight = None
+
+    def _check_sigterm(self) -> None:
+        """Queue the warning, once per process, if SIGTERM will skip our flush; the next
+        log call or flush on an app thread says it (this thread never logs)."""
+        hint = sigterm_hint()
+        if hint is not None:
+            self._watch_sigterm = False
+            with self._counters.lock:
+                self._pending_warnings.append(hint)
 
     def _account(self, report: DeliveryReport) -> None:
         """Settle a fresh batch: sent, dead-lettered (refused for good), or spooled."""

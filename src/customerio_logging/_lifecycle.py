@@ -1,4 +1,5 @@
-"""Process lifecycle: flush the bridge at exit and on SIGTERM; make it the child's after fork."""
+"""Process lifecycle: flush the bridge at exit and on SIGTERM (and tell when a server's
+SIGTERM capture will skip that); make it the child's after fork."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ __all__ = [
     "install_exit_hook",
     "install_fork_hook",
     "install_sigterm_handler",
+    "note_exit_covered",
+    "sigterm_hint",
+    "temporary_capture",
 ]
 
 _lock = threading.Lock()
@@ -174,3 +178,73 @@ def _handle_sigterm(signum: int, frame: FrameType | None) -> None:
     # Still here: PID 1 in a container, whose default-disposition signals the kernel
     # drops. Exit the way a shell reports death by that signal.
     os._exit(128 + signum)
+
+
+# -- SIGTERM taken by a server that skips our flush ---------------------------------------
+
+# Modules whose SIGTERM handler is temporary: uvicorn's ``Server.capture_signals`` puts
+# its own in while serving, then puts back the handler it found and raises SIGTERM again.
+_CAPTURING_MODULES = ("uvicorn.",)
+
+_exit_covered = False  # something else shuts the bridge down in time (CustomerIOMiddleware)
+_hinted = False
+
+
+def note_exit_covered() -> None:
+    """Say that the app shuts the bridge down itself before the process ends (the ASGI
+    middleware does, at lifespan shutdown): ``sigterm_hint`` then stays silent."""
+    global _exit_covered
+    _exit_covered = True
+
+
+def sigterm_hint() -> str | None:
+    """Once per process, a warning when SIGTERM will end it without our flush; else None.
+
+    That can be told for uvicorn: it captures SIGTERM while it serves, and after draining
+    it restores the handler it found and raises SIGTERM again. When the handler it found
+    is not ours (ours chains onto uvicorn's, because the app, and ``configure()`` with
+    it, was imported inside the capture, as ``--workers`` does; or ours was never
+    installed), the process dies with neither our flush nor ``atexit``. When uvicorn
+    displaced ours, it restores ours: nothing is lost, and nothing is said. A handler
+    displaced by another server (gunicorn's, which exits through ``atexit``) is not
+    reported either: it may be just as harmless, and this cannot tell.
+
+    Reads the signal table only (``signal.getsignal`` works from any thread): cheap
+    enough for the dispatch thread to call once per batch.
+    """
+    global _hinted
+    if _hinted or _exit_covered:
+        return None
+    installed = _on_sigterm is not None
+    capture = temporary_capture(
+        signal.getsignal(signal.SIGTERM), _previous_sigterm if installed else None
+    )
+    if capture is None:
+        return None
+    _hinted = True
+    return (
+        f"SIGTERM is handled by {capture}, which ends the process without "
+        f"customerio_logging's flush and without atexit: events still queued then are lost. "
+        f"Wrap the ASGI app in customerio_logging.integrations.asgi.CustomerIOMiddleware: "
+        f"it shuts the bridge down at lifespan shutdown, after the server drained (under "
+        f"gunicorn's UvicornWorker too, where a worker_exit hook would never run)"
+    )
+
+
+def temporary_capture(current: _Handler, chained: _Handler) -> str | None:
+    """The name of the temporary SIGTERM capture whose end skips our handler, or None.
+
+    Args:
+        current: The SIGTERM handler in force (``signal.getsignal``).
+        chained: The handler ours chains onto; None when ours was never installed.
+    """
+    if current is _handle_sigterm:
+        handler = chained  # ours hands the signal on to it
+    elif chained is None:
+        handler = current
+    else:
+        return None  # ours was displaced: a capture restores it (and raises it again)
+    module = getattr(handler, "__module__", None)
+    if not isinstance(module, str) or not module.startswith(_CAPTURING_MODULES):
+        return None
+    return f"{module}.{getattr(handler, '__qualname__', type(handler).__qualname__)}"
