@@ -69,3 +69,10 @@ def test_the_benchmark_runs_and_its_sanity_checks_hold() -> None:
     result = _run(str(ROOT / "benchmarks" / "bench_pipeline.py"), "--quick")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "(d)/(e) events/s" in result.stdout
+
+
+@pytest.mark.parametrize("example", ["fastapi_app.py", "celery_app.py"])
+def test_the_framework_examples_lose_nothing_at_sigterm(example: str) -> None:
+    result = _run(str(ROOT / "examples" / example), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "all delivered" in result.stdout, result.stdout
