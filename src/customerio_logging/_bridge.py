@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _replay
 from ._capture import ACTION, Capture, build_operation
@@ -51,6 +51,8 @@ __all__ = [
     "stats",
 ]
 
+T = TypeVar("T")
+
 _DEAD_LETTERS_KEPT = 1000
 EXIT_MARGIN = 1.0
 """Seconds an exit may run past ``shutdown_timeout`` while the dispatch thread settles the
@@ -62,6 +64,16 @@ _UNWRITTEN_RETRY = 1.0  # seconds before the thread tries again to write deferre
 _UNWRITTEN_WAIT = 1.0  # seconds the thread waits for a log call writing deferred events
 _MESSAGE_CHARS = 300  # an explanation never needs more; a longer one quotes data
 _UNKNOWN_NAMES_KEPT = 1000  # undeclared event names warned about, remembered
+
+
+def _take_all(items: deque[T]) -> list[T]:
+    """Everything in ``items``, taken out one by one: other threads may append meanwhile
+    (each item is then taken by exactly one caller)."""
+    taken: list[T] = []
+    with contextlib.suppress(IndexError):
+        while True:
+            taken.append(items.popleft())
+    return taken
 
 
 def _time_left(end: float) -> float:
@@ -294,13 +306,18 @@ class Bridge:
             self._dispatcher.start()
         return self
 
-    def open_spool(self) -> None:
+    def open_spool(self, wait: float | None = None) -> None:
         """Open the spool now, if there is one and it is not open (never raises: a
-        problem is counted and warned about like any other spool problem)."""
+        problem is counted and warned about like any other spool problem).
+
+        Args:
+            wait: Most seconds to wait for the file's locks; the spool's usual waits
+                when None.
+        """
         spool = self._spool
         if spool is not None and not spool.is_open:
             try:
-                spool.prepare()
+                spool.prepare() if wait is None else spool.prepare(wait)
             except (SpoolUnavailableError, SpoolBusyError) as exc:
                 self._spool_problem(exc)
 
@@ -393,20 +410,14 @@ class Bridge:
         if not self._unwritten_lock.acquire(blocking, -1 if not blocking else _UNWRITTEN_WAIT):
             return
         try:
-            taken: list[tuple[Operation, bool]] = []
-            with contextlib.suppress(IndexError):
-                while True:
-                    taken.append(self._unwritten.popleft())
+            taken = _take_all(self._unwritten)
             if taken:
                 left = self._write_entries(taken, wait)
                 if sending and left:
                     ids = {op.id for op in sending}
                     left = [(op, lease) for op, lease in left if not (lease and op.id in ids)]
                 self._unwritten.extendleft(reversed(left))
-            letters: list[DeadLetterRow] = []
-            with contextlib.suppress(IndexError):
-                while True:
-                    letters.append(self._letters_unwritten.popleft())
+            letters = _take_all(self._letters_unwritten)
             if letters:
                 self._keep_dead_letters(letters, wait=wait)
         finally:
@@ -448,10 +459,7 @@ class Bridge:
 
     def _drop_unwritten(self, wait: float) -> None:
         """At shutdown: what a busy spool still could not take is lost, and counted."""
-        lost = 0
-        with contextlib.suppress(IndexError):
-            while True:
-                lost += not self._unwritten.popleft()[1]
+        lost = sum(not lease for _, lease in _take_all(self._unwritten))
         self._letters_unwritten.clear()  # still in dead_letters(), in memory
         if lost:
             self._count_unwritten(lost, lost=True)
@@ -648,8 +656,9 @@ class Bridge:
             transport.set_deadline(deadline)
         spool = self._spool
         reserve = None
-        if spool is not None:
-            self._prepare_spool(spool, wait)
+        if spool is not None and (self._dispatcher.depth or self._unwritten):
+            # Opened now, not first at the deadline, when something may need it.
+            self.open_spool(min(wait, 1.0))
 
             def reserve(queued: int) -> float:
                 return min(wait / 2, _EXIT_RESERVE + (queued + len(self._unwritten)) * _EXIT_COST)
@@ -695,15 +704,6 @@ class Bridge:
             return
         while time.monotonic() < until and self._replay_round() == 0.0:
             pass
-
-    def _prepare_spool(self, spool: Spool, wait: float) -> None:
-        """Open the spool now if something may need it, not first at the deadline."""
-        if self._dispatcher.depth == 0 and not self._unwritten:
-            return
-        try:
-            spool.prepare(min(wait, 1.0))
-        except (SpoolUnavailableError, SpoolBusyError) as exc:
-            self._spool_problem(exc)
 
     def _settle_leftovers(self, left: list[Capture | Operation], wait: float, end: float) -> None:
         """What was still queued when sending stopped: spooled by ``end``, else dropped.
@@ -924,15 +924,24 @@ class Bridge:
         if letters is not None:
             letters.append(row)
         else:
-            self._keep_dead_letters([row], wait=CALLER_WAIT if here else None)
+            # A short wait on either thread: a busy spool leaves the row for later, and
+            # the event (already counted invalid) is not held in hand meanwhile. Only
+            # the dispatch thread may open the file for it.
+            self._keep_dead_letters([row], wait=CALLER_WAIT, open_file=not here)
 
-    def _keep_dead_letters(self, rows: list[DeadLetterRow], *, wait: float | None = None) -> None:
-        """Dead letters to disk too; with ``wait`` (a log call's), a busy spool leaves
-        them for the dispatch thread (up to ``_DEAD_LETTERS_KEPT`` of them)."""
+    def _keep_dead_letters(
+        self,
+        rows: list[DeadLetterRow],
+        *,
+        wait: float | None = None,
+        open_file: bool | None = None,
+    ) -> None:
+        """Dead letters to disk too; with ``wait``, a spool still busy after it leaves
+        them for the dispatch thread's next try (up to ``_DEAD_LETTERS_KEPT`` of them)."""
         if self._spool is None or not rows:
             return
         try:
-            self._spool.dead_letter(rows, wait=wait)
+            self._spool.dead_letter(rows, wait=wait, open_file=open_file)
         except SpoolBusyError as exc:
             if wait is None:
                 self._spool_problem(exc)  # they stay in dead_letters(), in memory
