@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from customerio_logging import _bridge
-from customerio_logging._delivery import Response
 from customerio_logging._spool import Spool
+from customerio_logging._wire import Response
 from customerio_logging.testing import TrackAPIEmulator
 
 PROGRAMS = Path(__file__).parent / "programs"

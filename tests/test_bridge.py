@@ -13,8 +13,8 @@ import pytest
 import customerio_logging as cio
 from customerio_logging import _bridge
 from customerio_logging._capture import Capture
-from customerio_logging._delivery import Response
 from customerio_logging._limits import BATCH_BODY_BYTES
+from customerio_logging._wire import Response
 from customerio_logging.testing import TrackAPIEmulator
 
 from .conftest import FakeTransport, GatedTransport

@@ -17,9 +17,8 @@ import pytest
 import customerio_logging as cio
 from customerio_logging import _dispatch, _replay, _spool
 from customerio_logging._capture import Capture
-from customerio_logging._delivery import Response
-from customerio_logging._schema import Operation, new_ulid
 from customerio_logging._spool import Spool
+from customerio_logging._wire import Operation, Response, new_ulid
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
 from .conftest import FakeTransport, GatedTransport, spool_pending

@@ -43,7 +43,8 @@ from customerio_logging._limits import (
     NAMED_ACTIONS,
     PERSON_ACTIONS,
 )
-from customerio_logging._schema import Event, Operation, Taxonomy
+from customerio_logging._schema import Event, Taxonomy
+from customerio_logging._wire import Operation
 from customerio_logging.exceptions import InvalidEventError
 from customerio_logging.processor import CustomerIOProcessor
 

@@ -26,8 +26,8 @@ import pytest
 import requests
 
 from customerio_logging.__main__ import main
-from customerio_logging._schema import Operation, new_ulid
 from customerio_logging._spool import DeadLetterRow, Spool, default_spool_path
+from customerio_logging._wire import Operation, new_ulid
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
 from .conftest import closed_port_url

@@ -11,18 +11,9 @@ from typing import ClassVar
 
 import pytest
 import requests
-from hypothesis import given
-from hypothesis import strategies as st
 
-from customerio_logging._delivery import (
-    Delivery,
-    Failure,
-    Response,
-    SessionTransport,
-    batch_body,
-    shorten,
-)
-from customerio_logging._schema import Operation
+from customerio_logging._delivery import Delivery, Failure, SessionTransport
+from customerio_logging._wire import Operation, Response, batch_body
 
 from .conftest import FakeTransport
 
@@ -212,15 +203,6 @@ class TestServerWords:
         else:
             ((_, failure),) = report.failed
             assert failure.message == "HTTP 400 from the Track API"
-
-    @given(text=st.text(), limit=st.integers(min_value=1, max_value=300))
-    def test_shorten_is_bounded_and_printable(self, text: str, limit: int) -> None:
-        short = shorten(text, limit)
-        assert len(short) <= limit
-        assert short.isprintable()
-        line = " ".join(text.split())
-        if line == text and text.isprintable() and len(text) <= limit:
-            assert short == text  # what needs no shortening is kept as it is
 
 
 class TestEnvironmentSettings:

@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from customerio_logging._delivery import BODY_OVERHEAD
 from customerio_logging._dispatch import THREAD_NAME, Dispatcher
-from customerio_logging._schema import Operation
+from customerio_logging._wire import BODY_OVERHEAD, Operation
 
 
 def _op(i: int, size: int = 10) -> Operation:

@@ -24,7 +24,7 @@ import pytest
 
 import customerio_logging as cio
 from customerio_logging import _lifecycle
-from customerio_logging._delivery import Response
+from customerio_logging._wire import Response
 from customerio_logging.integrations.asgi import CustomerIOMiddleware
 from customerio_logging.testing import TrackAPIEmulator
 

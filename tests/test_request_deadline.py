@@ -23,9 +23,9 @@ from customerio_logging import DeliveryError
 from customerio_logging._capture import Capture
 from customerio_logging._delivery import Delivery, SessionTransport
 from customerio_logging._replay import Replayer
-from customerio_logging._schema import Operation
 from customerio_logging._spool import Spool
 from customerio_logging._watchdog import THREAD_NAME, RequestDeadlines, watch_socket
+from customerio_logging._wire import Operation
 from customerio_logging.testing import TrackAPIEmulator
 
 # A server without a deadline of its own gives up after this, so that a client without

@@ -19,10 +19,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from customerio_logging import DeliveryError
-from customerio_logging._delivery import Delivery, Response
+from customerio_logging._delivery import Delivery
 from customerio_logging._pacing import Pacer
 from customerio_logging._retry import RetryPolicy, is_retryable, retry_after
-from customerio_logging._schema import Operation
+from customerio_logging._wire import Operation, Response
 
 
 class FakeClock:

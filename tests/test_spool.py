@@ -33,8 +33,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from customerio_logging import _spool
-from customerio_logging._delivery import batch_body
-from customerio_logging._schema import Operation
 from customerio_logging._spool import (
     FRESH_LEASE,
     REPLAY_LEASE,
@@ -44,6 +42,7 @@ from customerio_logging._spool import (
     SpoolUnavailableError,
     default_spool_path,
 )
+from customerio_logging._wire import Operation, batch_body
 
 PROGRAMS = Path(__file__).parent / "programs"
 TIMEOUT = 30.0  # hard limit for any other process; they normally take well under 1 s

@@ -32,7 +32,7 @@ import requests
 from ._bridge import DeadLetter, Stats, configure, shutdown
 from ._capture import RESERVED_KEYS, TAG
 from ._config import ENV_VARS, MAX_SECONDS, MIN_SECONDS, REGION_URLS, Settings
-from ._delivery import Delivery, Response, SessionTransport, Transport, official_client, shorten
+from ._delivery import Delivery, SessionTransport, official_client
 from ._pacing import Pacer
 from ._replay import Replayer
 from ._retry import RetryPolicy
@@ -47,6 +47,7 @@ from ._spool import (
     SpoolUnavailableError,
     check_spool_path,
 )
+from ._wire import Response, Transport, shorten
 from .exceptions import ConfigurationError, DeliveryError
 from .handler import CustomerIOHandler
 

@@ -21,7 +21,6 @@ from ._delivery import (
     Failure,
     SessionTransport,
     official_client,
-    shorten,
 )
 from ._dispatch import THREAD_NAME, Dispatcher
 from ._lifecycle import (
@@ -35,9 +34,10 @@ from ._limits import MAX_NAME_BYTES
 from ._pacing import Pacer
 from ._replay import Replayer, ReplayRound, dead_letter_rows
 from ._retry import RetryPolicy
-from ._schema import Operation, Taxonomy
-from ._schema import _reseed as _reseed_ids
+from ._schema import Taxonomy
 from ._spool import CALLER_WAIT, DeadLetterRow, Spool, SpoolBusyError, SpoolUnavailableError
+from ._wire import Operation, shorten
+from ._wire import reseed_ulids as _reseed_ids
 from .exceptions import ConfigurationError, InvalidEventError
 
 __all__ = [
@@ -1329,6 +1329,7 @@ def _on_sigterm(final: bool) -> None:
 
 def _after_fork_in_child() -> None:
     global _bridge_lock, _configure_lock
+    _reseed_ids()  # first: nothing may make an id with the parent's randomness
     # A parent thread may have held them at the fork: that thread does not exist here.
     _bridge_lock = threading.RLock()
     _configure_lock = threading.Lock()

@@ -38,7 +38,8 @@ from ._limits import (
     NAMED_ACTIONS,
     PERSON_ACTIONS,
 )
-from ._schema import Operation, Taxonomy, new_ulid
+from ._schema import Taxonomy
+from ._wire import Operation, new_ulid
 from .exceptions import InvalidEventError
 
 __all__ = [

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    from ._delivery import Transport
     from ._schema import Event, UserAttributes
+    from ._wire import Transport
 
 __all__ = ["ENV_VARS", "MAX_SECONDS", "MIN_SECONDS", "REGION_URLS", "Settings"]
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._pacing import Pacer
 from ._watchdog import RequestDeadlines, Watch
+from ._wire import BATCH_PATH, Operation, Response, Transport, batch_body, shorten
 from .exceptions import DeliveryError
 
 if TYPE_CHECKING:
@@ -18,53 +19,16 @@ if TYPE_CHECKING:
 
     from ._config import Settings
     from ._retry import RetryPolicy
-    from ._schema import Operation
 
 __all__ = [
-    "BATCH_PATH",
     "Delivery",
     "DeliveryReport",
     "Failure",
-    "Response",
     "SessionTransport",
-    "Transport",
-    "batch_body",
     "official_client",
-    "shorten",
 ]
 
-BATCH_PATH = "/api/v2/batch"
-_PREFIX = b'{"batch":['
-_SUFFIX = b"]}"
-BODY_OVERHEAD = len(_PREFIX) + len(_SUFFIX)
 _HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """What a transport got back: status, headers and raw body."""
-
-    status: int
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-
-class Transport(Protocol):
-    """Sends one batch body to the Track API.
-
-    ``send`` returns the HTTP response whatever its status and raises ``DeliveryError``
-    (with ``status_code=None``) when no response came: connection refused, reset, timeout,
-    or no complete answer by the request's deadline.
-    """
-
-    def send(self, body: bytes) -> Response: ...
-
-    def close(self) -> None: ...
-
-
-def batch_body(ops: Sequence[Operation]) -> bytes:
-    """The ``/api/v2/batch`` body for ``ops``, joined from their encoded bytes."""
-    return _PREFIX + b",".join(op.body for op in ops) + _SUFFIX
 
 
 class SessionTransport:
@@ -449,22 +413,6 @@ def _errors(body: bytes) -> list[dict[str, Any]]:
     if not isinstance(errors, list):
         return []
     return [err for err in errors if isinstance(err, dict)]
-
-
-def shorten(text: str, limit: int) -> str:
-    """``text`` on one line and cut to ``limit`` characters: for counters, errors and
-    dead letters, which must never carry a payload's worth of anything.
-
-    Control characters (a terminal's escape sequences too) become spaces. Only the first
-    few times ``limit`` characters are read: the text may be megabytes from a server.
-    """
-    head = text[: 4 * limit]
-    if not head.isprintable():
-        head = "".join(c if c.isprintable() else " " for c in head)
-    line = " ".join(head.split())
-    if len(line) <= limit and len(head) == len(text):
-        return line
-    return line[: limit - 1] + "…"
 
 
 _REASON_CHARS = 100  # a short code, like "invalid_field"

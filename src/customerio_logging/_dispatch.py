@@ -9,9 +9,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ._delivery import BODY_OVERHEAD
 from ._limits import BATCH_BODY_BYTES
-from ._schema import Operation
+from ._wire import BODY_OVERHEAD, Operation
 
 __all__ = ["THREAD_NAME", "Dispatcher"]
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ._delivery import Delivery, DeliveryReport, Failure
-from ._schema import Operation
 from ._spool import DeadLetterRow, Spool, SpoolBusyError, SpoolUnavailableError
+from ._wire import Operation
 
 __all__ = ["ReplayRound", "Replayer", "dead_letter_rows"]
 

@@ -14,8 +14,8 @@ from .exceptions import DeliveryError
 
 if TYPE_CHECKING:
     from ._config import Settings
-    from ._delivery import Response
     from ._pacing import Pacer
+    from ._wire import Response
 
 __all__ = ["RetryPolicy", "is_retryable", "retry_after"]
 

@@ -1,11 +1,9 @@
-"""Event, UserAttributes, Operation: the app's event taxonomy and what one Track API op is."""
+"""Event, UserAttributes and Taxonomy: the app's event schema, validated with pydantic."""
 
 from __future__ import annotations
 
-import os
-import random
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict
@@ -15,10 +13,8 @@ from .exceptions import ConfigurationError, InvalidEventError
 
 __all__ = [
     "Event",
-    "Operation",
     "Taxonomy",
     "UserAttributes",
-    "new_ulid",
 ]
 
 
@@ -68,31 +64,6 @@ class UserAttributes(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-
-class Operation(NamedTuple):
-    """One Track API ``/api/v2/batch`` operation, already serialized.
-
-    The body is encoded once, when the operation is made; a batch body is built by
-    joining these bytes, and the id survives every resend. A named tuple: immutable, and
-    made once per event on the dispatch thread at half a frozen dataclass's cost.
-
-    Attributes:
-        id: The ULID made for this operation at capture; sent as ``id`` on named actions,
-            where the API uses it to drop duplicates.
-        action: The Track API action (``event``, ``identify``...).
-        name: The event, page or screen name; None for other actions.
-        body: The operation as compact UTF-8 JSON.
-    """
-
-    id: str
-    action: str
-    name: str | None
-    body: bytes
-
-    def __repr__(self) -> str:
-        # The body is the event's payload: keep it out of reprs, logs and errors.
-        return f"Operation(id={self.id!r}, action={self.action!r}, name={self.name!r})"
 
 
 class Taxonomy:
@@ -202,35 +173,3 @@ _INPUT_QUOTING_ERRORS = frozenset(
 def _safe_message(err: Any) -> str:
     kind = str(err["type"])
     return f"invalid value ({kind})" if kind in _INPUT_QUOTING_ERRORS else str(err["msg"])
-
-
-# ULIDs: 48 bits of milliseconds and 80 random bits, Crockford base32. Made here rather
-# than with python-ulid's constructor because this runs once per event on the dispatch
-# thread: the time part is cached per millisecond, and the random part is 16 random
-# bytes each mapped to one of the 32 characters (256 is a multiple of 32, so every
-# character is equally likely: 5 random bits a character, 80 in all). A sixth of
-# python-ulid's cost; tests parse the result back with python-ulid.
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_BYTE_TO_CHAR = bytes(ord(_CROCKFORD[byte % 32]) for byte in range(256))
-_random = random.Random(os.urandom(32))
-_time_part: tuple[int, str] = (-1, "")
-
-
-def _reseed() -> None:
-    # A forked child must not repeat its parent's ids: Customer.io would drop them as
-    # duplicates.
-    _random.seed(os.urandom(32))
-
-
-os.register_at_fork(after_in_child=_reseed)
-
-
-def new_ulid(timestamp: float) -> str:
-    """Return a new ULID whose time part is ``timestamp`` (Unix seconds)."""
-    global _time_part
-    millis = int(timestamp * 1000)
-    cached_millis, prefix = _time_part
-    if millis != cached_millis:
-        prefix = "".join([_CROCKFORD[(millis >> shift) & 31] for shift in range(45, -5, -5)])
-        _time_part = (millis, prefix)
-    return prefix + _random.randbytes(16).translate(_BYTE_TO_CHAR).decode()

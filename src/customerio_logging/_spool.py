@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._delivery import BODY_OVERHEAD, shorten
 from ._limits import BATCH_BODY_BYTES
-from ._schema import Operation
 from ._spool_file import (
     LOCK,
     SIBLINGS,
@@ -40,6 +38,7 @@ from ._spool_file import (
     prepare,
 )
 from ._spool_file import sibling as _sibling
+from ._wire import BODY_OVERHEAD, Operation, shorten
 from .exceptions import CustomerIOLoggingError
 
 __all__ = [

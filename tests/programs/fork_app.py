@@ -25,7 +25,7 @@ import threading
 import requests
 
 import customerio_logging as cio
-from customerio_logging._delivery import Response
+from customerio_logging._wire import Response
 
 parser = argparse.ArgumentParser()
 parser.add_argument("count", type=int)

@@ -68,7 +68,7 @@ class TermDuringExit:
         self.exiting = False
 
     def send(self, body: bytes) -> Any:
-        from customerio_logging._delivery import Response
+        from customerio_logging._wire import Response
 
         if self.exiting:
             # Handled by the main thread, which is inside the exit hook waiting for

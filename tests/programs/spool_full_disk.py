@@ -10,8 +10,8 @@ import resource
 import signal
 import sys
 
-from customerio_logging._schema import Operation
 from customerio_logging._spool import Spool, SpoolUnavailableError
+from customerio_logging._wire import Operation
 
 path, limit = sys.argv[1], int(sys.argv[2])
 # Past the limit write() fails with EFBIG, once SIGXFSZ no longer kills the process.

@@ -10,8 +10,8 @@ leaves its leases behind (nothing is released or acked).
 import json
 import sys
 
-from customerio_logging._schema import Operation
 from customerio_logging._spool import Spool
+from customerio_logging._wire import Operation
 
 path, mode, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 spool = Spool(path, max_bytes=10_000_000, site_id="site")
