@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from customerio_logging import _bridge
+from customerio_logging import _global
 from customerio_logging._spool import Spool
 from customerio_logging._wire import Response
 from customerio_logging.testing import TrackAPIEmulator
@@ -34,7 +34,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     # in its own temporary folder (subprocesses inherit it).
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     yield
-    old = _bridge._forget_bridge()
+    old = _global.forget_bridge()
     if old is not None:
         old.shutdown(1.0)
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import customerio_logging as cio
-from customerio_logging import _bridge
+from customerio_logging import _bridge, _global
 from customerio_logging._capture import Capture
 from customerio_logging._limits import BATCH_BODY_BYTES
 from customerio_logging._wire import Response
@@ -350,7 +350,7 @@ class TestUnknownEvents:
         monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        monkeypatch.setattr(_bridge, "_UNKNOWN_NAMES_KEPT", 5, raising=False)
+        monkeypatch.setattr(_bridge, "UNKNOWN_NAMES_KEPT", 5)
         bridge = cio.configure(
             **settings, events=[self.Known], unknown_events="warn", transport=FakeTransport()
         )
@@ -379,7 +379,7 @@ class TestUnknownEvents:
 
 
 def test_forget_bridge_helper_is_reset_between_tests() -> None:
-    assert _bridge.current_bridge() is None
+    assert _global.current_bridge() is None
 
 
 class TestReviewFindings:

@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 import customerio_logging as cio
-from customerio_logging import _bridge
+from customerio_logging import _global
 from customerio_logging._capture import Captured
 from customerio_logging.testing import TrackAPIEmulator
 
@@ -356,4 +356,4 @@ class TestMalformedSettings:
         assert type(info.value) is cio.ConfigurationError
         assert info.value.setting == next(iter(given))
         assert "SECRET" not in str(info.value)
-        assert _bridge.current_bridge() is None
+        assert _global.current_bridge() is None

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import customerio_logging as cio
-from customerio_logging._bridge import EXIT_MARGIN
+from customerio_logging._shutdown import EXIT_MARGIN
 from customerio_logging._spool import CALLER_WAIT
 from customerio_logging._wire import Response
 

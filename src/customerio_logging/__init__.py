@@ -7,8 +7,10 @@ the Track API from one background thread.
 
 from __future__ import annotations
 
-from ._bridge import Bridge, DeadLetter, Stats, configure, flush, get_bridge, shutdown, stats
+from ._bridge import Bridge
 from ._config import Settings
+from ._global import configure, flush, get_bridge, shutdown, stats
+from ._ledger import DeadLetter, Stats
 from ._schema import Event, UserAttributes
 from .exceptions import (
     ConfigurationError,

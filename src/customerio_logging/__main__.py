@@ -29,10 +29,11 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ._bridge import DeadLetter, Stats, configure, shutdown
 from ._capture import RESERVED_KEYS, TAG
 from ._config import ENV_VARS, MAX_SECONDS, MIN_SECONDS, REGION_URLS, Settings
 from ._delivery import Delivery, SessionTransport, official_client
+from ._global import configure, shutdown
+from ._ledger import DeadLetter, Stats
 from ._pacing import Pacer
 from ._replay import Replayer
 from ._retry import RetryPolicy
@@ -1135,7 +1136,7 @@ def _spool_replay(args: argparse.Namespace) -> int:
         pacer=pacer,
         # Unlike the bridge's replay, the CLI retries: no fresh events wait behind it.
         policy=RetryPolicy.from_settings(settings, pacer=pacer),
-        notify=credentials_refused,
+        on_problem=credentials_refused,
     )
     spool = Spool(
         path,

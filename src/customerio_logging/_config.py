@@ -135,6 +135,22 @@ class Settings:
     def __post_init__(self) -> None:
         _require_text("site_id", self.site_id)
         _require_text("api_key", self.api_key)
+        self._check_region()
+        self._check_sizes_and_times()
+        if not isinstance(self.install_signal_handlers, bool):
+            raise ConfigurationError(
+                "install_signal_handlers must be True or False", setting="install_signal_handlers"
+            )
+        if self.unknown_events not in _UNKNOWN_EVENTS:
+            raise ConfigurationError(
+                f"unknown_events must be one of {', '.join(_UNKNOWN_EVENTS)}; "
+                f"got {self.unknown_events!r}",
+                setting="unknown_events",
+            )
+        object.__setattr__(self, "events", tuple(self.events))
+        self._check_spool()
+
+    def _check_region(self) -> None:
         region = self.region.strip().lower() if isinstance(self.region, str) else self.region
         if region not in REGION_URLS:
             raise ConfigurationError(
@@ -156,6 +172,8 @@ class Settings:
                     setting="track_url",
                     env_var=ENV_VARS["track_url"],
                 )
+
+    def _check_sizes_and_times(self) -> None:
         _require_int("batch_size", self.batch_size, low=1, high=1000)
         _require_int("max_queue_size", self.max_queue_size, low=1)
         _require_int("max_retries", self.max_retries, low=0)
@@ -184,18 +202,6 @@ class Settings:
                 f"({self.retry_max_delay:g} < {self.retry_base_delay:g})",
                 setting="retry_max_delay",
             )
-        if not isinstance(self.install_signal_handlers, bool):
-            raise ConfigurationError(
-                "install_signal_handlers must be True or False", setting="install_signal_handlers"
-            )
-        if self.unknown_events not in _UNKNOWN_EVENTS:
-            raise ConfigurationError(
-                f"unknown_events must be one of {', '.join(_UNKNOWN_EVENTS)}; "
-                f"got {self.unknown_events!r}",
-                setting="unknown_events",
-            )
-        object.__setattr__(self, "events", tuple(self.events))
-        self._check_spool()
 
     def _check_spool(self) -> None:
         path = self.spool_path

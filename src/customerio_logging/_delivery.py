@@ -254,13 +254,13 @@ class Delivery:
     - 401/403: the credentials were refused. The batch is held (which holds the whole
       pipeline: the queue keeps the events, up to ``max_queue_size``) and tried again
       after a growing pause, 30 s up to 5 min, until it goes through or the shutdown
-      deadline passes. ``notify`` is told at once.
+      deadline passes. ``on_problem`` is told at once.
 
     Args:
         transport: Sends one body.
         pacer: Paces requests; also carries the shutdown deadline.
         policy: Retries transient failures; none when None.
-        notify: Called with a message when the credentials are refused (on the sending
+        on_problem: Called with a message when the credentials are refused (on the sending
             thread; it must not block).
     """
 
@@ -270,12 +270,12 @@ class Delivery:
         *,
         pacer: Pacer | None = None,
         policy: RetryPolicy | None = None,
-        notify: Callable[[str], None] | None = None,
+        on_problem: Callable[[str], None] | None = None,
     ) -> None:
         self.transport = transport
         self.pacer = pacer or Pacer(rate=1000.0)
         self._policy = policy
-        self._notify = notify
+        self._on_problem = on_problem
         self.credentials_refused = False
         self.in_request = False
         """True while a request is on the wire (it may hang): shutdown does not wait for it."""
@@ -321,8 +321,8 @@ class Delivery:
                 self.credentials_refused = False
                 return response
             failure = _whole_batch_failure(response)
-            if not self.credentials_refused and self._notify is not None:
-                self._notify(failure.message)
+            if not self.credentials_refused and self._on_problem is not None:
+                self._on_problem(failure.message)
             self.credentials_refused = True
             if self.pacer.expired():
                 return response

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from . import _bridge
+from . import _global
 from ._schema import Event
 from .handler import CustomerIOHandler
 from .processor import CustomerIOProcessor
@@ -36,7 +36,7 @@ def run_demo(*, events: int = 300, as_json: bool = False) -> int:
     """Log ``events`` tagged events (one of them invalid) and print what happened."""
     out: dict[str, Any] = {}
     with TrackAPIEmulator() as emulator:
-        bridge = _bridge.configure(
+        bridge = _global.configure(
             site_id=emulator.site_id,
             api_key=emulator.api_key,
             track_url=emulator.url,
@@ -70,7 +70,7 @@ def run_demo(*, events: int = 300, as_json: bool = False) -> int:
                 for k in ("enqueued", "sent", "invalid", "failed", "dropped", "batches")
             },
         }
-        _bridge.shutdown()
+        _global.shutdown()
     if as_json:
         print(json.dumps(out, indent=2))
     else:

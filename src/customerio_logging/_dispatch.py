@@ -7,7 +7,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._limits import BATCH_BODY_BYTES
 from ._wire import BODY_OVERHEAD, Operation
@@ -118,10 +118,15 @@ class Dispatcher(Generic[T]):
         self._clock = clock
         self._idle = idle
         self._on_start = on_start
+        self._closed = False
+        self.at_fork_reinit()
+
+    def at_fork_reinit(self) -> None:
+        """Empty, with no thread, and new locks: in a forked child (whose copy of the queue
+        the parent sends) and when built. A stopped dispatcher stays stopped."""
         self._next_idle = 0.0  # when idle work is next due (set when the thread starts)
         self._queue: deque[T | _Flush | _Stop] = deque()
         self._wake = _Wake()
-        self._closed = False
         self._ended = False  # the thread has left its loop for good
         self._thread: threading.Thread | None = None
         # Reentrant: a tagged call from a signal handler may start the thread while the
@@ -231,14 +236,14 @@ class Dispatcher(Generic[T]):
             marker = _Flush()
             self._put_marker(marker)
             self._wake.set()
-            self._wait_until(marker.done.wait, marker.done.is_set, deadline, reserve)
+            _wait_until(marker.done.wait, marker.done.is_set, deadline, reserve, self)
         self._closed = True
         if thread is not None and thread.is_alive():
             # What was logged during the flush is sent too, while time remains.
             self._put_marker(_STOP)
             self._wake.set()
             if thread is not threading.current_thread():
-                self._wait_until(thread.join, lambda: not thread.is_alive(), deadline, reserve)
+                _wait_until(thread.join, lambda: not thread.is_alive(), deadline, reserve, self)
         left = self._drain()
         if thread is not None and thread.is_alive():
             # Still at work past the deadline: the drain above took its stop marker too.
@@ -246,24 +251,6 @@ class Dispatcher(Generic[T]):
             self._put_marker(_STOP)
             self._wake.set()
         return left
-
-    def _wait_until(
-        self,
-        wait: Callable[[float], object],
-        done: Callable[[], bool],
-        deadline: float,
-        reserve: Callable[[int], float] | None,
-    ) -> None:
-        """``wait`` until ``done``, or until ``reserve(queued)`` seconds before ``deadline``."""
-        if reserve is None:
-            wait(max(0.0, deadline - self._clock()))
-            return
-        while not done():
-            left = deadline - self._clock() - reserve(self.queued)
-            if left <= 0:
-                return
-            # The reserve shrinks as the thread empties the queue: look again shortly.
-            wait(min(left, _RESERVE_CHECK))
 
     def _drain(self) -> list[T]:
         """Take everything still queued; markers are dropped (flushes told they are done)."""
@@ -381,3 +368,23 @@ class Dispatcher(Generic[T]):
         finally:
             self._batch = []
             self._batch_bytes = BODY_OVERHEAD
+
+
+def _wait_until(
+    wait: Callable[[float], object],
+    done: Callable[[], bool],
+    deadline: float,
+    reserve: Callable[[int], float] | None,
+    dispatcher: Dispatcher[Any],
+) -> None:
+    """``wait`` until ``done``, or until ``reserve(queued)`` seconds before ``deadline``."""
+    clock = dispatcher._clock
+    if reserve is None:
+        wait(max(0.0, deadline - clock()))
+        return
+    while not done():
+        left = deadline - clock() - reserve(dispatcher.queued)
+        if left <= 0:
+            return
+        # The reserve shrinks as the thread empties the queue: look again shortly.
+        wait(min(left, _RESERVE_CHECK))

@@ -9,14 +9,14 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
 __all__ = [
     "cover_multiprocessing_exit",
     "install_exit_hook",
-    "install_fork_hook",
+    "install_fork_hooks",
     "install_sigterm_handler",
     "note_exit_covered",
     "sigterm_hint",
@@ -35,12 +35,9 @@ def install_exit_hook(on_exit: Callable[[], None]) -> None:
     """Run ``on_exit`` at interpreter exit, once, however often this is called.
 
     ``on_exit`` must find the current bridge itself and flush it within that bridge's
-    ``shutdown_timeout``: one deadline for the whole exit. The bridge module calls this
-    when it is imported: after ``logging`` is (so the hook runs before
-    ``logging.shutdown`` closes the handlers: atexit runs hooks last-in, first-out) and
-    before the app registers its own hooks (so events they log are still delivered).
-    The dispatch thread is a daemon thread so that the interpreter never waits on it
-    before the atexit hooks run.
+    ``shutdown_timeout``: one deadline for the whole exit (see ``_global``, which
+    registers it). The dispatch thread is a daemon thread so that the interpreter never
+    waits on it before the atexit hooks run.
     """
     global _on_exit
     with _lock:
@@ -86,26 +83,45 @@ def cover_multiprocessing_exit() -> None:
 _fork_hooked = False
 
 
-def install_fork_hook(after_in_child: Callable[[], None]) -> None:
-    """Run ``after_in_child`` in every child ``os.fork()`` makes; registered once.
+def install_fork_hooks(
+    *,
+    before: Sequence[Callable[[], None]],
+    after_in_parent: Sequence[Callable[[], None]],
+    after_in_child: Sequence[Callable[[], None]],
+) -> None:
+    """Register the library's fork hooks with ``os.register_at_fork``; once per process.
 
-    It runs in the child before ``fork()`` returns there, on the only thread the child
-    has: it must not start threads, wait or do I/O, only make state the child's own.
-    Forks that bypass ``os.fork`` (a C extension calling ``fork()``) skip it; the bridge
-    also checks its pid when an event is submitted.
+    Each list runs in its order (``os.register_at_fork`` alone would run ``before``
+    hooks in reverse). The child's hooks run before ``fork()`` returns there, on the
+    only thread the child has: they must not start threads, wait or do I/O, only make
+    state the child's own. Forks that bypass ``os.fork`` (a C extension calling
+    ``fork()``) skip them; the bridge also checks its pid when an event is submitted.
     """
     global _fork_hooked
     with _lock:
-        if not _fork_hooked:
-            os.register_at_fork(after_in_child=lambda: _after_fork_in_child(after_in_child))
-            _fork_hooked = True
+        if _fork_hooked:
+            return
+        _fork_hooked = True
+    hooks = (tuple(before), tuple(after_in_parent), tuple(after_in_child))
 
+    def run_before() -> None:
+        for hook in hooks[0]:
+            hook()
 
-def _after_fork_in_child(after_in_child: Callable[[], None]) -> None:
-    global _lock
-    # A parent thread may have held it at the fork: that thread does not exist here.
-    _lock = threading.Lock()
-    after_in_child()
+    def run_in_parent() -> None:
+        for hook in hooks[1]:
+            hook()
+
+    def run_in_child() -> None:
+        global _lock
+        # A parent thread may have held it at the fork: that thread does not exist here.
+        _lock = threading.Lock()
+        for hook in hooks[2]:
+            hook()
+
+    os.register_at_fork(
+        before=run_before, after_in_parent=run_in_parent, after_in_child=run_in_child
+    )
 
 
 # -- SIGTERM ---------------------------------------------------------------------------

@@ -1019,30 +1019,25 @@ def _plain(exc: sqlite3.Error) -> str:
 # -- leases -----------------------------------------------------------------------------
 
 
-def _hold_for_fork() -> None:
+def before_fork() -> None:
     """Before os.fork: wait (bounded) until no thread is inside a spool call."""
     for spool in list(_spools):
         spool._held_for_fork = spool._lock.acquire(timeout=_FORK_WAIT)
 
 
-def _release_after_fork_in_parent() -> None:
+def after_fork_in_parent() -> None:
+    """After os.fork, in the parent: the spools' locks held for the fork are let go."""
     for spool in list(_spools):
         if spool._held_for_fork:
             spool._held_for_fork = False
             spool._lock.release()
 
 
-def _reset_after_fork_in_child() -> None:
+def after_fork_in_child() -> None:
+    """After os.fork, in the child: every spool's lock and connection is the child's own."""
     for spool in list(_spools):
         spool._held_for_fork = False
         spool.reset_after_fork()
-
-
-os.register_at_fork(
-    before=_hold_for_fork,
-    after_in_parent=_release_after_fork_in_parent,
-    after_in_child=_reset_after_fork_in_child,
-)
 
 
 def _pid_namespace() -> str:

@@ -6,8 +6,8 @@ import logging
 import weakref
 from typing import TYPE_CHECKING
 
-from ._bridge import current_bridge, note_lost, submit_capture
 from ._capture import TAG, capture_record
+from ._global import current_bridge, note_lost, submit_capture
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:

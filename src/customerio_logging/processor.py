@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from ._bridge import note_lost, submit_capture
 from ._capture import TAG, Captured, capture_event_dict
+from ._global import note_lost, submit_capture
 
 if TYPE_CHECKING:
     from ._bridge import Bridge

@@ -110,7 +110,7 @@ print(
 if args.hold:
     bridge = cio.get_bridge()
     locks: dict[str, Any] = {
-        "counters": bridge._counters.lock,
+        "counters": bridge._ledger.lock,
         "markers": bridge._dispatcher._markers_lock,
         "wake": bridge._dispatcher._wake._cond,
         "shutdown": bridge._shutdown_lock,

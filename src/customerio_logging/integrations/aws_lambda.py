@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from .._bridge import flush_or_spool
+from .._global import flush_or_spool
 
 __all__ = ["DEFAULT_TIMEOUT", "SAFETY_MARGIN", "flush_after"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from .._bridge import shutdown
+from .._global import shutdown
 
 __all__ = ["worker_exit"]
 

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from .._bridge import Bridge, _forget_bridge, configure
+from .._bridge import Bridge
+from .._global import configure, forget_bridge
 from ._emulator import TrackAPIEmulator
 
 __all__ = ["cio_bridge", "track_api_emulator"]
@@ -46,4 +47,4 @@ def cio_bridge(track_api_emulator: TrackAPIEmulator) -> Iterator[Bridge]:
         yield bridge
     finally:
         bridge.shutdown(5.0)
-        _forget_bridge()
+        forget_bridge()

@@ -1,0 +1,290 @@
+"""The process's one bridge: configure, get_bridge, flush, shutdown, stats, and the exit,
+SIGTERM and fork hooks that act on it."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+from . import _lifecycle, _spool
+from ._bridge import Bridge
+from ._capture import Capture
+from ._config import Settings
+from ._ledger import Stats
+from ._ownlog import warn
+from ._wire import reseed_ulids
+from .exceptions import ConfigurationError
+
+__all__ = [
+    "configure",
+    "current_bridge",
+    "flush",
+    "flush_or_spool",
+    "get_bridge",
+    "note_lost",
+    "shutdown",
+    "stats",
+    "submit_capture",
+]
+
+_bridge: Bridge | None = None
+# Held only to read and swap module state, never while building, starting or stopping a
+# bridge; reentrant all the same: a tagged call from a signal handler or a __del__ may
+# run on a thread interrupted right inside it. Nothing on a log call's path waits on a
+# lock its own thread may already hold.
+_bridge_lock = threading.RLock()
+_configure_lock = threading.Lock()  # configure() only: never on a log call's path
+_building = threading.local()  # .early: tagged calls made while this thread builds
+_EARLY_KEPT = 1000
+_unconfigured: tuple[int, str | None] = (0, None)  # events lost without a bridge, and why
+
+
+def configure(**settings: Any) -> Bridge:
+    """Build the process's bridge and start its thread.
+
+    Explicit keyword arguments win over environment variables, which win over defaults.
+    A bridge configured earlier is shut down (flushed) first. Called on the main thread
+    with ``install_signal_handlers`` (the default), it also installs, once per process,
+    a SIGTERM handler that delivers what is queued, then chains to the previous handler.
+
+    Raises:
+        ConfigurationError: A setting is missing or malformed.
+    """
+    global _bridge
+    new = Bridge(Settings.from_env(**settings))
+    # One configure at a time, so that none returns a bridge another has already
+    # replaced and shut down.
+    with _configure_lock:
+        with _bridge_lock:
+            old, _bridge = _bridge, new
+        if old is not None:
+            old.shutdown()
+        if new.settings.durability == "disk":
+            new.open_spool()  # the first log call's event is on disk when it returns
+        new.start()
+    if new.settings.install_signal_handlers:
+        _lifecycle.install_sigterm_handler(_on_sigterm)
+    return new
+
+
+def get_bridge() -> Bridge:
+    """The process's bridge; built from the environment on first use if never configured.
+
+    Raises:
+        ConfigurationError: No bridge was configured and the environment lacks settings.
+    """
+    bridge = _bridge
+    if bridge is not None:
+        return bridge
+    return _bridge_from_env()
+
+
+def current_bridge() -> Bridge | None:
+    """The bridge if one exists, without building one."""
+    return _bridge
+
+
+def submit_capture(capture: Capture) -> None:
+    """Queue a tagged call on the process's bridge, built from the environment if need be.
+
+    The path of every handler and processor without a bridge of its own. A tagged call
+    made while this very thread is building the bridge (from a signal handler, or a
+    ``__del__`` the garbage collector runs) is handed to that build, never waited for.
+
+    Raises:
+        ConfigurationError: No bridge was configured and the environment lacks settings.
+    """
+    bridge = _bridge
+    if bridge is None:
+        early: list[Capture] | None = getattr(_building, "early", None)
+        if early is not None:
+            if len(early) < _EARLY_KEPT:
+                early.append(capture)
+            else:
+                note_lost(RuntimeError("too many tagged calls while building the bridge"))
+            return
+        bridge = _bridge_from_env()
+    bridge.submit(capture)
+
+
+def _bridge_from_env() -> Bridge:
+    global _bridge
+    # Built outside the lock: building imports the HTTP client (tens of milliseconds).
+    # Another thread's first tagged call meanwhile builds its own: the first to finish
+    # is kept, the others, never started, are dropped. This thread's own re-entrant
+    # calls wait in `early` (see submit_capture).
+    early: list[Capture] = []
+    _building.early = early
+    try:
+        built = Bridge(Settings.from_env())
+    except Exception as exc:
+        for _ in early:
+            note_lost(exc)
+        raise
+    finally:
+        _building.early = None
+    with _bridge_lock:
+        if _bridge is None:
+            _bridge = built
+        bridge = _bridge
+    bridge.start()
+    for capture in early:
+        bridge.submit(capture)
+    return bridge
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Deliver everything queued so far; see :meth:`Bridge.flush`. True if nothing is set up.
+
+    Args:
+        timeout: Seconds to wait at most; the bridge's ``shutdown_timeout`` (5 by
+            default) when None.
+    """
+    bridge = _bridge
+    return True if bridge is None else bridge.flush(timeout)
+
+
+def flush_or_spool(timeout: float) -> bool:
+    """Deliver what is queued within ``timeout``; what is not delivered by then is on disk
+    when this returns, and a fresh bridge (same settings) takes the process's next events.
+
+    For a process that may be frozen or killed without warning as soon as this returns:
+    a serverless handler's end. It takes ``timeout`` plus the few milliseconds the spool
+    writes take (at most ``EXIT_MARGIN`` more when the spool is busy).
+
+    Returns:
+        True when everything was delivered (or nothing is set up).
+    """
+    global _bridge
+    bridge = _bridge
+    if bridge is None or bridge.flush(timeout):
+        return True
+    # Sending stops now: what is queued, and a batch still on the wire, go to the spool.
+    bridge.shutdown(0.0)
+    fresh = Bridge(bridge.settings)
+    fresh.carry_counters(bridge.stats())
+    with _bridge_lock:
+        if _bridge is bridge:
+            _bridge = fresh
+    if _bridge is fresh:
+        fresh.start()
+    return False
+
+
+def shutdown(timeout: float | None = None) -> None:
+    """Flush and stop the bridge, within ``timeout`` seconds (``shutdown_timeout`` when
+    None); idempotent."""
+    bridge = _bridge
+    if bridge is not None:
+        bridge.shutdown(timeout)
+
+
+def stats() -> Stats:
+    """The bridge's counters; all zero if no bridge exists yet.
+
+    Events logged while no bridge could be built (settings missing from the
+    environment) are counted as ``dropped``, with the reason in ``last_error``.
+    """
+    bridge = _bridge
+    if bridge is not None:
+        return bridge.stats()
+    with _bridge_lock:
+        dropped, error = _unconfigured
+    return Stats(enqueued=dropped, dropped=dropped, last_error=error)
+
+
+def note_lost(error: Exception) -> None:
+    """Count an event lost before it reached a queue: no bridge could be built, or a bug.
+
+    Warns once when the cause is missing configuration; never raises.
+    """
+    global _unconfigured
+    if isinstance(error, ConfigurationError):
+        message = f"customerio_logging is not configured, event dropped: {error}"
+    else:
+        message = f"event dropped: {type(error).__name__} while capturing it"
+    bridge = _bridge
+    if bridge is not None:
+        bridge.count_dropped(message)
+        return
+    with _bridge_lock:
+        count, _ = _unconfigured
+        _unconfigured = (count + 1, message)
+    if count == 0:
+        warn(message)
+
+
+def forget_bridge() -> Bridge | None:
+    """Forget the process's bridge without stopping it and return it (for tests)."""
+    global _bridge, _unconfigured
+    with _bridge_lock:
+        old, _bridge = _bridge, None
+        _unconfigured = (0, None)
+    return old
+
+
+# -- the process's hooks ---------------------------------------------------------------
+
+
+def _flush_at_exit() -> None:
+    bridge = _bridge
+    if bridge is not None:
+        bridge.shutdown(bridge.settings.shutdown_timeout)
+
+
+def _on_sigterm(final: bool) -> None:
+    """SIGTERM: deliver what is queued within ``shutdown_timeout``; then the handler chains.
+
+    When the process is about to die (``final``) the bridge is shut down: one deadline.
+    Otherwise (the previous handler ignores SIGTERM, or is the app's own, which may
+    drain requests before exiting) it is flushed and keeps running; the exit hook
+    delivers what is logged afterwards.
+    """
+    bridge = _bridge
+    if bridge is None:
+        return
+    if final:
+        bridge.shutdown(bridge.settings.shutdown_timeout)
+        # A shutdown already under way (the app's own, or configure() replacing this
+        # bridge) returned at once above: let it finish within its deadline first.
+        bridge.wait_for_shutdown()
+    else:
+        bridge.flush(bridge.settings.shutdown_timeout)
+
+
+def _bridge_after_fork_in_child() -> None:
+    global _bridge_lock, _configure_lock
+    # A parent thread may have held them at the fork: that thread does not exist here.
+    _bridge_lock = threading.RLock()
+    _configure_lock = threading.Lock()
+    bridge = _bridge
+    if bridge is not None:
+        # Should it fail, the bridge's first submit in the child tries again.
+        with contextlib.suppress(Exception):
+            bridge.at_fork_reinit()
+
+
+def _install_process_hooks() -> None:
+    """Every exit and fork hook of the library, registered here once, in this order.
+
+    At exit: the bridge is shut down (flushed) within its ``shutdown_timeout``. This
+    runs when the package is imported: after ``logging`` is (atexit runs hooks last-in,
+    first-out, so ours runs before ``logging.shutdown`` closes the handlers) and before
+    the app registers its own hooks (events they log are still delivered).
+
+    Around ``os.fork()``: before it, the spool waits (bounded) for a call in progress so
+    that the child gets no half-held lock; in the child, first the ids get new
+    randomness (a child must never repeat its parent's), then the lifecycle's and the
+    spools' locks and connections become the child's, and last the bridge is made the
+    child's own (its first tagged call starts its thread).
+    """
+    _lifecycle.install_exit_hook(_flush_at_exit)
+    _lifecycle.install_fork_hooks(
+        before=[_spool.before_fork],
+        after_in_parent=[_spool.after_fork_in_parent],
+        after_in_child=[reseed_ulids, _spool.after_fork_in_child, _bridge_after_fork_in_child],
+    )
+
+
+_install_process_hooks()

@@ -1,0 +1,227 @@
+"""The dispatch thread's work for a bridge: build each queued event, send each batch,
+settle what became of it, and replay the spool when idle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import _replay
+from ._capture import Capture, build_operation
+from ._config import Settings
+from ._delivery import Delivery, DeliveryReport, Failure, SessionTransport
+from ._ledger import DeadLetter, Ledger
+from ._lifecycle import sigterm_hint
+from ._limits import MAX_NAME_BYTES
+from ._pacing import Pacer
+from ._replay import Replayer, dead_letter_rows
+from ._retry import RetryPolicy
+from ._schema import Taxonomy
+from ._spool import CALLER_WAIT, DeadLetterRow
+from ._wire import Operation, shorten
+from ._writer import SpoolWriter
+from .exceptions import InvalidEventError
+
+__all__ = ["InFlight", "Sender"]
+
+_UNWRITTEN_RETRY = 1.0  # seconds before the thread tries again to write deferred events
+_MESSAGE_CHARS = 300  # an explanation never needs more; a longer one quotes data
+
+
+class InFlight:
+    """The batch the dispatch thread is sending or settling, shared with shutdown's rescue.
+
+    Settling a batch and the rescue of a batch still in flight take turns on ``lock``.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.ops: list[Operation] | None = None
+
+
+class Sender:
+    """Builds, sends and settles a bridge's events (on the dispatch thread, but for
+    :meth:`build_here`, which a log call uses when an event cannot be queued).
+
+    Args:
+        settings: The bridge's settings.
+        taxonomy: Validates the events.
+        writer: Spools what cannot be sent now.
+        ledger: Counts what became of each event.
+        client: The official client, for the default transport.
+        schedule_idle: Asks the dispatch thread for idle work (replay) after a delay.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        taxonomy: Taxonomy,
+        writer: SpoolWriter,
+        ledger: Ledger,
+        client: Callable[[], Any],
+        schedule_idle: Callable[[float], None],
+    ) -> None:
+        self._settings = settings
+        self._taxonomy = taxonomy
+        self._writer = writer
+        self._ledger = ledger
+        self._client = client
+        self._schedule_idle = schedule_idle
+        self._durable = settings.durability == "disk"
+        self.connect()
+
+    def connect(self) -> None:
+        """Build the way out: transport, rate limit, delivery and replay, and forget the
+        batch in flight (when built, and in a forked child: the parent's stay its own)."""
+        settings = self._settings
+        transport = settings.transport or SessionTransport(
+            self._client(), settings.track_url, timeout=settings.request_timeout
+        )
+        pacer = Pacer(settings.max_requests_per_second)
+        problem = self._ledger.warn_problem
+        policy = RetryPolicy.from_settings(settings, pacer=pacer)
+        self.delivery = Delivery(transport, pacer=pacer, policy=policy, on_problem=problem)
+        spool = self._writer.spool
+        self.replayer: Replayer | None = None
+        if spool is not None:
+            # Replay makes one attempt per round and backs off between rounds: a retry
+            # loop there would hold fresh events behind old ones.
+            self.replayer = Replayer(
+                spool,
+                Delivery(transport, pacer=pacer, on_problem=problem),
+                batch_size=settings.batch_size,
+                problem=self._writer.problem,
+            )
+        self.in_flight = InFlight()
+        self.fresh_failing = False
+        """True while this process's own sends fail (replay waits meanwhile)."""
+        # Whether to look, once per batch (off the log calls' path), for a server that
+        # will end the process at SIGTERM without our flush (see sigterm_hint).
+        self._watch_sigterm = settings.install_signal_handlers
+
+    # -- building --------------------------------------------------------------------
+
+    def process(self, item: Capture | Operation) -> Operation | None:
+        """A queued item as an operation; None when invalid (counted, dead-lettered)."""
+        return self._build(item, here=False)
+
+    def build_here(
+        self, item: Capture | Operation, letters: list[DeadLetterRow] | None = None
+    ) -> Operation | None:
+        """Build on the caller's thread; an invalid event is counted (never queued).
+
+        Its dead letter goes into ``letters`` when given (the caller writes them at
+        once), else to the spool within a log call's wait.
+        """
+        return self._build(item, here=True, letters=letters)
+
+    def _build(
+        self, item: Capture | Operation, *, here: bool, letters: list[DeadLetterRow] | None = None
+    ) -> Operation | None:
+        if isinstance(item, Operation):
+            return item  # built on the app's thread already (durability="disk")
+        try:
+            return build_operation(item, self._taxonomy)
+        except InvalidEventError as exc:
+            self._reject(item, exc.reason, exc.field, str(exc), here=here, letters=letters)
+        except Exception as exc:  # noqa: BLE001 - a user validator or a bug: count, don't raise
+            why = f"{type(exc).__name__} while building"
+            self._reject(item, "internal_error", None, why, here=here, letters=letters)
+        return None
+
+    def _reject(
+        self,
+        capture: Capture,
+        reason: str,
+        field: str | None,
+        message: str,
+        *,
+        here: bool = False,
+        letters: list[DeadLetterRow] | None = None,
+    ) -> None:
+        name = capture.tag if isinstance(capture.tag, str) else capture.message
+        # A "name" may be a whole log message: keep at most an event name's worth of it.
+        short_name = shorten(name.strip(), MAX_NAME_BYTES) if isinstance(name, str) else None
+        text, at = shorten(message, _MESSAGE_CHARS), time.time()
+        self._ledger.rejected(DeadLetter(None, short_name, reason, field, text, at), untaken=here)
+        row = DeadLetterRow(0, None, None, short_name, reason, field, text, at, None)
+        if letters is not None:
+            letters.append(row)
+        else:
+            # A short wait on either thread: a busy spool leaves the row for later, and
+            # the event (already counted invalid) is not held in hand meanwhile. Only
+            # the dispatch thread may open the file for it.
+            self._writer.dead_letters([row], wait=CALLER_WAIT, open_file=not here)
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send(self, ops: list[Operation]) -> None:
+        """Deliver one batch and settle it."""
+        writer = self._writer
+        if writer.has_deferred:
+            # Reservations deferred by log calls go to disk before their events are sent;
+            # a short wait only, fresh events must not stall behind a busy spool.
+            writer.write_deferred(CALLER_WAIT, sending=ops)
+            if writer.has_deferred:
+                self._schedule_idle(_UNWRITTEN_RETRY)
+        if self._watch_sigterm:
+            self._check_sigterm()
+        in_flight = self.in_flight
+        in_flight.ops = ops
+        try:
+            report = self.delivery.deliver(ops)
+        except Exception as exc:  # noqa: BLE001 - a transport bug must not lose the count
+            error = f"{type(exc).__name__} in the transport"
+            failure = Failure("internal_error", error)
+            report = DeliveryReport(failed=[(op, failure) for op in ops], error=error)
+        with in_flight.lock:
+            try:
+                self._settle(report)
+            finally:
+                in_flight.ops = None
+
+    def _check_sigterm(self) -> None:
+        """Queue the warning, once per process, if SIGTERM will skip our flush; the next
+        log call or flush on an app thread says it (this thread never logs)."""
+        hint = sigterm_hint()
+        if hint is not None:
+            self._watch_sigterm = False
+            self._ledger.warn_later(hint)
+
+    def _settle(self, report: DeliveryReport) -> None:
+        """Settle a fresh batch: sent, dead-lettered (refused for good), or spooled."""
+        refused = [(op, f) for op, f in report.failed if f.permanent]
+        unsent = [(op, f) for op, f in report.failed if not f.permanent]
+        waiting = [op for op, _ in unsent] + report.dropped
+        rescued = self._ledger.rescued
+        if rescued:
+            # Shutdown already spooled (and counted) these: settle each only once.
+            waiting = [op for op in waiting if op.id not in rescued]
+        stored = self._writer.store(waiting, defer=True)
+        if self._durable or rescued:
+            self._writer.ack([op.id for op in report.sent])
+        self._writer.dead_letters(dead_letter_rows(refused))
+        self._ledger.settled(report, refused=refused, unsent=unsent, stored=stored)
+        if waiting or unsent:
+            self.fresh_failing = True
+            self._schedule_idle(_replay.MIN_BACKOFF)
+        elif report.sent and self.fresh_failing and self.replayer is not None:
+            # The API answers again: replay what waited, now.
+            self.fresh_failing = False
+            self.replayer.retry_soon()
+            self._schedule_idle(0.0)
+
+    def replay_round(self) -> float:
+        """The dispatch thread's idle work: one replay round; seconds until the next."""
+        replayer = self.replayer
+        assert replayer is not None
+        writer = self._writer
+        if writer.has_deferred:
+            writer.write_deferred()
+        result = replayer.round()
+        self._ledger.replayed(result)
+        delay = replayer.next_delay(result)
+        return min(delay, _UNWRITTEN_RETRY) if writer.has_deferred else delay

@@ -1,0 +1,200 @@
+"""Ending a bridge within one deadline: stop sending in time, spool what is left, and
+rescue the batch still on the wire."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._delivery import SessionTransport
+from ._wire import Operation
+
+if TYPE_CHECKING:
+    from ._capture import Capture
+    from ._dispatch import Dispatcher
+    from ._ledger import Ledger
+    from ._sending import Sender
+    from ._spool import DeadLetterRow
+    from ._writer import SpoolWriter
+
+__all__ = ["EXIT_MARGIN", "Shutdown"]
+
+EXIT_MARGIN = 1.0
+"""Seconds an exit may run past ``shutdown_timeout`` while the dispatch thread settles the
+batch it holds at the deadline (to the spool): the margin the README documents."""
+_EXIT_RESERVE = 0.2  # seconds kept back from sending at exit to write what is left to disk
+_EXIT_COST = 25e-6  # seconds to build and write one event left queued at exit (generous)
+_LEFTOVER_CHUNK = 2000  # events written to the spool per transaction at exit
+
+
+def time_left(end: float) -> float:
+    """Seconds until ``end`` (monotonic), never negative."""
+    return max(0.0, end - time.monotonic())
+
+
+class Shutdown:
+    """Flushes, stops and closes a bridge's parts within one deadline.
+
+    Args:
+        dispatcher: The queue and its thread.
+        sender: Sends the batches (its pacer and transport learn the deadline), builds
+            what is left, and replays the spool.
+        writer: Writes what is left to the spool.
+        ledger: Counts what could not be kept.
+    """
+
+    def __init__(
+        self,
+        *,
+        dispatcher: Dispatcher[Capture | Operation],
+        sender: Sender,
+        writer: SpoolWriter,
+        ledger: Ledger,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._sender = sender
+        self._writer = writer
+        self._ledger = ledger
+        self.deadline: float | None = None
+        """When shutdown must be done (monotonic); None until it began."""
+
+    def run(self, wait: float) -> None:
+        """Flush, stop the thread and close, within ``wait`` seconds.
+
+        With a spool, sending stops a little before ``wait`` runs out, so that what is
+        still queued can be written to disk in the time left; a batch the thread is
+        settling at that moment may take ``EXIT_MARGIN`` seconds more.
+        """
+        # Every wait in delivery (rate limit, retry backoff, a 429 pause, refused
+        # credentials) now ends by this deadline.
+        self.deadline = deadline = time.monotonic() + wait
+        delivery = self._sender.delivery
+        pacer, transport = delivery.pacer, delivery.transport
+        pacer.set_deadline(deadline)
+        if isinstance(transport, SessionTransport):
+            # And so does a request in flight: no batch outlives the deadline in a socket.
+            transport.set_deadline(deadline)
+        reserve = self._reserve(wait)
+        left = self._dispatcher.stop(wait, reserve=reserve)
+        if not left and reserve is not None:
+            self._replay_at_exit(deadline - reserve(0))
+        # Sending is over: a retry wait, a 429 pause or a held batch ends now, and the
+        # thread settles its batch (to the spool) while this one writes the rest.
+        pacer.set_deadline(time.monotonic())
+        # Writing to disk ends by then too, however busy the spool is.
+        end = deadline + EXIT_MARGIN
+        writer = self._writer
+        if writer.has_deferred:
+            writer.write_deferred(time_left(end))
+        if left:
+            self._settle_leftovers(left, wait, end)
+        thread = self._dispatcher.thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(time_left(deadline))
+        if thread is None or not thread.is_alive():
+            transport.close()
+            writer.close()
+        else:
+            # A thread still at work would race the close; it is a daemon and ends
+            # with the interpreter, so what it holds must be on disk first.
+            self._rescue_in_flight(thread, end)
+        writer.drop_deferred(wait)
+        self._ledger.say_warnings()
+
+    def _reserve(self, wait: float) -> Callable[[int], float] | None:
+        """Seconds to keep back from sending to spool what is left; None without need."""
+        writer = self._writer
+        if writer.spool is None or not (self._dispatcher.depth or writer.deferred_events):
+            return None
+        # Opened now, not first at the deadline, when something may need it.
+        writer.open(min(wait, 1.0))
+
+        def reserve(queued: int) -> float:
+            return min(wait / 2, _EXIT_RESERVE + (queued + writer.deferred_events) * _EXIT_COST)
+
+        return reserve
+
+    def wait(self) -> None:
+        """Wait, at most until its deadline, for a shutdown under way to finish sending."""
+        deadline, thread = self.deadline, self._dispatcher.thread
+        if deadline is not None and thread is not None and thread is not threading.current_thread():
+            # join(), not an Event: safe even if this thread was interrupted (SIGTERM)
+            # inside the very code that would set one.
+            thread.join(time_left(deadline))
+
+    def _replay_at_exit(self, until: float) -> None:
+        """Everything fresh was delivered with time to spare: replay the spool until
+        ``until``, so that a process too short-lived for the background replay (a cron
+        job) still sends what earlier ones left. Only once this process's own sends went
+        through: an API that does not answer costs the exit nothing."""
+        thread, sender = self._dispatcher.thread, self._sender
+        if (
+            sender.replayer is None
+            or (thread is not None and thread.is_alive())
+            or sender.fresh_failing
+            or not self._ledger.any_sent
+        ):
+            return
+        while time.monotonic() < until and sender.replay_round() == 0.0:
+            pass
+
+    def _settle_leftovers(self, left: list[Capture | Operation], wait: float, end: float) -> None:
+        """What was still queued when sending stopped: spooled by ``end``, else dropped.
+
+        Built and written a chunk at a time, so that a kill soon after (a container's
+        grace period ending) finds most of them on disk already.
+        """
+        writer = self._writer
+        for start in range(0, len(left), _LEFTOVER_CHUNK):
+            chunk = left[start : start + _LEFTOVER_CHUNK]
+            if writer.spool is None or time_left(end) <= 0:
+                # Nowhere (or no time) to keep them: no point building them first.
+                self._lost_at_exit(len(left) - start, wait)
+                return
+            ops: list[Operation] = []
+            letters: list[DeadLetterRow] = []
+            for item in chunk:
+                op = self._sender.build_here(item, letters)
+                if op is not None:
+                    ops.append(op)
+            writer.dead_letters(letters, wait=time_left(end))
+            if ops and not writer.store(ops, wait=time_left(end), open_file=True, untaken=True):
+                self._lost_at_exit(len(ops), wait)
+
+    def _lost_at_exit(self, count: int, wait: float) -> None:
+        why = f"{count} events were still queued when shutdown's {wait:g}s ran out"
+        self._ledger.dropped(count, why)
+
+    def _rescue_in_flight(self, thread: threading.Thread, end: float) -> None:
+        """The thread is still at work past the deadline: make sure its batch is on disk.
+
+        A batch whose request is on the wire (it may hang) is written here; should the
+        send still succeed before the process ends, the rows are removed again, and if
+        the process ends first, replay sends them later and the API drops any duplicate
+        by id. A batch being built or settled (no network involved: the deadline ended
+        every wait) is waited for instead, until ``end`` at most: the thread may need a
+        lock this thread holds (a signal handler), so never longer.
+        """
+        in_flight = self._sender.in_flight
+        while thread.is_alive():
+            if not in_flight.lock.acquire(timeout=time_left(end)):
+                return
+            try:
+                ops = in_flight.ops
+                if ops and self._sender.delivery.in_request:
+                    if self._writer.spool is not None:
+                        self._spool_in_flight(ops, time_left(end))
+                    return
+            finally:
+                in_flight.lock.release()
+            left = time_left(end)
+            if left <= 0:
+                return
+            thread.join(min(left, 0.05))
+
+    def _spool_in_flight(self, ops: list[Operation], wait: float) -> None:
+        fresh = [op for op in ops if op.id not in self._ledger.rescued]
+        if self._writer.store(fresh, wait=wait, open_file=True):
+            self._ledger.rescued_batch(fresh)
