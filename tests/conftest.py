@@ -15,7 +15,7 @@ import pytest
 from customerio_logging import _global
 from customerio_logging._spool import Spool
 from customerio_logging._wire import Response
-from customerio_logging.testing import TrackAPIEmulator
+from customerio_logging.testing import MockTransport, TrackAPIEmulator
 
 PROGRAMS = Path(__file__).parent / "programs"
 
@@ -81,27 +81,8 @@ def run_program(
     )
 
 
-class FakeTransport:
-    """A transport answering from a script: a Response, or an exception to raise."""
-
-    def __init__(self, *answers: Response | Exception) -> None:
-        self.answers = list(answers)
-        self.bodies: list[bytes] = []
-        self.closed = False
-
-    def send(self, body: bytes) -> Response:
-        self.bodies.append(body)
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class GatedTransport(FakeTransport):
-    """A FakeTransport whose sends wait until `gate` is set: a hanging network.
+class GatedTransport(MockTransport):
+    """A MockTransport whose sends wait until `gate` is set: a hanging network.
 
     `entered` is set once a send is in flight.
     """

@@ -15,9 +15,9 @@ from customerio_logging import _bridge, _global
 from customerio_logging._capture import Capture
 from customerio_logging._limits import BATCH_BODY_BYTES
 from customerio_logging._wire import Response
-from customerio_logging.testing import TrackAPIEmulator
+from customerio_logging.testing import MockTransport, TrackAPIEmulator
 
-from .conftest import FakeTransport, GatedTransport
+from .conftest import GatedTransport
 
 SECRET = "sk_live_DO_NOT_LEAK_42"
 
@@ -141,7 +141,7 @@ class TestDelivery:
                 {"batch_index": 1, "reason": "invalid", "field": "name", "message": "bad name"}
             ]
         }
-        transport = FakeTransport(Response(207, {}, json.dumps(errors).encode()))
+        transport = MockTransport(Response(207, {}, json.dumps(errors).encode()))
         bridge = cio.configure(**settings, transport=transport)
         for i in range(3):
             bridge.submit(_capture(i))
@@ -184,7 +184,7 @@ class TestDelivery:
     ) -> None:
         # max_retries=0: the answer is final at once (retries are tested in TestRetries).
         bridge = cio.configure(
-            **settings, transport=FakeTransport(answer), max_retries=0, spool_path=False
+            **settings, transport=MockTransport(answer), max_retries=0, spool_path=False
         )
         for i in range(4):
             bridge.submit(_capture(i))
@@ -352,7 +352,7 @@ class TestUnknownEvents:
     ) -> None:
         monkeypatch.setattr(_bridge, "UNKNOWN_NAMES_KEPT", 5)
         bridge = cio.configure(
-            **settings, events=[self.Known], unknown_events="warn", transport=FakeTransport()
+            **settings, events=[self.Known], unknown_events="warn", transport=MockTransport()
         )
         huge = [f"{i}" + "x" * 1_000_000 for i in range(20)]
         with caplog.at_level(logging.WARNING, logger="customerio_logging"):

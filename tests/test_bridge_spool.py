@@ -19,9 +19,9 @@ from customerio_logging import _dispatch, _replay, _spool
 from customerio_logging._capture import Capture
 from customerio_logging._spool import Spool
 from customerio_logging._wire import Operation, Response, new_ulid
-from customerio_logging.testing import FaultPlan, TrackAPIEmulator
+from customerio_logging.testing import FaultPlan, MockTransport, TrackAPIEmulator
 
-from .conftest import FakeTransport, GatedTransport, spool_pending
+from .conftest import GatedTransport, spool_pending
 
 DOWN = FaultPlan(failure_rate=1.0, failure_statuses=(503,))
 WAIT = 10.0
@@ -292,7 +292,7 @@ class TestUnusableSpool:
         victim.chmod(0o644)
         link = tmp_path / "spool.sqlite3"
         link.symlink_to(victim)
-        down = FakeTransport(Response(503))
+        down = MockTransport(Response(503))
         bridge = cio.configure(**{**spooled, "spool_path": str(link)}, transport=down)
         with caplog.at_level(logging.WARNING, logger="customerio_logging"):
             for i in range(10):

@@ -14,8 +14,7 @@ import requests
 
 from customerio_logging._delivery import Delivery, Failure, SessionTransport
 from customerio_logging._wire import Operation, Response, batch_body
-
-from .conftest import FakeTransport
+from customerio_logging.testing import MockTransport
 
 
 class _Counting(http.server.BaseHTTPRequestHandler):
@@ -177,7 +176,7 @@ class TestServerWords:
         errors = [{"batch_index": i, **_hostile(text)} for i in range(2)]
         body = json.dumps({"errors": errors}).encode()
         ops = _ops(1 if single else 2)
-        report = Delivery(FakeTransport(Response(status, {}, body))).deliver(ops)
+        report = Delivery(MockTransport(Response(status, {}, body))).deliver(ops)
         assert len(report.failed) == len(ops)
         for _, failure in report.failed:
             _bounded(failure)
@@ -188,7 +187,7 @@ class TestServerWords:
     def test_a_transports_long_error_is_capped(self) -> None:
         from customerio_logging.exceptions import DeliveryError
 
-        failing = FakeTransport(DeliveryError("reset " * HUGE, status_code=None))
+        failing = MockTransport(DeliveryError("reset " * HUGE, status_code=None))
         report = Delivery(failing).deliver(_ops(1))
         ((_, failure),) = report.failed
         assert failure.reason == "network_error"
@@ -197,7 +196,7 @@ class TestServerWords:
     @pytest.mark.parametrize("status", [207, 400])
     def test_an_answer_nested_beyond_the_stack_is_unreadable_not_a_crash(self, status: int) -> None:
         deep = b'{"errors":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
-        report = Delivery(FakeTransport(Response(status, {}, deep))).deliver(_ops(1))
+        report = Delivery(MockTransport(Response(status, {}, deep))).deliver(_ops(1))
         if status == 207:
             assert len(report.sent) == 1  # the unreadable-207 rule
         else:

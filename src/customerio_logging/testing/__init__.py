@@ -1,13 +1,17 @@
-"""Test helpers for apps that use customerio_logging: a local Track API emulator.
+"""Test helpers for apps that use customerio_logging: a local Track API emulator, and a
+transport that answers in memory.
 
 ``TrackAPIEmulator`` serves the Track API endpoints the library and the official client use
 on ``127.0.0.1``, answers as Customer.io does (200, 207, 400, 401, 413) and records what it
 accepted, so a test can assert on the events an app logged without the real service.
 A ``FaultPlan`` makes it fail on purpose, reproducibly: scripted statuses, a failure rate,
 dropped connections, a rate limit with ``Retry-After``, slow answers, a lower 413 threshold
-and chosen operations refused in a 207.
+and chosen operations refused in a 207. ``MockTransport`` (with ``Response``) answers the
+bridge's batches without any server: ``configure(transport=MockTransport())``.
 """
 
+from customerio_logging._wire import Response
 from customerio_logging.testing._emulator import FaultPlan, RecordedRequest, TrackAPIEmulator
+from customerio_logging.testing._mock import MockTransport
 
-__all__ = ["FaultPlan", "RecordedRequest", "TrackAPIEmulator"]
+__all__ = ["FaultPlan", "MockTransport", "RecordedRequest", "Response", "TrackAPIEmulator"]
