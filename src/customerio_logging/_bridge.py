@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import _replay
-from ._capture import ACTION, Capture, build_operation
+from ._capture import ACTION, Snapshot
 from ._config import Settings
 from ._delivery import (
     Delivery,
@@ -31,6 +31,7 @@ from ._lifecycle import (
     sigterm_hint,
 )
 from ._limits import MAX_NAME_BYTES
+from ._operation import build_operation
 from ._pacing import Pacer
 from ._replay import Replayer, ReplayRound, dead_letter_rows
 from ._retry import RetryPolicy
@@ -249,7 +250,7 @@ class Bridge:
         self._dead_letters: deque[DeadLetter] = deque(maxlen=_DEAD_LETTERS_KEPT)
         self._warned_unknown: set[str] = set()
         self._warn_unknown = bool(settings.events) and settings.unknown_events == "warn"
-        self._dispatcher: Dispatcher[Capture | Operation] = Dispatcher(
+        self._dispatcher: Dispatcher[Snapshot | Operation] = Dispatcher(
             process=self._process,
             send=self._send,
             batch_size=settings.batch_size,
@@ -323,7 +324,7 @@ class Bridge:
 
     # -- the app's side ---------------------------------------------------------------
 
-    def submit(self, capture: Capture) -> bool:
+    def submit(self, capture: Snapshot) -> bool:
         """Queue a captured event; O(1), never blocks, never raises.
 
         Returns:
@@ -348,7 +349,7 @@ class Bridge:
         self.count_dropped(f"event dropped: {self._why_not_queued()}")
         return False
 
-    def _submit_durably(self, capture: Capture) -> bool:
+    def _submit_durably(self, capture: Snapshot) -> bool:
         # durability="disk": on disk before the log call returns, reserved for this
         # process's queue; if the process dies, replay (here or elsewhere) sends it.
         op = self._build_here(capture)
@@ -475,7 +476,7 @@ class Bridge:
         return f"the queue is full (max_queue_size={self.settings.max_queue_size})"
 
     def _build_here(
-        self, capture: Capture, letters: list[DeadLetterRow] | None = None
+        self, capture: Snapshot, letters: list[DeadLetterRow] | None = None
     ) -> Operation | None:
         """Build on the caller's thread; an invalid event is counted (never queued).
 
@@ -573,7 +574,7 @@ class Bridge:
                     f"again every minute)"
                 )
 
-    def _warn_if_unknown(self, capture: Capture) -> None:
+    def _warn_if_unknown(self, capture: Snapshot) -> None:
         # Here on the app's thread rather than on the dispatch thread: that thread never
         # logs, so it never waits for logging's locks (see CustomerIOHandler.flush).
         # The names remembered are bounded: a longer one is invalid anyway (name_too_long),
@@ -705,7 +706,7 @@ class Bridge:
         while time.monotonic() < until and self._replay_round() == 0.0:
             pass
 
-    def _settle_leftovers(self, left: list[Capture | Operation], wait: float, end: float) -> None:
+    def _settle_leftovers(self, left: list[Snapshot | Operation], wait: float, end: float) -> None:
         """What was still queued when sending stopped: spooled by ``end``, else dropped.
 
         Built and written a chunk at a time, so that a kill soon after (a container's
@@ -879,7 +880,7 @@ class Bridge:
             self._counters.last_error = message
             self._pending_warnings.append(message)
 
-    def _process(self, capture: Capture | Operation) -> Operation | None:
+    def _process(self, capture: Snapshot | Operation) -> Operation | None:
         if isinstance(capture, Operation):
             return capture  # built on the app's thread (durability="disk")
         try:
@@ -894,7 +895,7 @@ class Bridge:
 
     def _reject(
         self,
-        capture: Capture,
+        capture: Snapshot,
         reason: str,
         field: str | None,
         message: str,
@@ -1153,7 +1154,7 @@ def get_bridge() -> Bridge:
     return _bridge_from_env()
 
 
-def submit_capture(capture: Capture) -> None:
+def submit_capture(capture: Snapshot) -> None:
     """Queue a tagged call on the process's bridge, built from the environment if need be.
 
     The path of every handler and processor without a bridge of its own. A tagged call
@@ -1165,7 +1166,7 @@ def submit_capture(capture: Capture) -> None:
     """
     bridge = _bridge
     if bridge is None:
-        early: list[Capture] | None = getattr(_building, "early", None)
+        early: list[Snapshot] | None = getattr(_building, "early", None)
         if early is not None:
             if len(early) < _EARLY_KEPT:
                 early.append(capture)
@@ -1186,7 +1187,7 @@ def _bridge_from_env() -> Bridge:
     # Another thread's first tagged call meanwhile builds its own: the first to finish
     # is kept, the others, never started, are dropped. This thread's own re-entrant
     # calls wait in `early` (see submit_capture).
-    early: list[Capture] = []
+    early: list[Snapshot] = []
     _building.early = early
     try:
         built = Bridge(Settings.from_env())
