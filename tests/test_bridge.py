@@ -12,7 +12,7 @@ import pytest
 
 import customerio_logging as cio
 from customerio_logging import _bridge, _global
-from customerio_logging._capture import Capture
+from customerio_logging._capture import Snapshot
 from customerio_logging._limits import BATCH_BODY_BYTES
 from customerio_logging._wire import Response
 from customerio_logging.testing import MockTransport, TrackAPIEmulator
@@ -22,8 +22,8 @@ from .conftest import GatedTransport
 SECRET = "sk_live_DO_NOT_LEAK_42"
 
 
-def _capture(i: int, **fields: Any) -> Capture:
-    return Capture(True, "plan_changed", {"user_id": f"u{i}", **fields}, 1_700_000_000.0 + i)
+def _capture(i: int, **fields: Any) -> Snapshot:
+    return Snapshot(True, "plan_changed", {"user_id": f"u{i}", **fields}, 1_700_000_000.0 + i)
 
 
 def _balanced(stats: cio.Stats) -> bool:
@@ -123,7 +123,7 @@ class TestDelivery:
     ) -> None:
         bridge = cio.configure(**settings)
         bridge.submit(_capture(1))
-        bridge.submit(Capture(True, "no_person", {"plan": "pro"}, 1.0))
+        bridge.submit(Snapshot(True, "no_person", {"plan": "pro"}, 1.0))
         bridge.submit(_capture(2, bad=object()))
         assert bridge.flush(5.0)
         stats = bridge.stats()
@@ -338,7 +338,7 @@ class TestUnknownEvents:
         bridge = cio.configure(**settings, events=[self.Known], unknown_events="warn")
         with caplog.at_level(logging.WARNING, logger="customerio_logging"):
             for i in range(3):
-                bridge.submit(Capture("mystery", None, {"user_id": f"u{i}"}, 1.0))
+                bridge.submit(Snapshot("mystery", None, {"user_id": f"u{i}"}, 1.0))
             assert bridge.flush(5.0)
         assert len(emulator.operations) == 3
         warnings = [r for r in caplog.records if "mystery" in r.getMessage()]
@@ -357,9 +357,9 @@ class TestUnknownEvents:
         huge = [f"{i}" + "x" * 1_000_000 for i in range(20)]
         with caplog.at_level(logging.WARNING, logger="customerio_logging"):
             for name in huge:  # too long to be a name: invalid, and neither kept nor warned
-                bridge.submit(Capture(name, None, {"user_id": "u"}, 1.0))
+                bridge.submit(Snapshot(name, None, {"user_id": "u"}, 1.0))
             for i in range(8):
-                bridge.submit(Capture(f"mystery{i}", None, {"user_id": "u"}, 1.0))
+                bridge.submit(Snapshot(f"mystery{i}", None, {"user_id": "u"}, 1.0))
         warnings = [r.getMessage() for r in caplog.records if "not declared" in r.getMessage()]
         assert [w.split("'")[1] for w in warnings] == [f"mystery{i}" for i in range(5)]
         assert "no more will be" in warnings[-1]
@@ -371,8 +371,8 @@ class TestUnknownEvents:
         self, settings: dict[str, Any], emulator: TrackAPIEmulator
     ) -> None:
         bridge = cio.configure(**settings, events=[self.Known], unknown_events="reject")
-        bridge.submit(Capture("mystery", None, {"user_id": "u1"}, 1.0))
-        bridge.submit(Capture("known", None, {"user_id": "u1", "plan": "pro"}, 1.0))
+        bridge.submit(Snapshot("mystery", None, {"user_id": "u1"}, 1.0))
+        bridge.submit(Snapshot("known", None, {"user_id": "u1", "plan": "pro"}, 1.0))
         assert bridge.flush(5.0)
         assert [op["name"] for op in emulator.operations] == ["known"]
         assert [d.reason for d in bridge.dead_letters()] == ["unknown_event"]
@@ -430,8 +430,10 @@ class TestReviewFindings:
     ) -> None:
         bridge = cio.configure(**settings)
         message = "card 4111111111111111 " + "x" * 200_000
-        bridge.submit(Capture(True, message, {"user_id": "u1"}, 1.0))
-        bridge.submit(Capture(True, "e", {"user_id": "u1", "cio_action": "token=SECRET" * 10}, 1.0))
+        bridge.submit(Snapshot(True, message, {"user_id": "u1"}, 1.0))
+        bridge.submit(
+            Snapshot(True, "e", {"user_id": "u1", "cio_action": "token=SECRET" * 10}, 1.0)
+        )
         assert bridge.flush(5.0)
         first, second = bridge.dead_letters()
         assert first.reason == "name_too_long"

@@ -16,7 +16,7 @@ import pytest
 
 import customerio_logging as cio
 from customerio_logging import _dispatch, _replay, _spool
-from customerio_logging._capture import Capture
+from customerio_logging._capture import Snapshot
 from customerio_logging._spool import Spool
 from customerio_logging._wire import Operation, Response, new_ulid
 from customerio_logging.testing import FaultPlan, MockTransport, TrackAPIEmulator
@@ -53,8 +53,8 @@ def spooled(settings: dict[str, Any], spool_path: Path) -> dict[str, Any]:
     }
 
 
-def _capture(i: int, **fields: Any) -> Capture:
-    return Capture(True, "plan_changed", {"user_id": f"u{i}", **fields}, 1_700_000_000.0 + i)
+def _capture(i: int, **fields: Any) -> Snapshot:
+    return Snapshot(True, "plan_changed", {"user_id": f"u{i}", **fields}, 1_700_000_000.0 + i)
 
 
 def _balanced(stats: cio.Stats) -> bool:
@@ -209,7 +209,7 @@ class TestDeadLetter:
         bridge = cio.configure(**spooled)
         for i in range(3):
             bridge.submit(_capture(i))
-        bridge.submit(Capture(True, "no_person", {"plan": "pro"}, 1.0))
+        bridge.submit(Snapshot(True, "no_person", {"plan": "pro"}, 1.0))
         assert bridge.flush(WAIT) is False
         stats = bridge.stats()
         assert (stats.sent, stats.dead_lettered, stats.invalid, stats.spooled) == (2, 1, 1, 0)
@@ -245,7 +245,7 @@ class TestDurability:
         self, spooled: dict[str, Any]
     ) -> None:
         bridge = cio.configure(**spooled, durability="disk")
-        assert bridge.submit(Capture(True, "no_person", {"plan": "pro"}, 1.0)) is False
+        assert bridge.submit(Snapshot(True, "no_person", {"plan": "pro"}, 1.0)) is False
         stats = bridge.stats()
         assert (stats.enqueued, stats.invalid) == (1, 1)
         assert _balanced(stats)

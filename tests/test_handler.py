@@ -11,7 +11,7 @@ import structlog
 
 import customerio_logging as cio
 from customerio_logging import _global
-from customerio_logging._capture import Captured
+from customerio_logging._capture import TakenByProcessor
 from customerio_logging.testing import TrackAPIEmulator
 
 
@@ -149,7 +149,7 @@ class TestProcessor:
         event = {"event": "e", "cio_event": True, "user_id": "u1"}
         out = cio.CustomerIOProcessor(bridge=_NullBridge())(None, "info", event)
         assert out is event
-        assert type(out["cio_event"]) is Captured
+        assert type(out["cio_event"]) is TakenByProcessor
 
     def test_a_processor_failure_never_reaches_the_log_call(self) -> None:
         class Broken:
@@ -292,7 +292,7 @@ class TestUnreadableTag:
         bridge = cio.configure(**settings)
         event = {"event": "evt", "cio_event": NoTruth(), "user_id": "u1"}
         out = cio.CustomerIOProcessor()(None, "info", event)
-        assert type(out["cio_event"]) is Captured  # taken: a handler downstream skips it
+        assert type(out["cio_event"]) is TakenByProcessor  # taken: a handler downstream skips it
         assert cio.flush(5.0)
         assert (cio.stats().enqueued, cio.stats().invalid) == (1, 1)
         assert [d.reason for d in bridge.dead_letters()] == ["invalid_tag"]

@@ -20,7 +20,7 @@ from customerio import CustomerIO
 
 import customerio_logging as cio
 from customerio_logging import DeliveryError
-from customerio_logging._capture import Capture
+from customerio_logging._capture import Snapshot
 from customerio_logging._delivery import Delivery, SessionTransport
 from customerio_logging._replay import Replayer
 from customerio_logging._spool import Spool
@@ -455,5 +455,5 @@ class TestReplayDeadline:
         assert result.error == f"no complete response from 127.0.0.1:{server.port} within 1s"
 
 
-def _capture() -> Capture:
-    return Capture(True, "plan_changed", {"user_id": "u1"}, 1_700_000_000.0)
+def _capture() -> Snapshot:
+    return Snapshot(True, "plan_changed", {"user_id": "u1"}, 1_700_000_000.0)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import customerio_logging as cio
-from customerio_logging._capture import Capture
+from customerio_logging._capture import Snapshot
 from customerio_logging._wire import Response
 from customerio_logging.testing import TrackAPIEmulator
 
@@ -329,7 +329,7 @@ class TestBoundedEnds:
     ) -> None:
         transport = GatedTransport(Response(200))
         bridge = cio.configure(**{**settings, "batch_size": 1}, transport=transport)
-        bridge.submit(Capture(True, "job_done", {"user_id": "u1"}, 1_700_000_000.0))
+        bridge.submit(Snapshot(True, "job_done", {"user_id": "u1"}, 1_700_000_000.0))
         assert transport.entered.wait(5.0)
         handler = cio.CustomerIOHandler()
         started = time.monotonic()
@@ -344,7 +344,7 @@ class TestBoundedEnds:
     ) -> None:
         transport = GatedTransport(Response(200))
         bridge = cio.configure(**{**settings, "batch_size": 1}, transport=transport)
-        bridge.submit(Capture(True, "job_done", {"user_id": "u1"}, 1_700_000_000.0))
+        bridge.submit(Snapshot(True, "job_done", {"user_id": "u1"}, 1_700_000_000.0))
         assert transport.entered.wait(5.0)
         bridge.shutdown(0.1)
         started = time.monotonic()

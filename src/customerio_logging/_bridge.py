@@ -7,7 +7,7 @@ import os
 import threading
 from typing import Any
 
-from ._capture import ACTION, Capture
+from ._capture import ACTION, Snapshot
 from ._config import Settings
 from ._delivery import official_client
 from ._dispatch import Dispatcher
@@ -72,7 +72,7 @@ class Bridge:
             schedule_idle=lambda delay: self._dispatcher.schedule_idle(delay),
         )
         sender = self._sender
-        self._dispatcher: Dispatcher[Capture | Operation] = Dispatcher(
+        self._dispatcher: Dispatcher[Snapshot | Operation] = Dispatcher(
             process=sender.process,
             send=sender.send,
             batch_size=settings.batch_size,
@@ -138,7 +138,7 @@ class Bridge:
 
     # -- the app's side ---------------------------------------------------------------
 
-    def submit(self, capture: Capture) -> bool:
+    def submit(self, capture: Snapshot) -> bool:
         """Queue a captured event; O(1), never blocks, never raises.
 
         Returns:
@@ -163,7 +163,7 @@ class Bridge:
         self.count_dropped(f"event dropped: {self._why_not_queued()}")
         return False
 
-    def _submit_durably(self, capture: Capture) -> bool:
+    def _submit_durably(self, capture: Snapshot) -> bool:
         # durability="disk": on disk before the log call returns, reserved for this
         # process's queue; if the process dies, replay (here or elsewhere) sends it.
         op = self._sender.build_here(capture)
@@ -190,7 +190,7 @@ class Bridge:
             return "the bridge is shut down"
         return f"the queue is full (max_queue_size={self.settings.max_queue_size})"
 
-    def _warn_if_unknown(self, capture: Capture) -> None:
+    def _warn_if_unknown(self, capture: Snapshot) -> None:
         # Here on the app's thread rather than on the dispatch thread: that thread never
         # logs, so it never waits for logging's locks (see CustomerIOHandler.flush).
         # The names remembered are bounded: a longer one is invalid anyway (name_too_long),

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._pacing import Pacer
+from ._reasons import NETWORK_ERROR, REJECTED, REQUEST_TOO_LARGE, UNAUTHORIZED
 from ._watchdog import RequestDeadlines, Watch
 from ._wire import BATCH_PATH, Operation, Response, Transport, batch_body, shorten
 from .exceptions import DeliveryError
@@ -295,7 +296,7 @@ class Delivery:
             report.error = str(exc)
             return
         except DeliveryError as exc:
-            report.fail(ops, Failure("network_error", str(exc), status=exc.status_code))
+            report.fail(ops, Failure(NETWORK_ERROR, str(exc), status=exc.status_code))
             return
         status = response.status
         if status == 207:
@@ -361,7 +362,7 @@ def _partial(ops: Sequence[Operation], response: Response, report: DeliveryRepor
         index = err.get("batch_index")
         if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(ops):
             by_index[index] = Failure(
-                reason=_api_text(err.get("reason"), _REASON_CHARS) or "rejected",
+                reason=_api_text(err.get("reason"), _REASON_CHARS) or REJECTED,
                 message=_api_text(err.get("message")) or "rejected by the Track API",
                 field=_api_text(err.get("field")),
                 status=207,
@@ -384,13 +385,13 @@ def _whole_batch_failure(response: Response) -> Failure:
     status = response.status
     if status == 413:
         return Failure(
-            "request_too_large",
+            REQUEST_TOO_LARGE,
             "HTTP 413: the Track API refused the request as too large, even for one operation",
             status=status,
         )
     if status in (401, 403):
         return Failure(
-            "unauthorized",
+            UNAUTHORIZED,
             f"HTTP {status}: the Track API refused the credentials; check site_id "
             f"(CUSTOMERIO_SITE_ID) and api_key (CUSTOMERIO_TRACK_API_KEY)",
             status=status,

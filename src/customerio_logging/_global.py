@@ -9,7 +9,7 @@ from typing import Any
 
 from . import _lifecycle, _spool
 from ._bridge import Bridge
-from ._capture import Capture
+from ._capture import Snapshot
 from ._config import Settings
 from ._ledger import Stats
 from ._ownlog import warn
@@ -85,7 +85,7 @@ def current_bridge() -> Bridge | None:
     return _bridge
 
 
-def submit_capture(capture: Capture) -> None:
+def submit_capture(capture: Snapshot) -> None:
     """Queue a tagged call on the process's bridge, built from the environment if need be.
 
     The path of every handler and processor without a bridge of its own. A tagged call
@@ -97,7 +97,7 @@ def submit_capture(capture: Capture) -> None:
     """
     bridge = _bridge
     if bridge is None:
-        early: list[Capture] | None = getattr(_building, "early", None)
+        early: list[Snapshot] | None = getattr(_building, "early", None)
         if early is not None:
             if len(early) < _EARLY_KEPT:
                 early.append(capture)
@@ -114,7 +114,7 @@ def _bridge_from_env() -> Bridge:
     # Another thread's first tagged call meanwhile builds its own: the first to finish
     # is kept, the others, never started, are dropped. This thread's own re-entrant
     # calls wait in `early` (see submit_capture).
-    early: list[Capture] = []
+    early: list[Snapshot] = []
     _building.early = early
     try:
         built = Bridge(Settings.from_env())

@@ -9,6 +9,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict
 
 from ._limits import MAX_NAME_BYTES
+from ._reasons import SCHEMA_MISMATCH, UNKNOWN_EVENT
 from .exceptions import ConfigurationError, InvalidEventError
 
 __all__ = [
@@ -95,11 +96,6 @@ class Taxonomy:
         self.unknown_events = unknown_events
         self.user_attributes = user_attributes
 
-    @property
-    def names(self) -> frozenset[str]:
-        """The declared event names."""
-        return frozenset(self._models)
-
     def is_known(self, name: str) -> bool:
         """Whether ``name`` is a declared event (always True when none are declared)."""
         return not self._models or name in self._models
@@ -117,7 +113,7 @@ class Taxonomy:
                 raise InvalidEventError(
                     f"event {name!r} is not declared in configure(events=...) and "
                     f"unknown_events='reject'",
-                    reason="unknown_event",
+                    reason=UNKNOWN_EVENT,
                     field="name",
                 )
             return data
@@ -150,7 +146,7 @@ def _translate(model: type[BaseModel], exc: pydantic.ValidationError) -> Invalid
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return InvalidEventError(
         f"does not match {model.__qualname__}: {details}{more}",
-        reason="schema_mismatch",
+        reason=SCHEMA_MISMATCH,
         field=field,
     )
 

@@ -9,13 +9,15 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _replay
-from ._capture import Capture, build_operation
+from ._capture import Snapshot
 from ._config import Settings
 from ._delivery import Delivery, DeliveryReport, Failure, SessionTransport
 from ._ledger import DeadLetter, Ledger
 from ._lifecycle import sigterm_hint
 from ._limits import MAX_NAME_BYTES
+from ._operation import build_operation
 from ._pacing import Pacer
+from ._reasons import INTERNAL_ERROR
 from ._replay import Replayer, dead_letter_rows
 from ._retry import RetryPolicy
 from ._schema import Taxonomy
@@ -104,12 +106,12 @@ class Sender:
 
     # -- building --------------------------------------------------------------------
 
-    def process(self, item: Capture | Operation) -> Operation | None:
+    def process(self, item: Snapshot | Operation) -> Operation | None:
         """A queued item as an operation; None when invalid (counted, dead-lettered)."""
         return self._build(item, here=False)
 
     def build_here(
-        self, item: Capture | Operation, letters: list[DeadLetterRow] | None = None
+        self, item: Snapshot | Operation, letters: list[DeadLetterRow] | None = None
     ) -> Operation | None:
         """Build on the caller's thread; an invalid event is counted (never queued).
 
@@ -119,7 +121,7 @@ class Sender:
         return self._build(item, here=True, letters=letters)
 
     def _build(
-        self, item: Capture | Operation, *, here: bool, letters: list[DeadLetterRow] | None = None
+        self, item: Snapshot | Operation, *, here: bool, letters: list[DeadLetterRow] | None = None
     ) -> Operation | None:
         if isinstance(item, Operation):
             return item  # built on the app's thread already (durability="disk")
@@ -129,12 +131,12 @@ class Sender:
             self._reject(item, exc.reason, exc.field, str(exc), here=here, letters=letters)
         except Exception as exc:  # noqa: BLE001 - a user validator or a bug: count, don't raise
             why = f"{type(exc).__name__} while building"
-            self._reject(item, "internal_error", None, why, here=here, letters=letters)
+            self._reject(item, INTERNAL_ERROR, None, why, here=here, letters=letters)
         return None
 
     def _reject(
         self,
-        capture: Capture,
+        capture: Snapshot,
         reason: str,
         field: str | None,
         message: str,
@@ -175,7 +177,7 @@ class Sender:
             report = self.delivery.deliver(ops)
         except Exception as exc:  # noqa: BLE001 - a transport bug must not lose the count
             error = f"{type(exc).__name__} in the transport"
-            failure = Failure("internal_error", error)
+            failure = Failure(INTERNAL_ERROR, error)
             report = DeliveryReport(failed=[(op, failure) for op in ops], error=error)
         with in_flight.lock:
             try:

@@ -12,7 +12,7 @@ from ._delivery import SessionTransport
 from ._wire import Operation
 
 if TYPE_CHECKING:
-    from ._capture import Capture
+    from ._capture import Snapshot
     from ._dispatch import Dispatcher
     from ._ledger import Ledger
     from ._sending import Sender
@@ -48,7 +48,7 @@ class Shutdown:
     def __init__(
         self,
         *,
-        dispatcher: Dispatcher[Capture | Operation],
+        dispatcher: Dispatcher[Snapshot | Operation],
         sender: Sender,
         writer: SpoolWriter,
         ledger: Ledger,
@@ -140,7 +140,7 @@ class Shutdown:
         while time.monotonic() < until and sender.replay_round() == 0.0:
             pass
 
-    def _settle_leftovers(self, left: list[Capture | Operation], wait: float, end: float) -> None:
+    def _settle_leftovers(self, left: list[Snapshot | Operation], wait: float, end: float) -> None:
         """What was still queued when sending stopped: spooled by ``end``, else dropped.
 
         Built and written a chunk at a time, so that a kill soon after (a container's

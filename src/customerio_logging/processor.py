@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from ._capture import TAG, Captured, capture_event_dict
+from ._capture import TAG, TakenByProcessor, capture_event_dict
 from ._global import note_lost, submit_capture
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class CustomerIOProcessor:
     ) -> MutableMapping[str, Any]:
         tag = event_dict.get(TAG)
         try:
-            if not tag or type(tag) is Captured:
+            if not tag or type(tag) is TakenByProcessor:
                 return event_dict
         except Exception:  # noqa: BLE001, S110 - a tag with no truth value (a numpy array):
             pass  # taken below, and counted invalid by the bridge
@@ -62,7 +62,7 @@ class CustomerIOProcessor:
         # Taken, whatever became of it (queued, or counted lost): a CustomerIOHandler
         # further down must neither send nor count it again.
         name = tag if isinstance(tag, str) else event_dict.get("event")
-        event_dict[TAG] = Captured(name if isinstance(name, str) else "")
+        event_dict[TAG] = TakenByProcessor(name if isinstance(name, str) else "")
         return event_dict
 
     def __repr__(self) -> str:
