@@ -8,6 +8,7 @@ dropped connections, a rate limit with ``Retry-After``, slow answers, a lower 41
 and chosen operations refused in a 207.
 """
 
-from customerio_logging.testing._emulator import FaultPlan, RecordedRequest, TrackAPIEmulator
+from customerio_logging.testing._faults import FaultPlan
+from customerio_logging.testing._server import RecordedRequest, TrackAPIEmulator
 
 __all__ = ["FaultPlan", "RecordedRequest", "TrackAPIEmulator"]

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from .._bridge import Bridge, _forget_bridge, configure
-from ._emulator import TrackAPIEmulator
+from ._server import TrackAPIEmulator
 
 __all__ = ["cio_bridge", "track_api_emulator"]
 
