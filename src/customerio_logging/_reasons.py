@@ -41,6 +41,7 @@ INTERNAL_ERROR: Final = "internal_error"
 INVALID_JSON: Final = "invalid_json"
 INVALID_BODY: Final = "invalid_body"
 INVALID_BATCH: Final = "invalid_batch"
+EMPTY_BATCH: Final = "empty_batch"
 INVALID_REQUEST: Final = "invalid_request"
 REQUEST_TOO_LARGE: Final = "request_too_large"
 UNAUTHORIZED: Final = "unauthorized"
@@ -77,6 +78,7 @@ REASONS: Final[dict[str, str]] = {
     INVALID_JSON: "a request body that is not JSON",
     INVALID_BODY: "a request body that is not a JSON object",
     INVALID_BATCH: "a request whose batch is not a list",
+    EMPTY_BATCH: "a request whose batch has no operation",
     INVALID_REQUEST: "a request with a header the API refuses",
     REQUEST_TOO_LARGE: "a request over 500 KB, even for one operation (HTTP 413)",
     UNAUTHORIZED: "credentials the API refused (HTTP 401/403)",

@@ -11,7 +11,8 @@ bridge's batches without any server: ``configure(transport=MockTransport())``.
 """
 
 from customerio_logging._wire import Response
-from customerio_logging.testing._emulator import FaultPlan, RecordedRequest, TrackAPIEmulator
+from customerio_logging.testing._faults import FaultPlan
 from customerio_logging.testing._mock import MockTransport
+from customerio_logging.testing._server import RecordedRequest, TrackAPIEmulator
 
 __all__ = ["FaultPlan", "MockTransport", "RecordedRequest", "Response", "TrackAPIEmulator"]

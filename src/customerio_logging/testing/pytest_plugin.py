@@ -17,7 +17,7 @@ import pytest
 
 from .._bridge import Bridge
 from .._global import configure, forget_bridge
-from ._emulator import TrackAPIEmulator
+from ._server import TrackAPIEmulator
 
 __all__ = ["cio_bridge", "track_api_emulator"]
 
