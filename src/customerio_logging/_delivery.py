@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -26,6 +27,8 @@ __all__ = [
     "Failure",
     "SessionTransport",
     "official_client",
+    "status_phrase",
+    "transport_for",
 ]
 
 _HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -169,6 +172,28 @@ def official_client(settings: Settings) -> Any:
         retries=0,
         timeout=settings.request_timeout,
     )
+
+
+def transport_for(settings: Settings, *, client: Any = None) -> SessionTransport:
+    """The transport ``settings`` call for: the official client's session, its retries off.
+
+    Args:
+        settings: Whose credentials, ``track_url`` and ``request_timeout`` it uses.
+        client: The official client to post through; None makes one
+            (:func:`official_client`).
+    """
+    if client is None:
+        client = official_client(settings)
+    return SessionTransport(client, settings.track_url, timeout=settings.request_timeout)
+
+
+def status_phrase(status: int) -> str:
+    """The reason phrase HTTP gives ``status`` (``404`` -> ``"Not Found"``); ``""`` for a
+    status HTTP does not name."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _user_agent() -> str:
