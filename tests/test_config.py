@@ -9,7 +9,13 @@ from typing import Any, ClassVar
 
 import pytest
 
-from customerio_logging._config import ENV_VARS, REGION_URLS, Settings
+from customerio_logging._config import (
+    DEFAULT_MAX_SPOOL_BYTES,
+    ENV_VARS,
+    REGION_URLS,
+    Settings,
+    is_loopback,
+)
 from customerio_logging._schema import Event
 from customerio_logging.exceptions import ConfigurationError, CustomerIOLoggingError
 
@@ -539,6 +545,33 @@ class TestSpoolSettings:
         error = config_error(site_id="s", api_key=SECRET, **given)
         assert error.setting == setting
         assert words in str(error)
+
+
+class TestSharedDefaults:
+    def test_the_default_spool_bound_is_the_settings_default(self) -> None:
+        # The command line opens a spool named by path alone with this bound.
+        assert make().max_spool_bytes == DEFAULT_MAX_SPOOL_BYTES == 100 * 1024 * 1024
+
+
+class TestIsLoopback:
+    @pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "127.0.0.1", "127.1.2.3", "::1"])
+    def test_loopback(self, host: str) -> None:
+        assert is_loopback(host)
+
+    @pytest.mark.parametrize(
+        "host",
+        [
+            "",
+            "0.0.0.0",
+            "10.0.0.1",
+            "::",
+            "2001:db8::1",
+            "localhost.example.com",
+            "track.customer.io",
+        ],
+    )
+    def test_not_loopback(self, host: str) -> None:
+        assert not is_loopback(host)
 
 
 class TestSettingsObject:

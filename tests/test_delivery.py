@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +14,10 @@ from typing import ClassVar
 import pytest
 import requests
 
-from customerio_logging._delivery import Delivery, Failure, SessionTransport
+from customerio_logging._config import Settings
+from customerio_logging._delivery import Delivery, Failure, SessionTransport, transport_for
 from customerio_logging._wire import Operation, Response, batch_body
+from customerio_logging.exceptions import DeliveryError
 from customerio_logging.testing import MockTransport
 
 
@@ -251,3 +255,56 @@ class TestEnvironmentSettings:
             CustomerIO("site", "key", retries=0), "https://track.customer.io", timeout=5.0
         )
         assert transport._http().verify == str(bundle)
+
+
+def _basic(site_id: str, api_key: str) -> str:
+    return "Basic " + base64.b64encode(f"{site_id}:{api_key}".encode()).decode()
+
+
+class TestTransportFor:
+    """The transport the bridge and the command line build from the settings."""
+
+    def test_it_posts_to_the_settings_url_with_their_credentials(
+        self, counting_server: tuple[str, type[_Counting]]
+    ) -> None:
+        url, handler = counting_server
+        handler.status = 200
+        transport = transport_for(Settings(site_id="site", api_key="key", track_url=url))
+        try:
+            assert transport.send(b'{"batch":[]}').status == 200
+        finally:
+            transport.close()
+        assert handler.hits == 1
+        assert handler.auth == [_basic("site", "key")]
+        assert repr(transport) == f"SessionTransport(url={url + '/api/v2/batch'!r})"
+
+    def test_a_given_client_is_the_one_it_posts_through(
+        self, counting_server: tuple[str, type[_Counting]]
+    ) -> None:
+        from customerio import CustomerIO
+
+        url, handler = counting_server
+        handler.status = 200
+        client = CustomerIO("client-site", "client-key", retries=0)
+        transport = transport_for(
+            Settings(site_id="site", api_key="key", track_url=url), client=client
+        )
+        try:
+            transport.send(b'{"batch":[]}')
+        finally:
+            transport.close()
+        assert handler.auth == [_basic("client-site", "client-key")]
+
+    def test_a_request_ends_at_the_settings_request_timeout(self) -> None:
+        # A listening socket that never answers: the connection is made, the reply never comes.
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+            settings = Settings(site_id="s", api_key="k", track_url=url, request_timeout=0.2)
+            transport = transport_for(settings)
+            try:
+                with pytest.raises(DeliveryError, match=r"within 0\.2s"):
+                    transport.send(b'{"batch":[]}')
+            finally:
+                transport.close()

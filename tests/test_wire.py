@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ulid import ULID
 
-from customerio_logging._wire import BODY_OVERHEAD, Operation, batch_body, new_ulid, shorten
+from customerio_logging._wire import (
+    BODY_OVERHEAD,
+    Operation,
+    batch_body,
+    new_ulid,
+    shorten,
+    status_phrase,
+)
 
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 LEAK = "LEAKED-PAYLOAD-7731"
@@ -151,3 +158,20 @@ class TestNewUlid:
         assert parent[0] != child[0]
         for value in child:
             assert ULID.from_str(value).milliseconds == 1_700_000_000_500
+
+
+class TestStatusPhrase:
+    @pytest.mark.parametrize(
+        ("status", "phrase"),
+        [
+            (200, "OK"),
+            (207, "Multi-Status"),
+            (404, "Not Found"),
+            (429, "Too Many Requests"),
+            (503, "Service Unavailable"),
+            (299, ""),  # a status HTTP does not name
+            (999, ""),
+        ],
+    )
+    def test_the_phrase_http_gives_a_status(self, status: int, phrase: str) -> None:
+        assert status_phrase(status) == phrase

@@ -18,7 +18,15 @@ if TYPE_CHECKING:
     from ._schema import Event, UserAttributes
     from ._wire import Transport
 
-__all__ = ["ENV_VARS", "MAX_SECONDS", "MIN_SECONDS", "REGION_URLS", "Settings"]
+__all__ = [
+    "DEFAULT_MAX_SPOOL_BYTES",
+    "ENV_VARS",
+    "MAX_SECONDS",
+    "MIN_SECONDS",
+    "REGION_URLS",
+    "Settings",
+    "is_loopback",
+]
 
 REGION_URLS: Mapping[str, str] = {
     "us": "https://track.customer.io",
@@ -44,6 +52,9 @@ _LOOPBACK_NAMES = frozenset({"localhost"})
 # threading.TIMEOUT_MAX a wait raises OverflowError on the dispatch thread).
 MIN_SECONDS = 0.01
 MAX_SECONDS = 3600.0
+DEFAULT_MAX_SPOOL_BYTES = 100 * 1024 * 1024
+"""The spool's bound when no ``max_spool_bytes`` is given (also the command line's, when
+it opens a spool file named by path alone)."""
 # At least one request every 10 s: a slower rate holds one batch longer than the retry
 # and shutdown horizons (max_requests_per_second=1e-6 is an 11-day wait).
 _MIN_RATE = 0.1
@@ -124,7 +135,7 @@ class Settings:
     max_requests_per_second: float = 100.0
     install_signal_handlers: bool = True
     spool_path: str | os.PathLike[str] | Literal[False] | None = None
-    max_spool_bytes: int = 100 * 1024 * 1024
+    max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES
     on_full: OnFull | None = None
     durability: Durability = "memory"
     events: tuple[type[Event], ...] = ()
@@ -402,7 +413,7 @@ def _check_track_url(url: object) -> str:
             setting="track_url",
             env_var=ENV_VARS["track_url"],
         )
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not is_loopback(host):
         raise ConfigurationError(
             f"track_url uses http:// for a non-loopback host ({host}); the API key "
             f"would travel in clear text. Use https://, or http://127.0.0.1:PORT for a local "
@@ -421,7 +432,9 @@ def _check_track_url(url: object) -> str:
     return url.strip().rstrip("/")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for a host name or address that never leaves this machine: ``localhost`` (any
+    case), ``127.0.0.0/8``, ``::1``. The only hosts ``track_url`` may reach over ``http://``."""
     if host.lower() in _LOOPBACK_NAMES:
         return True
     try:

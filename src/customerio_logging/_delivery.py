@@ -27,6 +27,7 @@ __all__ = [
     "Failure",
     "SessionTransport",
     "official_client",
+    "transport_for",
 ]
 
 _HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -170,6 +171,19 @@ def official_client(settings: Settings) -> Any:
         retries=0,
         timeout=settings.request_timeout,
     )
+
+
+def transport_for(settings: Settings, *, client: Any = None) -> SessionTransport:
+    """The transport ``settings`` call for: the official client's session, its retries off.
+
+    Args:
+        settings: Whose credentials, ``track_url`` and ``request_timeout`` it uses.
+        client: The official client to post through; None makes one
+            (:func:`official_client`).
+    """
+    if client is None:
+        client = official_client(settings)
+    return SessionTransport(client, settings.track_url, timeout=settings.request_timeout)
 
 
 def _user_agent() -> str:

@@ -11,7 +11,7 @@ from typing import Any
 from . import _replay
 from ._capture import Snapshot
 from ._config import Settings
-from ._delivery import Delivery, DeliveryReport, Failure, SessionTransport
+from ._delivery import Delivery, DeliveryReport, Failure, transport_for
 from ._ledger import DeadLetter, Ledger
 from ._lifecycle import sigterm_hint
 from ._limits import MAX_NAME_BYTES
@@ -79,9 +79,7 @@ class Sender:
         """Build the way out: transport, rate limit, delivery and replay, and forget the
         batch in flight (when built, and in a forked child: the parent's stay its own)."""
         settings = self._settings
-        transport = settings.transport or SessionTransport(
-            self._client(), settings.track_url, timeout=settings.request_timeout
-        )
+        transport = settings.transport or transport_for(settings, client=self._client())
         pacer = Pacer(settings.max_requests_per_second)
         problem = self._ledger.warn_problem
         policy = RetryPolicy.from_settings(settings, pacer=pacer)

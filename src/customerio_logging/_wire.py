@@ -7,6 +7,7 @@ import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import NamedTuple, Protocol
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "new_ulid",
     "reseed_ulids",
     "shorten",
+    "status_phrase",
 ]
 
 BATCH_PATH = "/api/v2/batch"
@@ -94,6 +96,15 @@ def shorten(text: str, limit: int) -> str:
     if len(line) <= limit and len(head) == len(text):
         return line
     return line[: limit - 1] + "…"
+
+
+def status_phrase(status: int) -> str:
+    """The reason phrase HTTP gives ``status`` (``404`` -> ``"Not Found"``); ``""`` for a
+    status HTTP does not name."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 # ULIDs: 48 bits of milliseconds and 80 random bits, Crockford base32. Made here rather

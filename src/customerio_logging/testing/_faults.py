@@ -12,10 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any, Final, Literal
 
 from .._reasons import REQUEST_TOO_LARGE
+from .._wire import status_phrase
 from ._validation import Problem
 
 __all__ = [
@@ -272,7 +272,7 @@ class ActivePlan:
 
 def fault_error(status: int) -> dict[str, Any]:
     """The error object of an injected status: its reason, and a message that says so."""
-    status_line = f"{status} {_status_phrase(status)}".rstrip()
+    status_line = f"{status} {status_phrase(status)}".rstrip()
     return {
         "reason": _STATUS_REASONS.get(status, f"http_{status}"),
         "message": f"{status_line}: injected by the emulator's fault plan",
@@ -300,8 +300,3 @@ def refusal(reject_ops: RejectOps, op: dict[str, Any]) -> Problem | None:
     return Problem(reason, "operation", f"operation refused by the fault plan: {reason}")
 
 
-def _status_phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""

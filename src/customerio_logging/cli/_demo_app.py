@@ -1,4 +1,4 @@
-"""The demo: a small app logging through stdlib and structlog into the local emulator."""
+"""The demo's app: a small app logging through stdlib and structlog into the local emulator."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import time
 from collections import Counter
 from typing import Any
 
-from . import _global
-from ._schema import Event
-from .handler import CustomerIOHandler
-from .processor import CustomerIOProcessor
-from .testing import TrackAPIEmulator
+from .. import _global
+from .._schema import Event
+from ..handler import CustomerIOHandler
+from ..processor import CustomerIOProcessor
+from ..testing import TrackAPIEmulator
 
 __all__ = ["run_demo"]
 

@@ -1,0 +1,136 @@
+"""``check``: the settings in effect, and whether the Track API accepts the credentials."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Literal
+from urllib.parse import urlsplit
+
+import requests
+
+from .._config import REGION_URLS, Settings
+from .._wire import shorten, status_phrase
+from ..exceptions import ConfigurationError
+from ._args import (
+    Subcommands,
+    add_command,
+    credential_overrides,
+    credentials_parent,
+    positive_seconds,
+)
+from ._output import configuration_error
+
+__all__ = ["register"]
+
+_REGION_PATH = "/api/v1/accounts/region"
+
+
+def register(commands: Subcommands) -> None:
+    """Add the ``check`` command to ``commands``."""
+    check = add_command(
+        commands,
+        "check",
+        parents=[credentials_parent()],
+        help="check the settings and that the Track API accepts the credentials",
+        description=(
+            "Build the settings as the library does (flags, then CUSTOMERIO_* environment "
+            "variables, then defaults), print them without the API key, and ask the Track "
+            f"API whether it accepts the credentials (GET {_REGION_PATH})."
+        ),
+        epilog=(
+            "example:\n  CUSTOMERIO_SITE_ID=... CUSTOMERIO_TRACK_API_KEY=... "
+            "python -m customerio_logging check"
+        ),
+        failure=(
+            "the Track API refused the credentials, could not be reached, answered "
+            "something else, or names another region"
+        ),
+    )
+    check.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="longest wait for the answer (default 10)",
+    )
+    check.set_defaults(run=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Print the settings in effect, then whether the Track API accepts the credentials."""
+    try:
+        settings = Settings.from_env(**credential_overrides(args))
+    except ConfigurationError as exc:
+        return configuration_error(exc)
+    print(f"site id:   {settings.site_id}")
+    print(f"track url: {settings.track_url}")
+    print(f"region:    {settings.region}")
+    print(f"spool:     {_describe_spool(settings.spool_path)}")
+    host = urlsplit(settings.track_url).netloc
+    try:
+        reply = requests.get(
+            settings.track_url + _REGION_PATH,
+            auth=(settings.site_id, settings.api_key),
+            timeout=args.timeout,
+            # A redirect would carry the credentials elsewhere; report it instead.
+            allow_redirects=False,
+        )
+    except (requests.RequestException, OSError) as exc:
+        # The class name only: an exception's text can quote the URL and request.
+        print(f"UNREACHABLE: could not connect to {host}: {type(exc).__name__}")
+        return 1
+    return _verdict(reply, settings, host)
+
+
+def _verdict(reply: requests.Response, settings: Settings, host: str) -> int:
+    """Print what the Track API's answer says of the credentials and the region."""
+    if reply.status_code in (401, 403):
+        print(
+            f"REFUSED: {host} answered HTTP {reply.status_code}: check CUSTOMERIO_SITE_ID and "
+            "CUSTOMERIO_TRACK_API_KEY (or --site-id and --api-key); they are the Track API "
+            "credentials, not an App API key"
+        )
+        return 1
+    if reply.status_code != 200:
+        print(
+            f"UNEXPECTED: {host} answered HTTP {reply.status_code} "
+            f"{status_phrase(reply.status_code)}, not 200: check that {settings.track_url} "
+            "is the Track API (CUSTOMERIO_TRACK_URL), or try again later"
+        )
+        return 1
+    region = _reported_region(reply)
+    if region is None:
+        print(f"OK: credentials accepted by {host}; the answer did not name the region")
+        return 0
+    if region in REGION_URLS and region != settings.region:
+        print(
+            f"MISMATCH: credentials accepted by {host}, but the workspace is in region "
+            f"{region} and the configured region is {settings.region}: set "
+            f"CUSTOMERIO_REGION={region} (or pass --region {region})"
+        )
+        return 1
+    print(f"OK: credentials accepted by {host}; the workspace is in region {region}")
+    return 0
+
+
+def _describe_spool(path: str | os.PathLike[str] | Literal[False] | None) -> str:
+    if path is None:
+        return "the default location"
+    return "off" if path is False else os.fspath(path)
+
+
+def _reported_region(reply: requests.Response) -> str | None:
+    try:
+        body = reply.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    # The Track API answers "data_center"; "region" in case it is ever named so.
+    for key in ("region", "data_center"):
+        value = body.get(key)
+        if isinstance(value, str) and value.strip():
+            # The server's word, printed: a short line, whatever it sent.
+            return shorten(value, 40).lower()
+    return None

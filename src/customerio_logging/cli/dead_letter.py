@@ -1,0 +1,318 @@
+"""``dead-letter list|export|requeue|purge``: the operations that will not be sent, and why."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+from collections import deque
+from collections.abc import Sequence
+from typing import TextIO
+
+from .._spool import DEAD_LETTER_SHARE, MAX_DEAD_LETTERS, DeadLetterRow, Spool
+from .._wire import shorten
+from ._args import Subcommands, add_group
+from ._output import iso, plural
+from ._spool_access import add_spool_command, check_spool_file, locate, open_spool
+
+__all__ = ["register"]
+
+
+def register(commands: Subcommands) -> None:
+    """Add the ``dead-letter`` group and its commands to ``commands``."""
+    letters = add_group(
+        commands,
+        "dead-letter",
+        dest="dead_letter_command",
+        help="list, export, requeue or delete the operations the API refused",
+        description=(
+            "The dead letter keeps, in the spool file, the operations that will not be "
+            "sent: the ones the Track API refused, with its reason, and invalid events "
+            f"(reason only). It keeps the newest {MAX_DEAD_LETTERS:,}, within "
+            f"1/{DEAD_LETTER_SHARE} of max_spool_bytes; older ones are evicted and counted "
+            "(see: spool status)."
+        ),
+        epilog=(
+            "example:\n  python -m customerio_logging dead-letter list --spool-path "
+            "/var/lib/app/spool.sqlite3"
+        ),
+        failure="the spool cannot be used, or the command failed (see its --help)",
+    )
+    _add_list(letters)
+    _add_export(letters)
+    _add_requeue(letters)
+    _add_purge(letters)
+
+
+def _add_list(commands: Subcommands) -> None:
+    listing = add_spool_command(
+        commands,
+        "list",
+        _dead_letter_list,
+        help="show the newest dead letters as a table",
+        description=(
+            "Show the newest dead letters, oldest of them first: seq (to pick rows for "
+            "requeue and purge), when, operation id, event name, reason, field and the "
+            "API's message. --spool-path alone suffices: no credentials needed."
+        ),
+        epilog=(
+            "examples:\n  python -m customerio_logging dead-letter list --spool-path "
+            "/var/lib/app/spool.sqlite3\n"
+            "  python -m customerio_logging dead-letter list --reason invalid_identifiers "
+            "--json"
+        ),
+        failure="the spool file cannot be read (busy, unreadable)",
+    )
+    how_many = listing.add_mutually_exclusive_group()
+    how_many.add_argument(
+        "--limit",
+        type=_count,
+        default=50,
+        metavar="N",
+        help="show the newest N rows (default 50)",
+    )
+    how_many.add_argument("--all", action="store_true", help="show every row")
+    listing.add_argument("--reason", help="only rows with this reason")
+    listing.add_argument(
+        "--json", action="store_true", help="print JSON lines (the operations included)"
+    )
+
+
+def _add_export(commands: Subcommands) -> None:
+    export = add_spool_command(
+        commands,
+        "export",
+        _dead_letter_export,
+        help="write the dead letters as JSON lines, operations included",
+        description=(
+            "Write every dead letter (or those with --reason) as JSON lines, one row a "
+            "line, oldest first, with the operation as it would have been sent. The rows "
+            "hold event payloads: a --output file is created readable by its owner only. "
+            "The count goes to stderr."
+        ),
+        epilog=(
+            "example:\n  python -m customerio_logging dead-letter export --spool-path "
+            "/var/lib/app/spool.sqlite3 --output refused.jsonl"
+        ),
+        failure="the spool cannot be read, or --output cannot be written",
+    )
+    export.add_argument("--reason", help="only rows with this reason")
+    export.add_argument(
+        "--output", metavar="FILE", help="write to FILE, mode 0600 (default: stdout)"
+    )
+
+
+def _add_requeue(commands: Subcommands) -> None:
+    requeue = add_spool_command(
+        commands,
+        "requeue",
+        _dead_letter_requeue,
+        help="move dead letters back into the spool, for the next replay",
+        description=(
+            "Move dead letters back into the spool, to be sent by the next replay (the "
+            "app's, or spool replay). Invalid events have no operation to send: they "
+            "cannot be requeued and stay."
+        ),
+        epilog=(
+            "examples:\n  python -m customerio_logging dead-letter requeue --reason "
+            "http_500 --spool-path /var/lib/app/spool.sqlite3\n"
+            "  python -m customerio_logging dead-letter requeue --seq 12 --seq 13"
+        ),
+        failure="the spool cannot be used",
+    )
+    _add_row_selection(requeue)
+
+
+def _add_purge(commands: Subcommands) -> None:
+    purge = add_spool_command(
+        commands,
+        "purge",
+        _dead_letter_purge,
+        help="delete dead letters (needs --yes)",
+        description=(
+            "Delete the chosen dead letters for good. Without --yes, say how many would "
+            "go and delete nothing."
+        ),
+        epilog=(
+            "example:\n  python -m customerio_logging dead-letter purge --reason invalid_name --yes"
+        ),
+        failure="refused without --yes, or the spool cannot be used",
+    )
+    _add_row_selection(purge)
+    purge.add_argument("--yes", action="store_true", help="really delete them")
+
+
+def _add_row_selection(parser: argparse.ArgumentParser) -> None:
+    rows = parser.add_argument_group("which rows (one is required)")
+    which = rows.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--seq",
+        type=_count,
+        action="append",
+        metavar="N",
+        help="the row with this seq (see dead-letter list); repeatable",
+    )
+    which.add_argument("--reason", help="every row with this reason")
+    which.add_argument("--all", action="store_true", help="every row")
+
+
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 up, got {text!r}")
+    return int(text)
+
+
+# -- list and export ----------------------------------------------------------------------
+
+
+def _dead_letter_list(args: argparse.Namespace) -> int:
+    """Print the newest dead letters as a table, or as JSON lines."""
+    path, settings = locate(args)
+    if not os.path.lexists(path):
+        print(f"no spool at {path}: no dead letters", file=sys.stderr if args.json else sys.stdout)
+        return 0
+    limit = None if args.all else args.limit
+    with open_spool(path, settings) as spool:
+        # Read oldest first (the spool's order), keeping the last ``limit``: the newest.
+        newest: deque[DeadLetterRow] = deque(maxlen=limit)
+        total = 0
+        for row in spool.dead_letters(reason=args.reason):
+            newest.append(row)
+            total += 1
+    if args.json:
+        for row in newest:
+            print(json.dumps(row.as_json(), ensure_ascii=False))
+        return 0
+    which = f" with reason {args.reason}" if args.reason else ""
+    if not newest:
+        print(f"no dead letters{which} in {path}")
+        return 0
+    for line in _table(newest, shutil.get_terminal_size((120, 24)).columns):
+        print(line)
+    if len(newest) < total:
+        print(f"the newest {len(newest)} of {total} dead letters{which} (--all for every one)")
+    else:
+        print(f"{plural(total, 'dead letter')}{which}")
+    return 0
+
+
+_COLUMNS = ("SEQ", "WHEN", "ID", "NAME", "REASON", "FIELD")
+_COLUMN_CAPS = (10, 20, 26, 24, 24, 24)  # the message has what is left of the line
+
+
+def _table(rows: Sequence[DeadLetterRow], width: int) -> list[str]:
+    cells = [
+        (str(r.seq), iso(r.at), r.id or "-", r.name or "-", r.reason, r.field or "-") for r in rows
+    ]
+    widths = [
+        min(cap, max(len(title), *(len(row[i]) for row in cells)))
+        for i, (title, cap) in enumerate(zip(_COLUMNS, _COLUMN_CAPS, strict=True))
+    ]
+    message_width = max(20, width - sum(widths) - 2 * len(widths))
+
+    def line(values: Sequence[str], message: str) -> str:
+        fitted = [shorten(v, w).ljust(w) for v, w in zip(values, widths, strict=True)]
+        return "  ".join([*fitted, shorten(message, message_width)]).rstrip()
+
+    header = line(_COLUMNS, "MESSAGE")
+    return [header, *(line(c, r.message) for c, r in zip(cells, rows, strict=True))]
+
+
+def _dead_letter_export(args: argparse.Namespace) -> int:
+    """Write the dead letters as JSON lines to stdout or a private file."""
+    path, settings = locate(args)
+    exists = os.path.lexists(path)
+    if exists:
+        check_spool_file(path)  # before --output is made: a wrong path leaves no file
+    where = "stdout" if args.output is None else args.output
+    try:
+        output = sys.stdout if args.output is None else _private_file(args.output)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        print(f"FAILED: cannot write {args.output}: {reason}", file=sys.stderr)
+        return 1
+    count = 0
+    try:
+        if not exists:
+            print(f"no spool at {path}: no dead letters", file=sys.stderr)
+        else:
+            with open_spool(path, settings) as spool:
+                for row in spool.dead_letters(reason=args.reason):
+                    output.write(json.dumps(row.as_json(), ensure_ascii=False) + "\n")
+                    count += 1
+            output.flush()
+    except OSError as exc:  # a full disk: what was written is incomplete
+        reason = exc.strerror or type(exc).__name__
+        print(f"FAILED: cannot write {where}: {reason}", file=sys.stderr)
+        return 1
+    finally:
+        if output is not sys.stdout:
+            with contextlib.suppress(OSError):  # flushed above; a failed write was reported
+                output.close()
+    print(f"exported {plural(count, 'dead letter')} to {where}", file=sys.stderr)
+    return 0
+
+
+def _private_file(name: str) -> TextIO:
+    """``name`` opened for writing, emptied, readable by its owner only (it holds payloads)."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a file that was already there keeps its mode otherwise
+        return os.fdopen(fd, "w", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# -- requeue and purge --------------------------------------------------------------------
+
+
+def _dead_letter_requeue(args: argparse.Namespace) -> int:
+    """Move the chosen dead letters back into the spool, for the next replay."""
+    path, settings = locate(args)
+    if not os.path.lexists(path):
+        print(f"no spool at {path}: no dead letters")
+        return 0
+    with open_spool(path, settings) as spool:
+        moved = spool.requeue(args.seq, reason=args.reason)
+        # What still matches stayed: rows without an operation (invalid events).
+        stayed = _matching(spool, args)
+    print(
+        f"moved {plural(moved, 'dead letter')} back into the spool at {path}; the next "
+        "replay sends them (the app's, or: python -m customerio_logging spool replay)"
+    )
+    if stayed:
+        print(
+            f"{plural(stayed, 'dead letter')} stayed: invalid events have no operation to "
+            "send, so they cannot be requeued (dead-letter purge deletes them)"
+        )
+    return 0
+
+
+def _dead_letter_purge(args: argparse.Namespace) -> int:
+    """Delete the chosen dead letters, once ``--yes`` confirms it."""
+    path, settings = locate(args)
+    if not os.path.lexists(path):
+        print(f"no spool at {path}: no dead letters")
+        return 0
+    with open_spool(path, settings) as spool:
+        if not args.yes:
+            count = _matching(spool, args)
+            print(
+                f"refusing without --yes: this would delete {plural(count, 'dead letter')} "
+                f"from {path}, for good",
+                file=sys.stderr,
+            )
+            return 1
+        deleted = spool.purge_dead_letters(args.seq, reason=args.reason)
+    print(f"deleted {plural(deleted, 'dead letter')} from {path}")
+    return 0
+
+
+def _matching(spool: Spool, args: argparse.Namespace) -> int:
+    """How many dead letters ``--seq``, ``--reason`` or ``--all`` choose."""
+    seqs = None if args.seq is None else set(args.seq)
+    return sum(seqs is None or row.seq in seqs for row in spool.dead_letters(reason=args.reason))

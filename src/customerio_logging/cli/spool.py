@@ -1,0 +1,453 @@
+"""``spool status|replay|purge``: what waits in the spool, sent now, or deleted."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections import Counter
+from typing import TextIO
+from urllib.parse import urlsplit
+
+from .._config import Settings
+from .._delivery import Delivery, transport_for
+from .._pacing import Pacer
+from .._replay import Replayer
+from .._retry import RetryPolicy
+from .._spool import Spool, SpoolBusyError, SpoolStatus, SpoolUnavailableError
+from .._wire import Response, Transport, status_phrase
+from ..exceptions import DeliveryError
+from ._args import (
+    Subcommands,
+    add_group,
+    credential_overrides,
+    positive_seconds,
+)
+from ._output import iso, plural
+from ._spool_access import (
+    add_spool_command,
+    check_spool_file,
+    locate,
+    max_spool_bytes,
+    note,
+    open_spool,
+    spool_file,
+)
+
+__all__ = ["register"]
+
+
+def register(commands: Subcommands) -> None:
+    """Add the ``spool`` group and its commands to ``commands``."""
+    spool = add_group(
+        commands,
+        "spool",
+        dest="spool_command",
+        help="show, replay or empty the spool, where events wait to be sent",
+        description=(
+            "The spool is the SQLite file where events wait when they cannot be sent now "
+            "(the API unreachable, the queue full, the process exiting); the app replays it "
+            "by itself. These commands show it, send what waits, or delete it."
+        ),
+        epilog=(
+            "example:\n  python -m customerio_logging spool status --spool-path "
+            "/var/lib/app/spool.sqlite3"
+        ),
+        failure="the spool cannot be used, or the command failed (see its --help)",
+    )
+    _add_status(spool)
+    _add_replay(spool)
+    _add_purge(spool)
+
+
+def _add_status(commands: Subcommands) -> None:
+    status = add_spool_command(
+        commands,
+        "status",
+        _spool_status,
+        help="what waits in the spool: counts, bytes, ages, dead letters",
+        description=(
+            "Show the spool file, its workspace, the operations waiting (and how many a "
+            "sender holds right now), their size against the bound, the oldest and newest, "
+            "and the dead letter's size. --spool-path alone suffices: no credentials needed. "
+            "A missing file is reported, never created."
+        ),
+        epilog=(
+            "examples:\n  python -m customerio_logging spool status --spool-path "
+            "/var/lib/app/spool.sqlite3\n"
+            "  CUSTOMERIO_SITE_ID=... CUSTOMERIO_TRACK_API_KEY=... "
+            "python -m customerio_logging spool status --json"
+        ),
+        failure="the spool file cannot be read (busy, unreadable)",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_replay(commands: Subcommands) -> None:
+    replay = add_spool_command(
+        commands,
+        "replay",
+        _spool_replay,
+        help="send everything waiting in the spool now",
+        description=(
+            "Send what waits in the spool, a batch at a time, with the library's retries "
+            "and rate limit, until nothing is left or the API cannot be reached. "
+            "Operations the API refuses go to the dead letter (see dead-letter list); that "
+            "is reported, not a failure. Needs the workspace's credentials; a spool "
+            "holding another workspace's events is refused. Progress goes to stderr."
+        ),
+        epilog=(
+            "example:\n  CUSTOMERIO_SITE_ID=... CUSTOMERIO_TRACK_API_KEY=... "
+            "python -m customerio_logging spool replay --timeout 600"
+        ),
+        failure=(
+            "operations could not be sent now (unreachable, credentials refused, "
+            "--timeout) and wait for the next run, or the spool cannot be used"
+        ),
+    )
+    replay.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        metavar="N",
+        help="operations per request, 1 to 1000 (default: the settings' batch_size, 500)",
+    )
+    replay.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="longest time for the whole replay, retries included; what is not sent by "
+        "then waits for the next run (default: no limit)",
+    )
+
+
+def _add_purge(commands: Subcommands) -> None:
+    purge = add_spool_command(
+        commands,
+        "purge",
+        _spool_purge,
+        help="delete every operation waiting in the spool (needs --yes)",
+        description=(
+            "Delete every operation waiting in the spool: no replay sends them (one a "
+            "running app is sending at that moment may still arrive). The dead "
+            "letter is kept (see dead-letter purge). Without --yes, say how many would go "
+            "and delete nothing."
+        ),
+        epilog=(
+            "example:\n  python -m customerio_logging spool purge --spool-path "
+            "/var/lib/app/spool.sqlite3 --yes"
+        ),
+        failure="refused without --yes, or the spool cannot be used",
+    )
+    purge.add_argument("--yes", action="store_true", help="really delete them")
+
+
+def _batch_size(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"expected a batch size from 1 to 1000, got {text!r}")
+    return int(text)
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def _spool_status(args: argparse.Namespace) -> int:
+    """Print what the spool holds; a missing file is shown as empty and left missing."""
+    path, settings = locate(args)
+    exists = os.path.lexists(path)
+    if exists:
+        with open_spool(path, settings) as spool:
+            status = spool.status()
+    else:
+        bound = max_spool_bytes(settings)
+        status = SpoolStatus(str(path), 0, 0, 0, bound, None, None, 0, 0, None)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(status), "exists": exists}))
+        return 0
+    if not exists:
+        print(f"no spool at {path}: nothing waits")
+        print("waiting:       0 operations")
+        print("dead letters:  0")
+        return 0
+    _print_status(status)
+    return 0
+
+
+def _print_status(status: SpoolStatus) -> None:
+    print(f"spool:         {status.path}")
+    print(f"workspace:     {status.site_id or 'none recorded yet'}")
+    being_sent = f" ({status.leased} being sent right now)" if status.leased else ""
+    print(f"waiting:       {plural(status.pending, 'operation')}{being_sent}")
+    share = 100 * status.bytes / status.max_bytes
+    print(f"size:          {_size(status.bytes)} of {_size(status.max_bytes)} ({share:.0f}%)")
+    now = time.time()
+    if status.oldest is not None and status.newest is not None:
+        print(f"oldest:        {_when(status.oldest, now)}")
+        print(f"newest:        {_when(status.newest, now)}")
+    see = " (see: python -m customerio_logging dead-letter list)" if status.dead_letters else ""
+    print(f"dead letters:  {status.dead_letters}{see}")
+    if status.dead_letters or status.dead_letters_evicted:
+        evicted = status.dead_letters_evicted
+        gone = f"; {plural(evicted, 'older one')} evicted to stay within it" if evicted else ""
+        kept, bound = _size(status.dead_letter_bytes), _size(status.dead_letter_max_bytes)
+        print(f"               {kept} of {bound}{gone}")
+    print(f"file:          {_size(status.file_bytes)} on disk")
+
+
+def _when(timestamp: float, now: float) -> str:
+    return f"{iso(timestamp)} ({_ago(now - timestamp)})"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 0:
+        return "in the future: is a clock wrong?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days} d {hours} h ago"
+    if hours:
+        return f"{hours} h {minutes} min ago"
+    return f"{minutes} min ago" if minutes else f"{secs} s ago"
+
+
+def _size(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    value = count / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+# -- replay -------------------------------------------------------------------------------
+
+
+class _LastProblem:
+    """A transport that remembers what went wrong with the last request, if anything.
+
+    Replay's verdict names it when ``--timeout`` cuts the retries short: the delivery
+    then only knows that time ran out, not why nothing got through.
+    """
+
+    def __init__(self, inner: Transport) -> None:
+        self._inner = inner
+        self.problem: str | None = None
+
+    def send(self, body: bytes) -> Response:
+        try:
+            response = self._inner.send(body)
+        except DeliveryError as exc:
+            self.problem = str(exc)
+            raise
+        failed = response.status >= 300 and response.status != 207
+        self.problem = (
+            f"HTTP {response.status} {status_phrase(response.status)}" if failed else None
+        )
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _Progress:
+    """Replay's progress on stderr: one redrawn bar on a terminal, else a line a tenth."""
+
+    _WIDTH = 20
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self._total = max(1, total)
+        self._stream = stream
+        self._terminal = stream.isatty()
+        self._tenths = 0
+        self._line = ""
+        self._printed = ""
+
+    def show(self, sent: int, refused: int) -> None:
+        # Another process may drain the spool meanwhile, or add to it: never past 100%.
+        done = min(self._total, sent + refused)
+        extra = f", {refused} refused" if refused else ""
+        if self._terminal:
+            filled = self._WIDTH * done // self._total
+            bar = "#" * filled + "-" * (self._WIDTH - filled)
+            digits = len(str(self._total))
+            shown = min(sent, done)
+            self._line = f"[{bar}]  {shown:>{digits}}/{self._total} sent{extra}"
+            self._stream.write("\r" + self._line)
+            self._stream.flush()
+            return
+        self._line = (
+            f"replay: {min(sent, done)}/{self._total} sent ({100 * done // self._total}%){extra}"
+        )
+        tenths = 10 * done // self._total
+        if tenths > self._tenths:
+            self._tenths = tenths
+            self._print()
+
+    def close(self) -> None:
+        if self._terminal:
+            if self._line:
+                self._stream.write("\n")
+                self._stream.flush()
+        elif self._line != self._printed:
+            self._print()
+
+    def _print(self) -> None:
+        print(self._line, file=self._stream, flush=True)
+        self._printed = self._line
+
+
+class _Sender:
+    """Replay's delivery: the library's retries and rate limit, within ``--timeout``.
+
+    Unlike the bridge's replay, it retries (no fresh events wait behind it), and it gives
+    up at once when the credentials are refused.
+    """
+
+    def __init__(self, settings: Settings, timeout: float | None) -> None:
+        self._timeout = timeout
+        self._pacer = Pacer(settings.max_requests_per_second)
+        if timeout is not None:
+            self._pacer.set_deadline(time.monotonic() + timeout)
+        self._credentials_refused = False
+        self._transport = _LastProblem(transport_for(settings))
+        self.delivery = Delivery(
+            self._transport,
+            pacer=self._pacer,
+            policy=RetryPolicy.from_settings(settings, pacer=self._pacer),
+            on_problem=self._refused,
+        )
+
+    def _refused(self, message: str) -> None:
+        # The bridge holds its batch until the credentials are fixed, for as long as the
+        # app runs; a person at a terminal had better hear it now. Ending the pacer's
+        # time makes the delivery give up at once.
+        self._credentials_refused = True
+        self._pacer.set_deadline(time.monotonic())
+
+    def timed_out(self) -> str | None:
+        """Why sending stopped, when ``--timeout`` ran out; None when it did not."""
+        if self._credentials_refused or not self._pacer.expired():
+            return None
+        problem = self._transport.problem
+        cause = f"; the last attempt: {problem}" if problem else ""
+        return f"the --timeout of {self._timeout:g} s ran out{cause}"
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+def _spool_replay(args: argparse.Namespace) -> int:
+    """Send what waits, round after round, until nothing is left or a round cannot send."""
+    settings = Settings.from_env(**credential_overrides(args), spool_path=args.spool_path)
+    path = spool_file(settings)
+    if not os.path.lexists(path):
+        print(f"no spool at {path}: nothing waits")
+        return 0
+    check_spool_file(path)
+    if args.timeout is not None:
+        # One request must not outlast the whole replay.
+        timeout = min(settings.request_timeout, args.timeout)
+        settings = dataclasses.replace(settings, request_timeout=timeout)
+    sender = _Sender(settings, args.timeout)
+    spool = Spool(
+        path,
+        max_bytes=settings.max_spool_bytes,
+        site_id=settings.site_id,
+        track_url=settings.track_url,
+        notice=note,
+    )
+    problems: list[Exception] = []
+    batch_size = args.batch_size or settings.batch_size
+    replayer = Replayer(spool, sender.delivery, batch_size=batch_size, problem=problems.append)
+    try:
+        total = spool.status().pending
+        if not total:
+            print(f"the spool at {path} is empty: nothing waits")
+            return 0
+        host = urlsplit(settings.track_url).netloc
+        print(f"replaying {plural(total, 'operation')} from {path} to {host}", file=sys.stderr)
+        sent, refused, failure = _replay_rounds(replayer, total, problems)
+        if failure is not None and not problems:
+            failure = sender.timed_out() or failure
+        return _replay_verdict(spool, sent, refused, failure)
+    finally:
+        spool.close()
+        sender.close()
+
+
+def _replay_rounds(
+    replayer: Replayer, total: int, problems: list[Exception]
+) -> tuple[int, Counter[str], str | None]:
+    """Rounds until the spool is drained or one cannot send: sent, refusals, what failed."""
+    progress = _Progress(total, sys.stderr)
+    sent = 0
+    refused: Counter[str] = Counter()
+    try:
+        while True:
+            result = replayer.round()
+            sent += len(result.sent)
+            refused.update(failure.reason for _, failure in result.refused)
+            if result.claimed:
+                progress.show(sent, refused.total())
+            if problems:  # the spool could not be read or settled: stop, say why
+                return sent, refused, str(problems[-1])
+            if result.returned:
+                return sent, refused, result.error or "the Track API could not be reached"
+            if not result.claimed:
+                return sent, refused, None
+    except KeyboardInterrupt:
+        return sent, refused, "interrupted"
+    finally:
+        progress.close()
+
+
+def _replay_verdict(spool: Spool, sent: int, refused: Counter[str], failure: str | None) -> int:
+    print(f"sent:          {sent}")
+    if refused:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in refused.most_common())
+        print(
+            f"refused:       {refused.total()} ({reasons}): moved to the dead letter; "
+            "see: python -m customerio_logging dead-letter list"
+        )
+    else:
+        print("refused:       0")
+    try:
+        status = spool.status()
+    except (SpoolUnavailableError, SpoolBusyError) as exc:
+        print(f"still waiting: unknown ({exc})")
+        return 1
+    held = f" ({status.leased} held by another sender)" if status.leased else ""
+    print(f"still waiting: {status.pending}{held}")
+    if failure is not None:
+        print(f"NOT SENT: {failure}")
+        print(f"{plural(status.pending, 'operation')} still wait; run again later")
+        return 1
+    return 0
+
+
+# -- purge --------------------------------------------------------------------------------
+
+
+def _spool_purge(args: argparse.Namespace) -> int:
+    """Delete every waiting operation, once ``--yes`` confirms it."""
+    path, settings = locate(args)
+    if not os.path.lexists(path):
+        print(f"no spool at {path}: nothing to delete")
+        return 0
+    with open_spool(path, settings) as spool:
+        if not args.yes:
+            pending = spool.status().pending
+            print(
+                f"refusing without --yes: this would delete {plural(pending, 'operation')} "
+                f"waiting in {path}, unsent",
+                file=sys.stderr,
+            )
+            return 1
+        deleted = spool.purge()
+    print(f"deleted {plural(deleted, 'waiting operation')} from {path}")
+    return 0

@@ -1,0 +1,192 @@
+"""``dead-letter list|export|requeue|purge``."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from customerio_logging._spool import DeadLetterRow
+from customerio_logging.cli import main
+from customerio_logging.testing import TrackAPIEmulator
+
+from .helpers import fill_spool, make_letter, make_operation, read_spool, replay_args
+
+
+def _table_seqs(out: str) -> list[int]:
+    """The seq column of a dead-letter table."""
+    rows = [line.split() for line in out.splitlines()]
+    return [int(row[0]) for row in rows if len(row) > 1 and row[1].endswith("Z")]
+
+
+class TestDeadLetterList:
+    @pytest.fixture
+    def letters(self, spool_path: Path) -> list[DeadLetterRow]:
+        """Five dead letters, seq 1 to 5, reasons alternating."""
+        reasons = ["http_400", "invalid_name", "http_400", "invalid_name", "http_400"]
+        rows = [
+            make_letter(make_operation(), reason, at=1_700_000_000.0 + i)
+            for i, reason in enumerate(reasons)
+        ]
+        fill_spool(spool_path, letters=rows)
+        return read_spool(spool_path)[1]
+
+    def test_it_shows_the_newest_rows_as_a_table(
+        self,
+        spool_path: Path,
+        letters: list[DeadLetterRow],
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        monkeypatch.setenv("COLUMNS", "150")
+        assert main(["dead-letter", "list", "--spool-path", str(spool_path), "--limit", "2"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("SEQ  WHEN ")
+        assert _table_seqs(out) == [4, 5]
+        assert "2023-11-14T22:13:24Z" in out  # seq 5's time, ISO UTC
+        assert str(letters[4].id) in out
+        assert "the newest 2 of 5 dead letters (--all for every one)" in out
+        assert all(len(line) <= 150 for line in out.splitlines())
+
+    def test_all_and_reason(
+        self, spool_path: Path, letters: list[DeadLetterRow], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["dead-letter", "list", "--spool-path", str(spool_path), "--all"]) == 0
+        assert _table_seqs(capsys.readouterr().out) == [1, 2, 3, 4, 5]
+        args = ["dead-letter", "list", "--spool-path", str(spool_path), "--reason", "invalid_name"]
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert _table_seqs(out) == [2, 4]
+        assert "2 dead letters with reason invalid_name" in out
+
+    def test_a_long_message_is_shortened_to_the_line(
+        self, spool_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        long = DeadLetterRow(0, "id-1", "event", "x", "http_400", None, "why " * 100, 1.0, None)
+        fill_spool(spool_path, letters=[long])
+        monkeypatch.setenv("COLUMNS", "120")
+        assert main(["dead-letter", "list", "--spool-path", str(spool_path)]) == 0
+        [row] = [line for line in capsys.readouterr().out.splitlines() if "id-1" in line]
+        assert len(row) <= 120
+        assert row.endswith("why…")
+
+    def test_json_lines(
+        self, spool_path: Path, letters: list[DeadLetterRow], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        args = ["dead-letter", "list", "--spool-path", str(spool_path), "--json", "--limit", "3"]
+        assert main(args) == 0
+        records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [r["seq"] for r in records] == [3, 4, 5]
+        assert records[0]["operation"] == json.loads(letters[2].body or b"")
+
+    def test_a_missing_spool_exits_0_and_is_not_created(
+        self, spool_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["dead-letter", "list", "--spool-path", str(spool_path)]) == 0
+        assert f"no spool at {spool_path}: no dead letters" in capsys.readouterr().out
+        assert not spool_path.parent.exists()
+
+
+class TestDeadLetterExport:
+    def test_a_file_of_json_lines_readable_by_its_owner_only(
+        self, spool_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        op = make_operation("ünïcode")
+        fill_spool(spool_path, letters=[make_letter(op), make_letter(None, "invalid_name")])
+        output = tmp_path / "refused.jsonl"
+        args = ["dead-letter", "export", "--spool-path", str(spool_path), "--output", str(output)]
+        assert main(args) == 0
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert f"exported 2 dead letters to {output}" in err
+        assert stat.S_IMODE(output.stat().st_mode) == 0o600
+        text = output.read_text(encoding="utf-8")
+        assert "ünïcode" in text  # as written, not \u-escaped
+        first, second = (json.loads(line) for line in text.splitlines())
+        assert (first["id"], first["reason"]) == (op.id, "http_400")
+        assert first["operation"] == json.loads(op.body)
+        assert (second["reason"], second["operation"]) == ("invalid_name", None)
+
+    def test_an_existing_file_is_replaced_and_made_private(
+        self, spool_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        fill_spool(spool_path, letters=[make_letter(make_operation())])
+        output = tmp_path / "refused.jsonl"
+        output.write_text("old\nlines\nhere\n")
+        output.chmod(0o644)
+        args = ["dead-letter", "export", "--spool-path", str(spool_path), "--output", str(output)]
+        assert main(args) == 0
+        assert stat.S_IMODE(output.stat().st_mode) == 0o600
+        assert len(output.read_text().splitlines()) == 1
+
+    def test_to_stdout_with_a_reason(
+        self, spool_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        fill_spool(
+            spool_path, letters=[make_letter(make_operation()), make_letter(None, "invalid_name")]
+        )
+        args = ["dead-letter", "export", "--spool-path", str(spool_path), "--reason", "http_400"]
+        assert main(args) == 0
+        out, err = capsys.readouterr()
+        assert [json.loads(line)["reason"] for line in out.splitlines()] == ["http_400"]
+        assert "exported 1 dead letter to stdout" in err
+
+    def test_a_path_that_is_not_a_spool_leaves_no_output(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        (tmp_path / "notes.txt").write_text("hello")
+        output = tmp_path / "refused.jsonl"
+        args = ["dead-letter", "export", "--spool-path", str(tmp_path / "notes.txt")]
+        assert main([*args, "--output", str(output)]) == 2
+        assert not output.exists()
+
+
+class TestDeadLetterRequeue:
+    def test_requeued_operations_are_sent_by_the_next_replay(
+        self, emulator: TrackAPIEmulator, spool_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        op = make_operation()
+        fill_spool(
+            spool_path, letters=[make_letter(op, "http_500"), make_letter(None, "invalid_name")]
+        )
+        assert main(["dead-letter", "requeue", "--spool-path", str(spool_path), "--all"]) == 0
+        out = capsys.readouterr().out
+        assert "moved 1 dead letter back into the spool" in out
+        assert "1 dead letter stayed: invalid events have no operation to send" in out
+        assert main(replay_args(emulator, spool_path)) == 0
+        assert emulator.accepted_ids() == {op.id: 1}
+        pending, letters = read_spool(spool_path)
+        assert pending == 0
+        assert [letter.reason for letter in letters] == ["invalid_name"]
+
+    def test_seq_picks_rows(self, spool_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        ops = [make_operation() for _ in range(3)]
+        fill_spool(spool_path, letters=[make_letter(op) for op in ops])
+        args = ["dead-letter", "requeue", "--spool-path", str(spool_path)]
+        assert main([*args, "--seq", "1", "--seq", "3"]) == 0
+        assert "moved 2 dead letters back" in capsys.readouterr().out
+        pending, letters = read_spool(spool_path)
+        assert pending == 2
+        assert [letter.id for letter in letters] == [ops[1].id]
+
+    def test_which_rows_must_be_said(
+        self, spool_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["dead-letter", "requeue", "--spool-path", str(spool_path)]) == 2
+        assert "one of the arguments --seq --reason --all is required" in capsys.readouterr().err
+
+    def test_purge_needs_yes_and_deletes_only_the_chosen_rows(
+        self, spool_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        fill_spool(
+            spool_path, letters=[make_letter(make_operation()), make_letter(None, "invalid_name")]
+        )
+        args = ["dead-letter", "purge", "--spool-path", str(spool_path), "--reason", "invalid_name"]
+        assert main(args) == 1
+        assert "refusing without --yes: this would delete 1 dead letter" in capsys.readouterr().err
+        assert len(read_spool(spool_path)[1]) == 2
+        assert main([*args, "--yes"]) == 0
+        assert "deleted 1 dead letter" in capsys.readouterr().out
+        assert [letter.reason for letter in read_spool(spool_path)[1]] == ["http_400"]

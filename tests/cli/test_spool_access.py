@@ -1,0 +1,96 @@
+"""What every spool and dead-letter command shares: the spool file found from the settings
+without showing the key, and an unsafe path refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from customerio_logging._spool import default_spool_path
+from customerio_logging.cli import main
+from customerio_logging.testing import TrackAPIEmulator
+
+from .helpers import credentials, fill_spool, make_letter, make_operation
+
+
+class TestSpoolCommandsKeepTheKeySecret:
+    @pytest.mark.parametrize(
+        ("command", "code"),
+        [
+            (["spool", "status"], 0),
+            (["spool", "status", "--json"], 0),
+            (["spool", "purge"], 1),  # refused without --yes
+            (["dead-letter", "list"], 0),
+            (["dead-letter", "list", "--json"], 0),
+            (["dead-letter", "export"], 0),
+            (["dead-letter", "requeue", "--all"], 0),
+            (["dead-letter", "purge", "--all"], 1),  # refused without --yes
+            (["spool", "replay"], 0),
+            (["spool", "purge", "--yes"], 0),
+        ],
+        ids=lambda value: " ".join(value) if isinstance(value, list) else str(value),
+    )
+    def test_no_output_shows_the_api_key(
+        self,
+        emulator: TrackAPIEmulator,
+        command: list[str],
+        code: int,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        # The file the settings name, found from the credentials as the app finds it.
+        path = default_spool_path(emulator.site_id, emulator.url)
+        fill_spool(path, [make_operation()], [make_letter(make_operation()), make_letter(None)])
+        assert main([*command, *credentials(emulator)]) == code
+        out, err = capsys.readouterr()
+        assert out + err
+        assert emulator.api_key not in out + err
+
+
+class TestUnsafeSpoolPath:
+    """A path the app refuses as unsafe, every spool command refuses too (exit 1)."""
+
+    @pytest.mark.parametrize(
+        "command",
+        [
+            ["spool", "status"],
+            ["spool", "status", "--json"],
+            ["spool", "replay"],
+            ["spool", "purge", "--yes"],
+            ["dead-letter", "list"],
+            ["dead-letter", "export"],
+            ["dead-letter", "requeue", "--all"],
+            ["dead-letter", "purge", "--all", "--yes"],
+        ],
+        ids=" ".join,
+    )
+    @pytest.mark.parametrize("dangling", [False, True], ids=["link-to-a-spool", "dangling-link"])
+    def test_a_symbolic_link_is_refused_and_its_target_left_alone(
+        self,
+        emulator: TrackAPIEmulator,
+        tmp_path: Path,
+        command: list[str],
+        dangling: bool,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        target = tmp_path / "elsewhere.sqlite3"
+        if not dangling:
+            fill_spool(
+                target, [make_operation()], [make_letter(make_operation()), make_letter(None)]
+            )
+        before = None if dangling else target.read_bytes()
+        files = sorted(p.name for p in tmp_path.iterdir())
+        link = tmp_path / "spool.sqlite3"
+        link.symlink_to(target)
+        args = [*command, "--spool-path", str(link)]
+        if command[1] == "replay":
+            args += credentials(emulator)
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert f"FAILED: the spool at {link} is a symbolic link" in err
+        assert emulator.requests == []
+        if before is None:
+            assert not target.exists()
+        else:
+            assert target.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*files, "spool.sqlite3"])
