@@ -61,7 +61,7 @@ def _add_list(commands: Subcommands) -> None:
         epilog=(
             "examples:\n  python -m customerio_logging dead-letter list --spool-path "
             "/var/lib/app/spool.sqlite3\n"
-            "  python -m customerio_logging dead-letter list --reason invalid_identifiers "
+            "  python -m customerio_logging dead-letter list --reason invalid_identifier "
             "--json"
         ),
         failure="the spool file cannot be read (busy, unreadable)",
