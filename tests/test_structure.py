@@ -109,3 +109,45 @@ class TestImportGraph:
         assert below_http
         for module in below_http:
             assert f"{PACKAGE}._delivery" not in GRAPH[module], module
+
+
+MAX_MODULE_LINES = 600
+MAX_CLASS_LINES = 300
+MAX_FUNCTION_LINES = 60
+
+
+def oversized(source: str, where: str) -> list[str]:
+    """What in ``source`` is past STYLE.md's sizes, one line each."""
+    found = []
+    lines = len(source.splitlines())
+    if lines > MAX_MODULE_LINES:
+        found.append(f"{where}: module of {lines} lines")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef):
+            limit = MAX_CLASS_LINES
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            limit = MAX_FUNCTION_LINES
+        else:
+            continue
+        size = (node.end_lineno or node.lineno) - node.lineno + 1
+        if size > limit:
+            found.append(f"{where}: {node.name} of {size} lines")
+    return found
+
+
+class TestSizes:
+    def test_the_checker_sees_a_long_function_and_class(self) -> None:
+        body = "\n".join(f"        x{i} = {i}" for i in range(MAX_CLASS_LINES))
+        source = f"class Big:\n    def f(self):\n{body}\n"
+        assert oversized(source, "big.py") == [
+            f"big.py: Big of {MAX_CLASS_LINES + 2} lines",
+            f"big.py: f of {MAX_CLASS_LINES + 1} lines",
+        ]
+
+    def test_no_module_class_or_function_is_too_long(self) -> None:
+        found = [
+            problem
+            for module, path in MODULES.items()
+            for problem in oversized(path.read_text(), module)
+        ]
+        assert found == []
