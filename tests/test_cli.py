@@ -26,7 +26,9 @@ import pytest
 import requests
 
 from customerio_logging.__main__ import main
-from customerio_logging._spool import DeadLetterRow, Spool, default_spool_path
+from customerio_logging._storage import DeadLetterRow
+from customerio_logging._storage.sqlite import SQLiteSpool
+from customerio_logging._storage.sqlite_path import default_spool_path
 from customerio_logging._wire import Operation, new_ulid
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
@@ -438,7 +440,7 @@ def _fill(
     site_id: str | None = None,
     track_url: str | None = None,
 ) -> None:
-    spool = Spool(path, max_bytes=BIG, site_id=site_id, track_url=track_url)
+    spool = SQLiteSpool(path, max_bytes=BIG, site_id=site_id, track_url=track_url)
     try:
         spool.add(ops or [])
         spool.dead_letter(letters or [])
@@ -448,7 +450,7 @@ def _fill(
 
 def _read(path: Path) -> tuple[int, list[DeadLetterRow]]:
     """What waits, and the dead letter, read as any workspace."""
-    spool = Spool(path, max_bytes=BIG)
+    spool = SQLiteSpool(path, max_bytes=BIG)
     try:
         return spool.pending(), list(spool.dead_letters())
     finally:
@@ -487,7 +489,7 @@ class TestSpoolStatus:
         self, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         _fill(spool_path, [_operation() for _ in range(3)], [_letter(None)] * 2, site_id="ws-1")
-        sender = Spool(spool_path, max_bytes=BIG)
+        sender = SQLiteSpool(spool_path, max_bytes=BIG)
         try:
             sender.claim(1)  # one being sent right now
             assert main(["spool", "status", "--spool-path", str(spool_path)]) == 0
@@ -506,7 +508,7 @@ class TestSpoolStatus:
         self, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         body = json.dumps({"pad": "x" * 20_000}).encode()
-        spool = Spool(spool_path, max_bytes=4 * 1024 * 1024)  # a 1 MiB dead letter
+        spool = SQLiteSpool(spool_path, max_bytes=4 * 1024 * 1024)  # a 1 MiB dead letter
         try:
             for i in range(60):
                 row = DeadLetterRow(0, f"id{i}", "event", "n", "http_400", None, "no", 1.0, body)
@@ -606,7 +608,7 @@ class TestSpoolReplay:
         assert "5 operations still wait; run again later" in out
         assert WRONG_KEY not in out + err
         # Given back, not left leased: another sender can take them at once.
-        spool = Spool(spool_path, max_bytes=BIG)
+        spool = SQLiteSpool(spool_path, max_bytes=BIG)
         try:
             assert sorted(op.id for op in spool.claim(10)) == sorted(op.id for op in ops)
         finally:
@@ -678,7 +680,7 @@ class TestSpoolReplay:
         assert "holds events for another workspace" in capsys.readouterr().err
         assert emulator.requests == []
         assert _read(spool_path)[0] == 3
-        spool = Spool(spool_path, max_bytes=BIG)
+        spool = SQLiteSpool(spool_path, max_bytes=BIG)
         try:
             assert spool.status().site_id == "other-site"
             assert len(spool.claim(10)) == 3  # none left leased

@@ -36,17 +36,10 @@ from ._delivery import Delivery, SessionTransport, official_client
 from ._pacing import Pacer
 from ._replay import Replayer
 from ._retry import RetryPolicy
-from ._spool import (
-    APPLICATION_ID,
-    DEAD_LETTER_SHARE,
-    MAX_DEAD_LETTERS,
-    DeadLetterRow,
-    Spool,
-    SpoolBusyError,
-    SpoolStatus,
-    SpoolUnavailableError,
-    check_spool_path,
-)
+from ._storage import DeadLetterRow, SpoolBusyError, SpoolStatus, SpoolUnavailableError
+from ._storage.sqlite import DEAD_LETTER_SHARE, MAX_DEAD_LETTERS, SQLiteSpool
+from ._storage.sqlite_file import check_spool_path
+from ._storage.sqlite_schema import APPLICATION_ID
 from ._wire import Response, Transport, shorten
 from .exceptions import ConfigurationError, DeliveryError
 from .handler import CustomerIOHandler
@@ -945,11 +938,11 @@ def _check_spool_file(path: Path) -> None:
         )
 
 
-def _open_spool(path: Path, settings: Settings | None) -> contextlib.closing[Spool]:
+def _open_spool(path: Path, settings: Settings | None) -> contextlib.closing[SQLiteSpool]:
     """The spool at ``path`` for a local command: any workspace's file is accepted."""
     _check_spool_file(path)
     max_bytes = _DEFAULT_MAX_SPOOL_BYTES if settings is None else settings.max_spool_bytes
-    return contextlib.closing(Spool(path, max_bytes=max_bytes, notice=_note))
+    return contextlib.closing(SQLiteSpool(path, max_bytes=max_bytes, on_problem=_note))
 
 
 def _note(message: str) -> None:
@@ -1137,16 +1130,19 @@ def _spool_replay(args: argparse.Namespace) -> int:
         policy=RetryPolicy.from_settings(settings, pacer=pacer),
         notify=credentials_refused,
     )
-    spool = Spool(
+    spool = SQLiteSpool(
         path,
         max_bytes=settings.max_spool_bytes,
         site_id=settings.site_id,
         track_url=settings.track_url,
-        notice=_note,
+        on_problem=_note,
     )
     problems: list[Exception] = []
     replayer = Replayer(
-        spool, delivery, batch_size=args.batch_size or settings.batch_size, problem=problems.append
+        spool,
+        delivery,
+        batch_size=args.batch_size or settings.batch_size,
+        on_problem=problems.append,
     )
     try:
         total = spool.status().pending
@@ -1191,7 +1187,9 @@ def _replay_rounds(
         progress.close()
 
 
-def _replay_verdict(spool: Spool, sent: int, refused: Counter[str], failure: str | None) -> int:
+def _replay_verdict(
+    spool: SQLiteSpool, sent: int, refused: Counter[str], failure: str | None
+) -> int:
     print(f"sent:          {sent}")
     if refused:
         reasons = ", ".join(f"{count} {reason}" for reason, count in refused.most_common())
@@ -1385,7 +1383,7 @@ def _dead_letter_purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _matching(spool: Spool, args: argparse.Namespace) -> int:
+def _matching(spool: SQLiteSpool, args: argparse.Namespace) -> int:
     """How many dead letters ``--seq``, ``--reason`` or ``--all`` choose."""
     seqs = None if args.seq is None else set(args.seq)
     return sum(seqs is None or row.seq in seqs for row in spool.dead_letters(reason=args.reason))

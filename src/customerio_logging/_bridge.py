@@ -35,7 +35,14 @@ from ._pacing import Pacer
 from ._replay import Replayer, ReplayRound, dead_letter_rows
 from ._retry import RetryPolicy
 from ._schema import Taxonomy
-from ._spool import CALLER_WAIT, DeadLetterRow, Spool, SpoolBusyError, SpoolUnavailableError
+from ._storage import (
+    CALLER_WAIT,
+    DeadLetterRow,
+    SpoolBusyError,
+    SpoolUnavailableError,
+    Storage,
+    open_storage,
+)
 from ._wire import Operation, shorten
 from ._wire import reseed_ulids as _reseed_ids
 from .exceptions import ConfigurationError, InvalidEventError
@@ -203,24 +210,16 @@ class Bridge:
             self.client, settings.track_url, timeout=settings.request_timeout
         )
         pacer = Pacer(settings.max_requests_per_second)
-        spool_file = settings.spool_file
-        self._spool: Spool | None = None
+        self._spool: Storage | None = open_storage(settings, on_problem=self._delivery_problem)
         self._replayer: Replayer | None = None
-        if spool_file is not None:
-            self._spool = Spool(
-                spool_file,
-                max_bytes=settings.max_spool_bytes,
-                site_id=settings.site_id,
-                track_url=settings.track_url,
-                notice=self._delivery_problem,
-            )
+        if self._spool is not None:
             # Replay makes one attempt per round and backs off between rounds: a retry
             # loop there would hold fresh events behind old ones.
             self._replayer = Replayer(
                 self._spool,
                 Delivery(transport, pacer=pacer, notify=self._delivery_problem),
                 batch_size=settings.batch_size,
-                problem=self._spool_problem,
+                on_problem=self._spool_problem,
             )
         self._disk = settings.durability == "disk"
         # Spool writes a log call could not make in its short wait: (operation, reserved
@@ -283,7 +282,7 @@ class Bridge:
         return self._client
 
     @property
-    def spool(self) -> Spool | None:
+    def spool(self) -> Storage | None:
         """The disk spool, None when ``spool_path=False``."""
         return self._spool
 

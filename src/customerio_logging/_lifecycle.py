@@ -13,6 +13,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from . import _storage
+
 __all__ = [
     "cover_multiprocessing_exit",
     "install_exit_hook",
@@ -84,6 +86,14 @@ def cover_multiprocessing_exit() -> None:
 # -- fork ------------------------------------------------------------------------------
 
 _fork_hooked = False
+
+# The spool's fork hooks, registered when this module is imported (as _spool.py did when
+# it was): issue 10, item 6, moves every fork and exit hook into one registration.
+os.register_at_fork(
+    before=_storage.before_fork,
+    after_in_parent=_storage.after_fork_in_parent,
+    after_in_child=_storage.after_fork_in_child,
+)
 
 
 def install_fork_hook(after_in_child: Callable[[], None]) -> None:
