@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from customerio_logging import _global
-from customerio_logging._spool import Spool
+from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging._wire import Response
 from customerio_logging.testing import MockTransport, TrackAPIEmulator
 
@@ -108,7 +108,7 @@ def closed_port_url() -> str:
 
 def spool_pending(path: Path) -> int:
     """How many operations wait in the spool file at ``path`` (read by a separate handle)."""
-    spool = Spool(path, max_bytes=1 << 30)
+    spool = SQLiteSpool(path, max_bytes=1 << 30)
     try:
         return spool.pending()
     finally:

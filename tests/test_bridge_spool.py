@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 import customerio_logging as cio
-from customerio_logging import _dispatch, _replay, _spool
+from customerio_logging import _dispatch, _replay
 from customerio_logging._capture import Snapshot
-from customerio_logging._spool import Spool
+from customerio_logging._storage import sqlite_connection
+from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging._wire import Operation, Response, new_ulid
 from customerio_logging.testing import FaultPlan, MockTransport, TrackAPIEmulator
 
@@ -99,7 +100,7 @@ class TestOutage:
     def test_replay_sends_fresh_events_first(
         self, spooled: dict[str, Any], spool_path: Path, emulator: TrackAPIEmulator
     ) -> None:
-        waiting = Spool(spool_path, max_bytes=1 << 30)
+        waiting = SQLiteSpool(spool_path, max_bytes=1 << 30)
         ops = [
             Operation(
                 op_id := new_ulid(1_700_000_000.0),
@@ -214,7 +215,7 @@ class TestDeadLetter:
         stats = bridge.stats()
         assert (stats.sent, stats.dead_lettered, stats.invalid, stats.spooled) == (2, 1, 1, 0)
         assert _balanced(stats)
-        rows = list(Spool(spool_path, max_bytes=1 << 30).dead_letters())
+        rows = list(SQLiteSpool(spool_path, max_bytes=1 << 30).dead_letters())
         by_name = {row.name: row for row in rows}
         refused, invalid = by_name["plan_changed"], by_name["no_person"]
         assert refused.body is not None
@@ -286,7 +287,7 @@ class TestUnusableSpool:
         caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        monkeypatch.setattr(_spool, "_RETRY_OPEN_AFTER", 0.0)  # tried again on every use
+        monkeypatch.setattr(sqlite_connection, "_RETRY_OPEN_AFTER", 0.0)  # tried again on every use
         victim = tmp_path / "another-apps-file"
         victim.write_bytes(b"")
         victim.chmod(0o644)
@@ -327,7 +328,7 @@ class TestServerWords:
         assert (stats.sent, stats.dead_lettered) == (1, 2)
         assert len(stats.last_error or "") <= 700
         in_memory = bridge.dead_letters()
-        with contextlib.closing(Spool(spool_path, max_bytes=1 << 30)) as spool:
+        with contextlib.closing(SQLiteSpool(spool_path, max_bytes=1 << 30)) as spool:
             on_disk = list(spool.dead_letters())
             status = spool.status()
         assert len(in_memory) == len(on_disk) == 2

@@ -23,7 +23,7 @@ from customerio_logging import DeliveryError
 from customerio_logging._capture import Snapshot
 from customerio_logging._delivery import Delivery, SessionTransport
 from customerio_logging._replay import Replayer
-from customerio_logging._spool import Spool
+from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging._watchdog import THREAD_NAME, RequestDeadlines, watch_socket
 from customerio_logging._wire import Operation
 from customerio_logging.testing import TrackAPIEmulator
@@ -437,7 +437,7 @@ class TestReplayDeadline:
     def test_a_trickled_replay_round_gives_its_batch_back_in_time(self, tmp_path: Path) -> None:
         head, drip = PHASES["status line"]
         server = Trickler(head, drip, interval=0.2)
-        spool = Spool(tmp_path / "spool.db", max_bytes=1 << 20)
+        spool = SQLiteSpool(tmp_path / "spool.db", max_bytes=1 << 20)
         try:
             spool.add([_op(1)])
             transport = _transport(f"http://127.0.0.1:{server.port}", timeout=1.0)

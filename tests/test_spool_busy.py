@@ -19,7 +19,7 @@ import pytest
 
 import customerio_logging as cio
 from customerio_logging._shutdown import EXIT_MARGIN
-from customerio_logging._spool import CALLER_WAIT
+from customerio_logging._storage import CALLER_WAIT
 from customerio_logging._wire import Response
 
 from .conftest import PROGRAMS, closed_port_url, spool_pending

@@ -18,7 +18,7 @@ from ._ownlog import quiet_http_logs_on_dispatch_thread, warn
 from ._schema import Taxonomy
 from ._sending import Sender
 from ._shutdown import Shutdown
-from ._spool import Spool
+from ._storage import Storage, open_storage
 from ._wire import Operation, reseed_ulids
 from ._writer import SpoolWriter
 
@@ -47,15 +47,7 @@ class Bridge:
         self._warn_unknown = bool(settings.events) and settings.unknown_events == "warn"
         self._warned_unknown: set[str] = set()
         self._ledger = Ledger()
-        spool = None
-        if settings.spool_file is not None:
-            spool = Spool(
-                settings.spool_file,
-                max_bytes=settings.max_spool_bytes,
-                site_id=settings.site_id,
-                track_url=settings.track_url,
-                notice=self._ledger.warn_problem,
-            )
+        spool = open_storage(settings, on_problem=self._ledger.warn_problem)
         self._writer = SpoolWriter(
             spool,
             self._ledger,
@@ -103,7 +95,7 @@ class Bridge:
         return self._client
 
     @property
-    def spool(self) -> Spool | None:
+    def spool(self) -> Storage | None:
         """The disk spool, None when ``spool_path=False``."""
         return self._writer.spool
 
@@ -172,7 +164,7 @@ class Bridge:
         if not self._dispatcher.full:
             # Reserved first, queued then. Should the queue fill in between (another
             # thread), the event goes to the spool released below; a reservation still
-            # waiting in memory then never takes the row back (see Spool.add).
+            # waiting in memory then never takes the row back (see Storage.add).
             self._writer.for_log_call(op, lease=True)
             if self._dispatcher.submit(op):
                 return True

@@ -267,7 +267,7 @@ class Settings:
         if self.spool_path is False:
             return None
         if self.spool_path is None:
-            from ._spool import default_spool_path
+            from ._storage.sqlite_path import default_spool_path
 
             return default_spool_path(self.site_id, self.track_url)
         return Path(self.spool_path)

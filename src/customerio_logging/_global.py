@@ -7,7 +7,7 @@ import contextlib
 import threading
 from typing import Any
 
-from . import _lifecycle, _spool
+from . import _lifecycle, _storage
 from ._bridge import Bridge
 from ._capture import Snapshot
 from ._config import Settings
@@ -281,9 +281,9 @@ def _install_process_hooks() -> None:
     """
     _lifecycle.install_exit_hook(_flush_at_exit)
     _lifecycle.install_fork_hooks(
-        before=[_spool.before_fork],
-        after_in_parent=[_spool.after_fork_in_parent],
-        after_in_child=[reseed_ulids, _spool.after_fork_in_child, _bridge_after_fork_in_child],
+        before=[_storage.before_fork],
+        after_in_parent=[_storage.after_fork_in_parent],
+        after_in_child=[reseed_ulids, _storage.after_fork_in_child, _bridge_after_fork_in_child],
     )
 
 

@@ -82,7 +82,6 @@ def cover_multiprocessing_exit() -> None:
 
 _fork_hooked = False
 
-
 def install_fork_hooks(
     *,
     before: Sequence[Callable[[], None]],

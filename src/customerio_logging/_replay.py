@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ._delivery import Delivery, DeliveryReport, Failure
-from ._spool import DeadLetterRow, Spool, SpoolBusyError, SpoolUnavailableError
+from ._storage import DeadLetterRow, SpoolBusyError, SpoolUnavailableError, Storage
 from ._wire import Operation
 
 __all__ = ["ReplayRound", "Replayer", "dead_letter_rows"]
@@ -66,21 +66,21 @@ class Replayer:
             limit and the shutdown deadline. Give it no retry policy: a failed round is
             retried by the backoff, which lets fresh events through meanwhile.
         batch_size: Most operations per round.
-        problem: Told, in words, when the spool cannot be used.
+        on_problem: Told of the error when the spool cannot be used.
     """
 
     def __init__(
         self,
-        spool: Spool,
+        spool: Storage,
         delivery: Delivery,
         *,
         batch_size: int,
-        problem: Callable[[Exception], None] | None = None,
+        on_problem: Callable[[Exception], None] | None = None,
     ) -> None:
         self.spool = spool
         self.delivery = delivery
         self._batch_size = batch_size
-        self._problem = problem
+        self._on_problem = on_problem
         self._backoff = 0.0
 
     def round(self) -> ReplayRound:
@@ -90,8 +90,8 @@ class Replayer:
             ops = self.spool.claim(self._batch_size)
         except (SpoolUnavailableError, SpoolBusyError) as exc:
             result.error = str(exc)
-            if self._problem is not None:
-                self._problem(exc)
+            if self._on_problem is not None:
+                self._on_problem(exc)
             return result
         result.claimed = len(ops)
         if not ops:
@@ -117,8 +117,8 @@ class Replayer:
                 step()
             except (SpoolUnavailableError, SpoolBusyError) as exc:
                 result.error = str(exc)
-                if self._problem is not None:
-                    self._problem(exc)
+                if self._on_problem is not None:
+                    self._on_problem(exc)
         return result
 
     def next_delay(self, result: ReplayRound) -> float:

@@ -21,7 +21,7 @@ from ._reasons import INTERNAL_ERROR
 from ._replay import Replayer, dead_letter_rows
 from ._retry import RetryPolicy
 from ._schema import Taxonomy
-from ._spool import CALLER_WAIT, DeadLetterRow
+from ._storage import CALLER_WAIT, DeadLetterRow
 from ._wire import Operation, shorten
 from ._writer import SpoolWriter
 from .exceptions import InvalidEventError
@@ -93,7 +93,7 @@ class Sender:
                 spool,
                 Delivery(transport, pacer=pacer, on_problem=problem),
                 batch_size=settings.batch_size,
-                problem=self._writer.problem,
+                on_problem=self._writer.problem,
             )
         self.in_flight = InFlight()
         self.fresh_failing = False

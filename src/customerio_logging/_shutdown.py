@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ._dispatch import Dispatcher
     from ._ledger import Ledger
     from ._sending import Sender
-    from ._spool import DeadLetterRow
+    from ._storage import DeadLetterRow
     from ._writer import SpoolWriter
 
 __all__ = ["EXIT_MARGIN", "Shutdown"]

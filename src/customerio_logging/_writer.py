@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ._ledger import DEAD_LETTERS_KEPT, Ledger
-from ._spool import CALLER_WAIT, DeadLetterRow, Spool, SpoolBusyError, SpoolUnavailableError
+from ._storage import CALLER_WAIT, DeadLetterRow, SpoolBusyError, SpoolUnavailableError, Storage
 from ._wire import Operation
 
 __all__ = ["SpoolWriter"]
@@ -49,7 +49,7 @@ class SpoolWriter:
 
     def __init__(
         self,
-        spool: Spool | None,
+        spool: Storage | None,
         ledger: Ledger,
         *,
         max_queue_size: int,
@@ -144,8 +144,8 @@ class SpoolWriter:
             ops: The operations.
             lease: Reserve them for this process's queue (``durability="disk"``): they
                 are still queued, so not counted here.
-            wait: Most seconds to wait for a busy spool (see ``Spool.add``).
-            open_file: Open the spool if need be (see ``Spool.add``).
+            wait: Most seconds to wait for a busy spool (see ``Storage.add``).
+            open_file: Open the spool if need be (see ``Storage.add``).
             defer: When the spool stays busy, keep them in memory instead, to be
                 written by a later try (counted ``deferred``, waiting in
                 ``queue_depth``); True then too. Not once shutdown began: no later
@@ -193,7 +193,7 @@ class SpoolWriter:
         """Spool what log calls could not; what still cannot be written stays for later.
 
         Args:
-            wait: Most seconds to wait for the spool (see ``Spool.add``).
+            wait: Most seconds to wait for the spool (see ``Storage.add``).
             sending: A batch about to be sent: its reservations still unwritten after
                 this are dropped (the batch settles those events itself), so that none
                 reaches the disk after its event was sent.

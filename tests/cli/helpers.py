@@ -7,7 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from customerio_logging._spool import DeadLetterRow, Spool
+from customerio_logging._storage import DeadLetterRow
+from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging._wire import Operation, new_ulid
 from customerio_logging.testing import TrackAPIEmulator
 
@@ -61,7 +62,7 @@ def fill_spool(
     site_id: str | None = None,
     track_url: str | None = None,
 ) -> None:
-    spool = Spool(path, max_bytes=BIG, site_id=site_id, track_url=track_url)
+    spool = SQLiteSpool(path, max_bytes=BIG, site_id=site_id, track_url=track_url)
     try:
         spool.add(ops or [])
         spool.dead_letter(letters or [])
@@ -71,7 +72,7 @@ def fill_spool(
 
 def read_spool(path: Path) -> tuple[int, list[DeadLetterRow]]:
     """What waits, and the dead letter, read as any workspace."""
-    spool = Spool(path, max_bytes=BIG)
+    spool = SQLiteSpool(path, max_bytes=BIG)
     try:
         return spool.pending(), list(spool.dead_letters())
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from customerio_logging._spool import DeadLetterRow
+from customerio_logging._storage import DeadLetterRow
 from customerio_logging.cli import main
 from customerio_logging.testing import TrackAPIEmulator
 

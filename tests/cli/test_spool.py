@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from customerio_logging._spool import DeadLetterRow, Spool, default_spool_path
+from customerio_logging._storage import DeadLetterRow
+from customerio_logging._storage.sqlite import SQLiteSpool
+from customerio_logging._storage.sqlite_path import default_spool_path
 from customerio_logging.cli import main
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
@@ -60,7 +62,7 @@ class TestSpoolStatus:
             [make_letter(None)] * 2,
             site_id="ws-1",
         )
-        sender = Spool(spool_path, max_bytes=BIG)
+        sender = SQLiteSpool(spool_path, max_bytes=BIG)
         try:
             sender.claim(1)  # one being sent right now
             assert main(["spool", "status", "--spool-path", str(spool_path)]) == 0
@@ -79,7 +81,7 @@ class TestSpoolStatus:
         self, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         body = json.dumps({"pad": "x" * 20_000}).encode()
-        spool = Spool(spool_path, max_bytes=4 * 1024 * 1024)  # a 1 MiB dead letter
+        spool = SQLiteSpool(spool_path, max_bytes=4 * 1024 * 1024)  # a 1 MiB dead letter
         try:
             for i in range(60):
                 row = DeadLetterRow(0, f"id{i}", "event", "n", "http_400", None, "no", 1.0, body)
@@ -181,7 +183,7 @@ class TestSpoolReplay:
         assert "5 operations still wait; run again later" in out
         assert WRONG_KEY not in out + err
         # Given back, not left leased: another sender can take them at once.
-        spool = Spool(spool_path, max_bytes=BIG)
+        spool = SQLiteSpool(spool_path, max_bytes=BIG)
         try:
             assert sorted(op.id for op in spool.claim(10)) == sorted(op.id for op in ops)
         finally:
@@ -253,7 +255,7 @@ class TestSpoolReplay:
         assert "holds events for another workspace" in capsys.readouterr().err
         assert emulator.requests == []
         assert read_spool(spool_path)[0] == 3
-        spool = Spool(spool_path, max_bytes=BIG)
+        spool = SQLiteSpool(spool_path, max_bytes=BIG)
         try:
             assert spool.status().site_id == "other-site"
             assert len(spool.claim(10)) == 3  # none left leased

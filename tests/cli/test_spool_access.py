@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from customerio_logging._spool import default_spool_path
+from customerio_logging._storage.sqlite_path import default_spool_path
 from customerio_logging.cli import main
 from customerio_logging.testing import TrackAPIEmulator
 

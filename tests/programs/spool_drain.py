@@ -10,10 +10,11 @@ import json
 import sys
 import time
 
-from customerio_logging._spool import Spool, SpoolBusyError
+from customerio_logging._storage import SpoolBusyError
+from customerio_logging._storage.sqlite import SQLiteSpool
 
 path, batch = sys.argv[1], int(sys.argv[2])
-spool = Spool(path, max_bytes=100_000_000, site_id="site")
+spool = SQLiteSpool(path, max_bytes=100_000_000, site_id="site")
 ops = spool.claim(batch)
 print("holding", flush=True)
 sys.stdin.readline()

@@ -10,7 +10,8 @@ import resource
 import signal
 import sys
 
-from customerio_logging._spool import Spool, SpoolUnavailableError
+from customerio_logging._storage import SpoolUnavailableError
+from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging._wire import Operation
 
 path, limit = sys.argv[1], int(sys.argv[2])
@@ -18,7 +19,7 @@ path, limit = sys.argv[1], int(sys.argv[2])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-spool = Spool(path, max_bytes=1_000_000_000, site_id="site")
+spool = SQLiteSpool(path, max_bytes=1_000_000_000, site_id="site")
 body = b'{"pad":"' + b"x" * 10_000 + b'"}'
 added = 0
 report: dict[str, object] = {}

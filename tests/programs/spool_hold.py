@@ -10,11 +10,11 @@ leaves its leases behind (nothing is released or acked).
 import json
 import sys
 
-from customerio_logging._spool import Spool
+from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging._wire import Operation
 
 path, mode, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-spool = Spool(path, max_bytes=10_000_000, site_id="site")
+spool = SQLiteSpool(path, max_bytes=10_000_000, site_id="site")
 if mode == "claim":
     ids = [op.id for op in spool.claim(count)]
 else:

@@ -10,7 +10,7 @@ import sqlite3
 import sys
 from typing import Any
 
-from customerio_logging._spool import Spool
+from customerio_logging._storage.sqlite import SQLiteSpool
 
 path = sys.argv[1]
 
@@ -30,5 +30,5 @@ def traced_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
 
 
 sqlite3.connect = traced_connect
-Spool(path, max_bytes=1 << 20, site_id="site").pending()
+SQLiteSpool(path, max_bytes=1 << 20, site_id="site").pending()
 print("not killed", flush=True)

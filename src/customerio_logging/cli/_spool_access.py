@@ -10,14 +10,9 @@ import sys
 from pathlib import Path
 
 from .._config import DEFAULT_MAX_SPOOL_BYTES, ENV_VARS, Settings
-from .._spool import _HEADER as SQLITE_HEADER  # private: the header the spool checks
-from .._spool import (
-    APPLICATION_ID,
-    Spool,
-    SpoolBusyError,
-    SpoolUnavailableError,
-    check_spool_path,
-)
+from .._storage import NotASpoolError, SpoolBusyError, SpoolUnavailableError
+from .._storage import check_spool_file as check_storage_file
+from .._storage.sqlite import SQLiteSpool
 from ..exceptions import ConfigurationError
 from ._args import Command, Subcommands, add_command, add_credential_flags, credential_overrides
 from ._output import configuration_error
@@ -31,9 +26,6 @@ __all__ = [
     "open_spool",
     "spool_file",
 ]
-
-_APPLICATION_ID_AT = 68  # the offset of PRAGMA application_id in SQLite's file header
-
 
 def add_spool_command(
     commands: Subcommands,
@@ -143,32 +135,21 @@ def check_spool_file(path: Path) -> None:
         SpoolUnavailableError: The path is unsafe, or the file cannot be read.
         ConfigurationError: The file is not a customerio-logging spool.
     """
-    check_spool_path(path)
     try:
-        with path.open("rb") as file:
-            head = file.read(_APPLICATION_ID_AT + 4)
-    except OSError as exc:
-        raise SpoolUnavailableError(
-            f"the spool at {path} cannot be read: {exc.strerror or type(exc).__name__}"
-        ) from None
-    if not head:
-        return  # an empty file: the spool makes it one
-    app_id = int.from_bytes(head[_APPLICATION_ID_AT:], "big")
-    if not head.startswith(SQLITE_HEADER) or (
-        len(head) > _APPLICATION_ID_AT and app_id != APPLICATION_ID
-    ):
+        check_storage_file(path)
+    except NotASpoolError as exc:
         raise ConfigurationError(
-            f"{path} is not a customerio-logging spool, so it was left as it is: check "
-            f"--spool-path and {ENV_VARS['spool_path']}",
+            f"{exc}: check --spool-path and {ENV_VARS['spool_path']}",
             setting="spool_path",
             env_var=ENV_VARS["spool_path"],
-        )
+        ) from None
 
 
-def open_spool(path: Path, settings: Settings | None) -> contextlib.closing[Spool]:
+def open_spool(path: Path, settings: Settings | None) -> contextlib.closing[SQLiteSpool]:
     """The spool at ``path`` for a local command: any workspace's file is accepted."""
     check_spool_file(path)
-    return contextlib.closing(Spool(path, max_bytes=max_spool_bytes(settings), notice=note))
+    spool = SQLiteSpool(path, max_bytes=max_spool_bytes(settings), on_problem=note)
+    return contextlib.closing(spool)
 
 
 def max_spool_bytes(settings: Settings | None) -> int:

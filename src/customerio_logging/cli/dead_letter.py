@@ -12,7 +12,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TextIO
 
-from .._spool import DEAD_LETTER_SHARE, MAX_DEAD_LETTERS, DeadLetterRow, Spool
+from .._storage import DeadLetterRow, Storage
+from .._storage.sqlite import DEAD_LETTER_SHARE, MAX_DEAD_LETTERS
 from .._wire import shorten
 from ._args import Subcommands, add_group
 from ._output import iso, plural
@@ -312,7 +313,7 @@ def _dead_letter_purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _matching(spool: Spool, args: argparse.Namespace) -> int:
+def _matching(spool: Storage, args: argparse.Namespace) -> int:
     """How many dead letters ``--seq``, ``--reason`` or ``--all`` choose."""
     seqs = None if args.seq is None else set(args.seq)
     return sum(seqs is None or row.seq in seqs for row in spool.dead_letters(reason=args.reason))

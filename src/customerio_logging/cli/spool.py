@@ -17,7 +17,13 @@ from .._delivery import Delivery, transport_for
 from .._pacing import Pacer
 from .._replay import Replayer
 from .._retry import RetryPolicy
-from .._spool import Spool, SpoolBusyError, SpoolStatus, SpoolUnavailableError
+from .._storage import (
+    SpoolBusyError,
+    SpoolStatus,
+    SpoolUnavailableError,
+    Storage,
+    open_storage,
+)
 from .._wire import Response, Transport, status_phrase
 from ..exceptions import DeliveryError
 from ._args import (
@@ -354,16 +360,11 @@ def _spool_replay(args: argparse.Namespace) -> int:
         timeout = min(settings.request_timeout, args.timeout)
         settings = dataclasses.replace(settings, request_timeout=timeout)
     sender = _Sender(settings, args.timeout)
-    spool = Spool(
-        path,
-        max_bytes=settings.max_spool_bytes,
-        site_id=settings.site_id,
-        track_url=settings.track_url,
-        notice=note,
-    )
+    spool = open_storage(settings, on_problem=note)
+    assert spool is not None  # spool_file() above: the settings name one
     problems: list[Exception] = []
     batch_size = args.batch_size or settings.batch_size
-    replayer = Replayer(spool, sender.delivery, batch_size=batch_size, problem=problems.append)
+    replayer = Replayer(spool, sender.delivery, batch_size=batch_size, on_problem=problems.append)
     try:
         total = spool.status().pending
         if not total:
@@ -406,7 +407,7 @@ def _replay_rounds(
         progress.close()
 
 
-def _replay_verdict(spool: Spool, sent: int, refused: Counter[str], failure: str | None) -> int:
+def _replay_verdict(spool: Storage, sent: int, refused: Counter[str], failure: str | None) -> int:
     print(f"sent:          {sent}")
     if refused:
         reasons = ", ".join(f"{count} {reason}" for reason, count in refused.most_common())

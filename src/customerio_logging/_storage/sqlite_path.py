@@ -1,8 +1,9 @@
-"""Where the spool's files may live, and opening them without following links.
+"""Where the spool's files may live: the default place, and what makes a place safe.
 
 SQLite opens its file by name and follows a symbolic link there, so the spool checks the
 place first and SQLite's open after: a folder that only this user (or root) controls, or a
 sticky shared one; in it, regular files of this user's own, never a link, never another's.
+Its own files are opened here without following links.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "check_file",
     "check_opened",
     "check_place",
+    "default_spool_path",
     "file_id",
     "make_private",
     "move_aside",
@@ -47,6 +49,33 @@ class UnsafePathError(Exception):
 
     The message completes "the spool at PATH ...".
     """
+
+
+def default_spool_path(site_id: str, track_url: str) -> Path:
+    """The per-user spool file for one workspace and API host.
+
+    ``$XDG_STATE_HOME/customerio-logging`` (``~/.local/state/customerio-logging``) on
+    Linux, ``~/Library/Application Support/customerio-logging`` on macOS. One file per
+    workspace and host, so two apps sending to different workspaces never mix events.
+    """
+    import hashlib
+    import sys
+    import tempfile
+
+    key = hashlib.sha256(f"{site_id}\n{track_url}".encode()).hexdigest()[:16]
+    name = f"spool-{key}.sqlite3"
+    state = os.environ.get("XDG_STATE_HOME", "").strip()
+    if os.path.isabs(state) and sys.platform != "darwin":
+        return Path(state) / "customerio-logging" / name
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):
+        # No HOME and no passwd entry (a container running as an arbitrary uid): a
+        # private folder in the temporary directory, rather than no spool at all.
+        return Path(tempfile.gettempdir()) / f"customerio-logging-{os.getuid()}" / name
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "customerio-logging" / name
+    return home / ".local" / "state" / "customerio-logging" / name
 
 
 def sibling(path: Path, suffix: str) -> Path:
