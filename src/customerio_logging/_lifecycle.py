@@ -1,5 +1,5 @@
-"""Process lifecycle: flush the bridge at exit and on SIGTERM (and tell when a server's
-SIGTERM capture will skip that); make it the child's after fork."""
+"""How the process's hooks are installed: atexit, a chained SIGTERM handler, fork hooks;
+and whether a server's SIGTERM capture will skip ours. ``_global`` says what they do."""
 
 from __future__ import annotations
 

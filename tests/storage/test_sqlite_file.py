@@ -285,16 +285,31 @@ class TestCheckSpoolFile:
         spool.close()  # the stamp reaches the file itself at the checkpoint
         check_spool_file(spool_path)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="known: a fresh spool's stamp waits in its -wal until a checkpoint, so the "
-        "header check refuses a spool an app has open (the CLI's check did the same)",
-    )
     def test_a_fresh_spool_still_open_passes(
         self, make_spool: Callable[..., SQLiteSpool], spool_path: Path
     ) -> None:
-        make_spool().add([make_op("a")])
+        # Its stamp is still in the write-ahead log (no checkpoint yet): not on disk.
+        spool = make_spool()
+        spool.add([make_op("a")])
+        with spool_path.open("rb") as file:
+            assert file.read(72)[68:] == bytes(4)
         check_spool_file(spool_path)
+        spool.close()
+        check_spool_file(spool_path)  # and once the log is checkpointed into the file
+
+    def test_a_foreign_database_with_a_write_ahead_log_is_refused(self, tmp_path: Path) -> None:
+        other = tmp_path / "app.db"
+        conn = sqlite3.connect(other)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.commit()  # still open: the log holds the data
+        try:
+            with pytest.raises(NotASpoolError):
+                check_spool_file(other)
+            assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
+        finally:
+            conn.close()
 
     def test_a_missing_file_cannot_be_read(self, spool_path: Path) -> None:
         with pytest.raises(SpoolUnavailableError, match="cannot be read") as caught:

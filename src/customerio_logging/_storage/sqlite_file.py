@@ -48,6 +48,7 @@ OPEN_WAIT = 10.0
 """Seconds an open waits for another process's: a quick_check of a large file."""
 _HEADER = b"SQLite format 3\x00"
 _APPLICATION_ID_AT = 68  # the offset of PRAGMA application_id in SQLite's file header
+_READ_WAIT = 1.0  # seconds a check waits for SQLite's read lock
 _CORRUPT = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 _BUSY = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
 
@@ -169,10 +170,31 @@ def check_spool_file(path: Path) -> None:
     if not head:
         return
     app_id = int.from_bytes(head[_APPLICATION_ID_AT:], "big")
+    if app_id == 0 and head.startswith(_HEADER):
+        # A spool an app made recently has its stamp in the write-ahead log until the
+        # next checkpoint: ask SQLite, which reads the log too, without writing anything.
+        app_id = _stamp_read_only(path)
     if not head.startswith(_HEADER) or (
         len(head) > _APPLICATION_ID_AT and app_id != APPLICATION_ID
     ):
         raise NotASpoolError(f"{path} is not a customerio-logging spool, so it was left as it is")
+
+
+def _stamp_read_only(path: Path) -> int:
+    """The file's ``application_id`` as SQLite sees it (its write-ahead log included),
+    read through a read-only connection; 0 when SQLite cannot tell."""
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=_READ_WAIT, isolation_level=None)
+    except sqlite3.Error:
+        return 0
+    try:
+        row = conn.execute("PRAGMA application_id").fetchone()
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+    return int(row[0]) if row else 0
 
 
 def is_busy(exc: sqlite3.Error) -> bool:
