@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from customerio_logging import _global
-from customerio_logging._storage.sqlite import SQLiteSpool
-from customerio_logging._wire import Response
-from customerio_logging.testing import MockTransport, TrackAPIEmulator
+from customerio_logging.testing import TrackAPIEmulator
 
-PROGRAMS = Path(__file__).parent / "programs"
+from .helpers import open_session
 
 
 @pytest.fixture(autouse=True)
@@ -40,9 +35,16 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
 
 
 @pytest.fixture
-def emulator() -> Iterator[TrackAPIEmulator]:
-    with TrackAPIEmulator() as emu:
-        yield emu
+def emulator(track_api_emulator: TrackAPIEmulator) -> TrackAPIEmulator:
+    """The pytest plugin's emulator (``track_api_emulator``), under the tests' short name."""
+    return track_api_emulator
+
+
+@pytest.fixture
+def session(emulator: TrackAPIEmulator) -> Iterator[requests.Session]:
+    """A requests session with the emulator's credentials."""
+    with open_session(emulator) as s:
+        yield s
 
 
 @pytest.fixture
@@ -56,60 +58,10 @@ def settings(emulator: TrackAPIEmulator) -> dict[str, object]:
     }
 
 
-def run_program(
-    name: str,
-    emulator: TrackAPIEmulator,
-    *args: str,
-    timeout: float = 60.0,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run tests/programs/NAME.py in a fresh interpreter, configured from the environment."""
-    environ = {
-        **os.environ,
-        "CUSTOMERIO_SITE_ID": emulator.site_id,
-        "CUSTOMERIO_TRACK_API_KEY": emulator.api_key,
-        "CUSTOMERIO_TRACK_URL": emulator.url,
-        **(env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, str(PROGRAMS / f"{name}.py"), *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-class GatedTransport(MockTransport):
-    """A MockTransport whose sends wait until `gate` is set: a hanging network.
-
-    `entered` is set once a send is in flight.
-    """
-
-    def __init__(self, *answers: Response | Exception) -> None:
-        super().__init__(*answers)
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-
-    def send(self, body: bytes) -> Response:
-        self.entered.set()
-        self.gate.wait(10)
-        return super().send(body)
-
-
-def closed_port_url() -> str:
-    """An http:// URL on 127.0.0.1 where nothing listens: an unreachable API."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
-def spool_pending(path: Path) -> int:
-    """How many operations wait in the spool file at ``path`` (read by a separate handle)."""
-    spool = SQLiteSpool(path, max_bytes=1 << 30)
-    try:
-        return spool.pending()
-    finally:
-        spool.close()
+@pytest.fixture
+def hanging_api() -> Iterator[str]:
+    """A Track API URL whose server accepts connections and never answers."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 from typing import Any
 
@@ -17,18 +16,9 @@ from customerio_logging._limits import BATCH_BODY_BYTES
 from customerio_logging._wire import Response
 from customerio_logging.testing import MockTransport, TrackAPIEmulator
 
-from .conftest import GatedTransport
+from .helpers import GatedTransport, balanced, closed_port_url, snapshot
 
 SECRET = "sk_live_DO_NOT_LEAK_42"
-
-
-def _capture(i: int, **fields: Any) -> Snapshot:
-    return Snapshot(True, "plan_changed", {"user_id": f"u{i}", **fields}, 1_700_000_000.0 + i)
-
-
-def _balanced(stats: cio.Stats) -> bool:
-    settled = stats.sent + stats.failed + stats.invalid + stats.dropped
-    return stats.enqueued == settled + stats.spooled + stats.dead_lettered + stats.queue_depth
 
 
 class TestConfigure:
@@ -59,7 +49,7 @@ class TestConfigure:
         self, settings: dict[str, Any], emulator: TrackAPIEmulator
     ) -> None:
         old = cio.configure(**{**settings, "flush_interval": 60.0})
-        old.submit(_capture(1))
+        old.submit(snapshot(1))
         new = cio.configure(**settings)
         assert new is not old
         assert len(emulator.operations) == 1
@@ -86,7 +76,7 @@ class TestDelivery:
     ) -> None:
         bridge = cio.configure(**{**settings, "batch_size": 50, "flush_interval": 60.0})
         for i in range(120):
-            assert bridge.submit(_capture(i, from_="free", to="pro"))
+            assert bridge.submit(snapshot(i, from_="free", to="pro"))
         assert cio.flush(10.0)
         ops = emulator.operations
         assert len(ops) == 120
@@ -97,7 +87,7 @@ class TestDelivery:
         assert first["timestamp"] == 1_700_000_000
         stats = cio.stats()
         assert (stats.enqueued, stats.sent, stats.batches, stats.queue_depth) == (120, 120, 3, 0)
-        assert _balanced(stats)
+        assert balanced(stats)
 
     def test_bodies_stay_under_the_byte_limit(
         self, settings: dict[str, Any], emulator: TrackAPIEmulator
@@ -105,7 +95,7 @@ class TestDelivery:
         bridge = cio.configure(**{**settings, "batch_size": 1000, "max_queue_size": 1000})
         blob = "x" * 20_000
         for i in range(60):
-            bridge.submit(_capture(i, blob=blob))
+            bridge.submit(snapshot(i, blob=blob))
         assert bridge.flush(20.0)
         assert len(emulator.operations) == 60
         assert len(emulator.requests) >= 3
@@ -115,16 +105,16 @@ class TestDelivery:
         self, settings: dict[str, Any], emulator: TrackAPIEmulator
     ) -> None:
         bridge = cio.configure(**settings)
-        bridge.submit(_capture(1))
+        bridge.submit(snapshot(1))
         assert emulator.wait_for_operations(1, timeout=5.0)
 
     def test_invalid_events_are_counted_with_their_reason_and_others_still_go(
         self, settings: dict[str, Any], emulator: TrackAPIEmulator
     ) -> None:
         bridge = cio.configure(**settings)
-        bridge.submit(_capture(1))
+        bridge.submit(snapshot(1))
         bridge.submit(Snapshot(True, "no_person", {"plan": "pro"}, 1.0))
-        bridge.submit(_capture(2, bad=object()))
+        bridge.submit(snapshot(2, bad=object()))
         assert bridge.flush(5.0)
         stats = bridge.stats()
         assert (stats.sent, stats.invalid) == (1, 2)
@@ -133,7 +123,7 @@ class TestDelivery:
             ("no_person", "missing_identifier", "identifiers"),
             ("plan_changed", "unsupported_value", "attributes.bad"),
         }
-        assert _balanced(stats)
+        assert balanced(stats)
 
     def test_207_fails_only_the_named_operations(self, settings: dict[str, Any]) -> None:
         errors = {
@@ -144,7 +134,7 @@ class TestDelivery:
         transport = MockTransport(Response(207, {}, json.dumps(errors).encode()))
         bridge = cio.configure(**settings, transport=transport)
         for i in range(3):
-            bridge.submit(_capture(i))
+            bridge.submit(snapshot(i))
         assert bridge.flush(5.0) is False  # one operation was refused
         stats = bridge.stats()
         assert (stats.sent, stats.dead_lettered, len(transport.bodies)) == (2, 1, 1)
@@ -187,13 +177,13 @@ class TestDelivery:
             **settings, transport=MockTransport(answer), max_retries=0, spool_path=False
         )
         for i in range(4):
-            bridge.submit(_capture(i))
+            bridge.submit(snapshot(i))
         assert bridge.flush(5.0) is False
         stats = bridge.stats()
         assert (stats.sent, getattr(stats, counter), stats.spooled) == (0, 4, 0)
         assert words in (stats.last_error or "")
         assert {d.reason for d in bridge.dead_letters()} == {reason}
-        assert _balanced(stats)
+        assert balanced(stats)
 
     def test_refused_credentials_hold_the_events_and_say_so_without_the_key(
         self, emulator: TrackAPIEmulator, caplog: pytest.LogCaptureFixture
@@ -206,7 +196,7 @@ class TestDelivery:
             spool_path=False,
         )
         for i in range(3):
-            bridge.submit(_capture(i))
+            bridge.submit(snapshot(i))
         # The batch is held, not failed: the flush cannot finish.
         assert bridge.flush(0.5) is False
         stats = bridge.stats()
@@ -215,35 +205,31 @@ class TestDelivery:
         assert "CUSTOMERIO_TRACK_API_KEY" in (stats.last_error or "")
         # One clear warning, on the app's side, at the next log call.
         with caplog.at_level(logging.WARNING, logger="customerio_logging"):
-            bridge.submit(_capture(3))
-            bridge.submit(_capture(4))
+            bridge.submit(snapshot(3))
+            bridge.submit(snapshot(4))
         assert len([r for r in caplog.records if "refused the credentials" in r.message]) == 1
         # No tight loop: one request, however long we wait.
         assert len(emulator.requests) == 1
         bridge.shutdown(0.2)
         stats = bridge.stats()
         assert stats.failed + stats.dropped == 5
-        assert _balanced(stats)
+        assert balanced(stats)
         everything = (
             repr(stats) + repr(bridge) + repr(bridge.dead_letters()) + repr(bridge.settings)
         )
         assert SECRET not in everything + caplog.text
 
     def test_an_unreachable_api_is_a_counted_network_error(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        # Nothing listens on `port` now.
         bridge = cio.configure(
             site_id="s",
             api_key=SECRET,
-            track_url=f"http://127.0.0.1:{port}",
+            track_url=closed_port_url(),
             flush_interval=0.05,
             request_timeout=2.0,
             max_retries=0,
             spool_path=False,
         )
-        bridge.submit(_capture(1))
+        bridge.submit(snapshot(1))
         assert bridge.flush(5.0) is False
         stats = bridge.stats()
         assert stats.failed == 1
@@ -257,7 +243,7 @@ class TestDelivery:
 
         def work(t: int) -> None:
             for i in range(500):
-                bridge.submit(_capture(t * 1000 + i))
+                bridge.submit(snapshot(t * 1000 + i))
 
         threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
         for thread in threads:
@@ -279,7 +265,7 @@ class TestQueueFull:
             transport=transport,
             on_full="drop",
         )
-        results = [bridge.submit(_capture(i)) for i in range(100)]
+        results = [bridge.submit(snapshot(i)) for i in range(100)]
         assert results.count(False) >= 80
         stats = bridge.stats()
         assert stats.dropped == results.count(False)
@@ -288,7 +274,7 @@ class TestQueueFull:
         assert bridge.flush(5.0)
         stats = bridge.stats()
         assert stats.enqueued == 100
-        assert _balanced(stats)
+        assert balanced(stats)
 
 
 class TestShutdown:
@@ -297,13 +283,13 @@ class TestShutdown:
     ) -> None:
         bridge = cio.configure(**{**settings, "flush_interval": 60.0}, spool_path=False)
         for i in range(10):
-            bridge.submit(_capture(i))
+            bridge.submit(snapshot(i))
         cio.shutdown(5.0)
         cio.shutdown(5.0)
         assert len(emulator.operations) == 10
         assert bridge.thread is not None
         assert not bridge.thread.is_alive()
-        assert bridge.submit(_capture(99)) is False
+        assert bridge.submit(snapshot(99)) is False
         stats = bridge.stats()
         assert (stats.sent, stats.dropped) == (10, 1)
         assert "shut down" in (stats.last_error or "")
@@ -317,7 +303,7 @@ class TestShutdown:
             **{**settings, "batch_size": 1}, transport=transport, spool_path=False
         )
         for i in range(5):
-            bridge.submit(_capture(i))
+            bridge.submit(snapshot(i))
         bridge.shutdown(0.2)
         stats = bridge.stats()
         assert stats.dropped >= 3
@@ -391,11 +377,11 @@ class TestReviewFindings:
         transport = GatedTransport(Response(200))
         bridge = cio.configure(**{**settings, "batch_size": 5}, transport=transport)
         for i in range(50):
-            bridge.submit(_capture(i))
+            bridge.submit(snapshot(i))
         bridge.shutdown(0.2)
         stats = bridge.stats()
         assert stats.enqueued == 50
-        assert _balanced(stats)
+        assert balanced(stats)
         transport.gate.set()
 
     def test_flush_defaults_to_the_configured_shutdown_timeout(
@@ -405,7 +391,7 @@ class TestReviewFindings:
 
         transport = GatedTransport(Response(200))
         cio.configure(**{**settings, "shutdown_timeout": 0.2}, transport=transport)
-        cio.get_bridge().submit(_capture(1))
+        cio.get_bridge().submit(snapshot(1))
         started = time.monotonic()
         assert cio.flush() is False
         assert time.monotonic() - started < 2.0
@@ -416,7 +402,7 @@ class TestReviewFindings:
 
         transport = GatedTransport(Response(200))
         bridge = cio.configure(**{**settings, "flush_interval": 60.0}, transport=transport)
-        bridge.submit(_capture(1))
+        bridge.submit(snapshot(1))
         started = time.monotonic()
         cio.CustomerIOHandler().flush()
         assert time.monotonic() - started < 0.5
@@ -478,7 +464,7 @@ class TestReviewFindings:
         root.setLevel(logging.DEBUG)
         try:
             bridge = cio.configure(**settings)
-            bridge.submit(_capture(1))
+            bridge.submit(snapshot(1))
             assert bridge.flush(5.0)
         finally:
             root.removeHandler(handler)
@@ -493,7 +479,7 @@ class TestSecondReview:
     ) -> None:
         transport = GatedTransport(Response(200))
         bridge = cio.configure(**{**settings, "batch_size": 1}, transport=transport)
-        bridge.submit(_capture(1))
+        bridge.submit(snapshot(1))
         bridge.shutdown(0.1)
         thread = bridge.thread
         assert thread is not None
@@ -507,7 +493,7 @@ class TestSecondReview:
         bridge = cio.configure(
             site_id=emulator.site_id, api_key=SECRET, track_url=emulator.url, flush_interval=0.05
         )
-        bridge.submit(_capture(1))
+        bridge.submit(snapshot(1))
         with caplog.at_level(logging.WARNING, logger="customerio_logging"):
             assert bridge.flush(0.5) is False
         assert [r for r in caplog.records if "refused the credentials" in r.getMessage()]

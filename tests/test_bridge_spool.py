@@ -6,9 +6,6 @@ import contextlib
 import json
 import logging
 import stat
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging._wire import Operation, Response, new_ulid
 from customerio_logging.testing import FaultPlan, MockTransport, TrackAPIEmulator
 
-from .conftest import GatedTransport, spool_pending
+from .helpers import GatedTransport, balanced, snapshot, spool_pending, wait_until
 
 DOWN = FaultPlan(failure_rate=1.0, failure_statuses=(503,))
 WAIT = 10.0
@@ -54,25 +51,6 @@ def spooled(settings: dict[str, Any], spool_path: Path) -> dict[str, Any]:
     }
 
 
-def _capture(i: int, **fields: Any) -> Snapshot:
-    return Snapshot(True, "plan_changed", {"user_id": f"u{i}", **fields}, 1_700_000_000.0 + i)
-
-
-def _balanced(stats: cio.Stats) -> bool:
-    settled = stats.sent + stats.failed + stats.invalid + stats.dropped
-    return stats.enqueued == settled + stats.spooled + stats.dead_lettered + stats.queue_depth
-
-
-def _until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        tick.wait(0.01)
-    return True
-
-
 def _people(emulator: TrackAPIEmulator) -> list[str]:
     return sorted(op["identifiers"]["id"] for op in emulator.operations)
 
@@ -84,15 +62,15 @@ class TestOutage:
         emulator.set_faults(DOWN)
         bridge = cio.configure(**spooled)
         for i in range(20):
-            bridge.submit(_capture(i))
+            bridge.submit(snapshot(i))
         assert bridge.flush(WAIT)  # delivered or spooled: spooled
         stats = bridge.stats()
         assert (stats.sent, stats.failed, stats.spooled) == (0, 0, 20)
-        assert _balanced(stats)
+        assert balanced(stats)
         assert spool_pending(spool_path) == 20
 
         emulator.set_faults(None)
-        assert _until(lambda: bridge.stats().replayed == 20)
+        assert wait_until(lambda: bridge.stats().replayed == 20, WAIT)
         assert _people(emulator) == sorted(f"u{i}" for i in range(20))
         assert all(n == 1 for n in emulator.accepted_ids().values())
         assert spool_pending(spool_path) == 0
@@ -122,14 +100,14 @@ class TestOutage:
         waiting.add(ops)
         waiting.close()
         bridge = cio.configure(**{**spooled, "batch_size": 100})
-        assert _until(lambda: bridge.stats().replayed > 0)
-        bridge.submit(_capture(1))
+        assert wait_until(lambda: bridge.stats().replayed > 0, WAIT)
+        bridge.submit(snapshot(1))
         assert bridge.flush(WAIT)
         names = [op["name"] for op in emulator.operations]
         # The fresh event went in the next request, not after the 3,000 old ones.
         assert "plan_changed" in names
         assert names.index("plan_changed") < 1500
-        assert _until(lambda: bridge.stats().replayed == 3000)
+        assert wait_until(lambda: bridge.stats().replayed == 3000, WAIT)
 
 
 class TestQueueFull:
@@ -140,16 +118,16 @@ class TestQueueFull:
         bridge = cio.configure(
             **{**spooled, "batch_size": 1, "max_queue_size": 10}, transport=transport
         )
-        results = [bridge.submit(_capture(i)) for i in range(100)]
+        results = [bridge.submit(snapshot(i)) for i in range(100)]
         assert all(results)
         stats = bridge.stats()
         assert stats.dropped == 0
         assert stats.spooled >= 80
         assert spool_pending(spool_path) == stats.spooled
-        assert _balanced(stats)
+        assert balanced(stats)
         transport.gate.set()
         assert bridge.flush(WAIT)
-        assert _until(lambda: bridge.stats().replayed == stats.spooled)
+        assert wait_until(lambda: bridge.stats().replayed == stats.spooled, WAIT)
         sent = {json.loads(b)["batch"][0]["identifiers"]["id"] for b in transport.bodies}
         assert sent == {f"u{i}" for i in range(100)}
 
@@ -161,28 +139,28 @@ class TestShutdown:
         transport = GatedTransport(Response(200))
         bridge = cio.configure(**{**spooled, "batch_size": 5}, transport=transport)
         for i in range(50):
-            bridge.submit(_capture(i))
+            bridge.submit(snapshot(i))
         assert transport.entered.wait(WAIT)
         bridge.shutdown(0.2)
         stats = bridge.stats()
         # The 45 queued and the 5 in flight (rescued) are on disk; nothing is dropped.
         assert (stats.dropped, stats.failed, stats.spooled) == (0, 0, 50)
-        assert _balanced(stats)
+        assert balanced(stats)
         assert spool_pending(spool_path) == 50
         # The stuck send completes after all: its rows leave the spool again.
         transport.gate.set()
-        assert _until(lambda: bridge.stats().sent == 5)
+        assert wait_until(lambda: bridge.stats().sent == 5, WAIT)
         stats = bridge.stats()
         assert (stats.spooled, stats.queue_depth) == (45, 0)
-        assert _balanced(stats)
-        assert _until(lambda: spool_pending(spool_path) == 45)
+        assert balanced(stats)
+        assert wait_until(lambda: spool_pending(spool_path) == 45, WAIT)
 
     def test_events_logged_after_shutdown_wait_on_disk(
         self, spooled: dict[str, Any], spool_path: Path
     ) -> None:
         bridge = cio.configure(**spooled)
         bridge.shutdown(1.0)
-        assert bridge.submit(_capture(1)) is True
+        assert bridge.submit(snapshot(1)) is True
         assert bridge.stats().spooled == 1
         assert spool_pending(spool_path) == 1
 
@@ -191,12 +169,12 @@ class TestShutdown:
     ) -> None:
         bridge = cio.configure(**{**spooled, "api_key": "wrong-key"})
         for i in range(3):
-            bridge.submit(_capture(i))
+            bridge.submit(snapshot(i))
         assert bridge.flush(0.3) is False  # held: the credentials are refused
         bridge.shutdown(0.3)
         stats = bridge.stats()
         assert stats.spooled == 3
-        assert _balanced(stats)
+        assert balanced(stats)
         assert spool_pending(spool_path) == 3
 
 
@@ -209,12 +187,12 @@ class TestDeadLetter:
         )
         bridge = cio.configure(**spooled)
         for i in range(3):
-            bridge.submit(_capture(i))
+            bridge.submit(snapshot(i))
         bridge.submit(Snapshot(True, "no_person", {"plan": "pro"}, 1.0))
         assert bridge.flush(WAIT) is False
         stats = bridge.stats()
         assert (stats.sent, stats.dead_lettered, stats.invalid, stats.spooled) == (2, 1, 1, 0)
-        assert _balanced(stats)
+        assert balanced(stats)
         rows = list(SQLiteSpool(spool_path, max_bytes=1 << 30).dead_letters())
         by_name = {row.name: row for row in rows}
         refused, invalid = by_name["plan_changed"], by_name["no_person"]
@@ -235,7 +213,7 @@ class TestDurability:
         transport = GatedTransport(Response(200))
         bridge = cio.configure(**spooled, durability="disk", transport=transport)
         for i in range(10):
-            bridge.submit(_capture(i))
+            bridge.submit(snapshot(i))
         assert spool_pending(spool_path) == 10  # on disk already, while nothing is sent
         transport.gate.set()
         assert bridge.flush(WAIT)
@@ -249,7 +227,7 @@ class TestDurability:
         assert bridge.submit(Snapshot(True, "no_person", {"plan": "pro"}, 1.0)) is False
         stats = bridge.stats()
         assert (stats.enqueued, stats.invalid) == (1, 1)
-        assert _balanced(stats)
+        assert balanced(stats)
 
 
 class TestUnusableSpool:
@@ -266,10 +244,10 @@ class TestUnusableSpool:
         bridge = cio.configure(**{**spooled, "spool_path": str(blocker / "spool.sqlite3")})
         with caplog.at_level(logging.WARNING, logger="customerio_logging"):
             for i in range(5):
-                bridge.submit(_capture(i))
+                bridge.submit(snapshot(i))
             assert bridge.flush(WAIT) is False
             for i in range(5, 10):
-                bridge.submit(_capture(i))  # the warning surfaces on the app's thread
+                bridge.submit(snapshot(i))  # the warning surfaces on the app's thread
             bridge.flush(WAIT)
         warnings = [r.getMessage() for r in caplog.records if "spool" in r.getMessage()]
         assert len(warnings) == 1, warnings
@@ -278,7 +256,7 @@ class TestUnusableSpool:
         stats = bridge.stats()
         assert stats.failed == 10
         assert stats.spooled == 0
-        assert _balanced(stats)
+        assert balanced(stats)
 
     def test_a_symbolic_link_is_refused_with_one_warning_however_often_it_is_tried(
         self,
@@ -297,7 +275,7 @@ class TestUnusableSpool:
         bridge = cio.configure(**{**spooled, "spool_path": str(link)}, transport=down)
         with caplog.at_level(logging.WARNING, logger="customerio_logging"):
             for i in range(10):
-                bridge.submit(_capture(i))
+                bridge.submit(snapshot(i))
                 bridge.flush(WAIT)  # each batch fails, and each tries the spool again
         warnings = [r.getMessage() for r in caplog.records if "spool" in r.getMessage()]
         assert len(warnings) == 1, warnings
@@ -307,7 +285,7 @@ class TestUnusableSpool:
         assert (victim.read_bytes(), stat.S_IMODE(victim.stat().st_mode)) == (b"", 0o644)
         stats = bridge.stats()
         assert (stats.failed, stats.spooled) == (10, 0)
-        assert _balanced(stats)
+        assert balanced(stats)
 
 
 class TestServerWords:
@@ -322,7 +300,7 @@ class TestServerWords:
         )
         bridge = cio.configure(**spooled)
         for i in range(3):
-            bridge.submit(_capture(i))
+            bridge.submit(snapshot(i))
         assert bridge.flush(WAIT) is False
         stats = bridge.stats()
         assert (stats.sent, stats.dead_lettered) == (1, 2)

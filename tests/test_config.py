@@ -37,6 +37,14 @@ def config_error(environ: dict[str, str] | None = None, **kwargs: Any) -> Config
     return info.value
 
 
+def assert_names(error: ConfigurationError, setting: str, env_var: str) -> None:
+    """The error names what to change: the keyword and the environment variable."""
+    assert error.setting == setting
+    assert error.env_var == env_var
+    assert setting in str(error)
+    assert env_var in str(error)
+
+
 class TestEnvVars:
     def test_the_documented_names(self) -> None:
         assert dict(ENV_VARS) == {
@@ -190,10 +198,7 @@ class TestRegion:
     @pytest.mark.parametrize("region", ["ap", "usa", "", "europe", 1, "us-east-1"])
     def test_unknown_region(self, region: object) -> None:
         error = config_error(site_id="s", api_key=SECRET, region=region)
-        assert error.setting == "region"
-        assert error.env_var == "CUSTOMERIO_REGION"
-        assert "region" in str(error)
-        assert "CUSTOMERIO_REGION" in str(error)
+        assert_names(error, "region", "CUSTOMERIO_REGION")
         assert SECRET not in str(error)
 
     def test_unknown_region_from_env(self) -> None:
@@ -235,11 +240,8 @@ class TestTrackUrl:
     )
     def test_http_only_for_loopback(self, url: str) -> None:
         error = config_error(site_id="s", api_key=SECRET, track_url=url)
-        assert error.setting == "track_url"
-        assert error.env_var == "CUSTOMERIO_TRACK_URL"
+        assert_names(error, "track_url", "CUSTOMERIO_TRACK_URL")
         assert "http://" in str(error)
-        assert "track_url" in str(error)
-        assert "CUSTOMERIO_TRACK_URL" in str(error)
 
     @pytest.mark.parametrize(
         "url",
@@ -264,10 +266,7 @@ class TestTrackUrl:
     )
     def test_malformed(self, url: object) -> None:
         error = config_error(site_id="s", api_key=SECRET, track_url=url)
-        assert error.setting == "track_url"
-        assert error.env_var == "CUSTOMERIO_TRACK_URL"
-        assert "track_url" in str(error)
-        assert "CUSTOMERIO_TRACK_URL" in str(error)
+        assert_names(error, "track_url", "CUSTOMERIO_TRACK_URL")
 
     def test_malformed_from_env(self) -> None:
         error = config_error(
@@ -311,10 +310,7 @@ class TestCredentials:
         given = {"site_id": "s", "api_key": SECRET}
         del given[name]
         error = config_error(**given)
-        assert error.setting == name
-        assert error.env_var == ENV_VARS[name]
-        assert name in str(error)
-        assert ENV_VARS[name] in str(error)
+        assert_names(error, name, ENV_VARS[name])
 
     @pytest.mark.parametrize("name", ["site_id", "api_key"])
     @pytest.mark.parametrize(
@@ -324,10 +320,7 @@ class TestCredentials:
     def test_malformed(self, name: str, bad: object) -> None:
         given: dict[str, object] = {"site_id": "s", "api_key": "k", name: bad}
         error = config_error(**given)
-        assert error.setting == name
-        assert error.env_var == ENV_VARS[name]
-        assert name in str(error)
-        assert ENV_VARS[name] in str(error)
+        assert_names(error, name, ENV_VARS[name])
 
     @pytest.mark.parametrize("name", ["site_id", "api_key"])
     @pytest.mark.parametrize("bad", ["sk\u2019live", "\u0441ite", "key\u2014one", "k\U0001f511"])

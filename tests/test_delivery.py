@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import http.server
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +17,8 @@ from customerio_logging._delivery import Delivery, Failure, SessionTransport, tr
 from customerio_logging._wire import Operation, Response, batch_body
 from customerio_logging.exceptions import DeliveryError
 from customerio_logging.testing import MockTransport
+
+from .helpers import basic_auth
 
 
 class _Counting(http.server.BaseHTTPRequestHandler):
@@ -257,10 +257,6 @@ class TestEnvironmentSettings:
         assert transport._http().verify == str(bundle)
 
 
-def _basic(site_id: str, api_key: str) -> str:
-    return "Basic " + base64.b64encode(f"{site_id}:{api_key}".encode()).decode()
-
-
 class TestTransportFor:
     """The transport the bridge and the command line build from the settings."""
 
@@ -275,7 +271,7 @@ class TestTransportFor:
         finally:
             transport.close()
         assert handler.hits == 1
-        assert handler.auth == [_basic("site", "key")]
+        assert handler.auth == [basic_auth("site", "key")]
         assert repr(transport) == f"SessionTransport(url={url + '/api/v2/batch'!r})"
 
     def test_a_given_client_is_the_one_it_posts_through(
@@ -293,18 +289,14 @@ class TestTransportFor:
             transport.send(b'{"batch":[]}')
         finally:
             transport.close()
-        assert handler.auth == [_basic("client-site", "client-key")]
+        assert handler.auth == [basic_auth("client-site", "client-key")]
 
-    def test_a_request_ends_at_the_settings_request_timeout(self) -> None:
-        # A listening socket that never answers: the connection is made, the reply never comes.
-        with socket.socket() as silent:
-            silent.bind(("127.0.0.1", 0))
-            silent.listen()
-            url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-            settings = Settings(site_id="s", api_key="k", track_url=url, request_timeout=0.2)
-            transport = transport_for(settings)
-            try:
-                with pytest.raises(DeliveryError, match=r"within 0\.2s"):
-                    transport.send(b'{"batch":[]}')
-            finally:
-                transport.close()
+    def test_a_request_ends_at_the_settings_request_timeout(self, hanging_api: str) -> None:
+        # The connection is made, the reply never comes.
+        settings = Settings(site_id="s", api_key="k", track_url=hanging_api, request_timeout=0.2)
+        transport = transport_for(settings)
+        try:
+            with pytest.raises(DeliveryError, match=r"within 0\.2s"):
+                transport.send(b'{"batch":[]}')
+        finally:
+            transport.close()

@@ -3,14 +3,11 @@ rules: test_emulator_validation.py)."""
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
-import socket
 import threading
 import time
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,43 +17,9 @@ from customerio_logging import testing
 from customerio_logging._limits import MAX_NAME_BYTES, MAX_REQUEST_BYTES
 from customerio_logging.testing import RecordedRequest, TrackAPIEmulator
 
+from .helpers import HTTP_TIMEOUT, basic_auth, batch_op, open_session, post_batch, raw_exchange
+
 ULID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
-TIMEOUT = 5.0
-
-
-def event(name: str = "signed_up", user: str = "u1", **extra: Any) -> dict[str, Any]:
-    return {"type": "person", "identifiers": {"id": user}, "action": "event", "name": name, **extra}
-
-
-@pytest.fixture
-def emulator() -> Iterator[TrackAPIEmulator]:
-    with TrackAPIEmulator() as emu:
-        yield emu
-
-
-@pytest.fixture
-def session(emulator: TrackAPIEmulator) -> Iterator[requests.Session]:
-    with requests.Session() as s:
-        s.auth = (emulator.site_id, emulator.api_key)
-        yield s
-
-
-def post_batch(
-    session: requests.Session, emulator: TrackAPIEmulator, batch: list[Any]
-) -> requests.Response:
-    return session.post(f"{emulator.url}/api/v2/batch", json={"batch": batch}, timeout=TIMEOUT)
-
-
-def raw_exchange(emulator: TrackAPIEmulator, data: bytes) -> bytes:
-    """Send bytes on a fresh socket, half-close it, and read until the server closes."""
-    host, port = emulator.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class TestPublicAPI:
@@ -96,7 +59,11 @@ class TestAuth:
         path: str,
     ) -> None:
         response = requests.request(
-            method, emulator.url + path, json={"batch": [event()]}, auth=auth, timeout=TIMEOUT
+            method,
+            emulator.url + path,
+            json={"batch": [batch_op()]},
+            auth=auth,
+            timeout=HTTP_TIMEOUT,
         )
         assert response.status_code == 401
         assert response.json() == {"meta": {"error": "Unauthorized request"}}
@@ -109,22 +76,22 @@ class TestAuth:
         response = requests.get(
             f"{emulator.url}/api/v1/accounts/region",
             headers={"Authorization": header},
-            timeout=TIMEOUT,
+            timeout=HTTP_TIMEOUT,
         )
         assert response.status_code == 401
 
     def test_custom_credentials(self) -> None:
         with TrackAPIEmulator(site_id="s", api_key="k") as emu:
             url = f"{emu.url}/api/v1/accounts/region"
-            assert requests.get(url, auth=("s", "k"), timeout=TIMEOUT).status_code == 200
-            assert requests.get(url, auth=("s", "x"), timeout=TIMEOUT).status_code == 401
+            assert requests.get(url, auth=("s", "k"), timeout=HTTP_TIMEOUT).status_code == 200
+            assert requests.get(url, auth=("s", "x"), timeout=HTTP_TIMEOUT).status_code == 401
 
 
 class TestRegion:
     def test_region_points_at_the_emulator(
         self, emulator: TrackAPIEmulator, session: requests.Session
     ) -> None:
-        response = session.get(f"{emulator.url}/api/v1/accounts/region", timeout=TIMEOUT)
+        response = session.get(f"{emulator.url}/api/v1/accounts/region", timeout=HTTP_TIMEOUT)
         assert response.status_code == 200
         assert response.json() == {"url": emulator.url, "data_center": "us", "environment_id": 1}
 
@@ -144,7 +111,7 @@ class TestRouting:
     def test_unknown_route_gets_json_404(
         self, emulator: TrackAPIEmulator, session: requests.Session, method: str, path: str
     ) -> None:
-        response = session.request(method, emulator.url + path, json={}, timeout=TIMEOUT)
+        response = session.request(method, emulator.url + path, json={}, timeout=HTTP_TIMEOUT)
         assert response.status_code == 404
         assert "error" in response.json()["meta"]
 
@@ -153,7 +120,7 @@ class TestBatch:
     def test_valid_batch_gets_200_and_is_recorded_in_order(
         self, emulator: TrackAPIEmulator, session: requests.Session
     ) -> None:
-        ops = [event("a", id=ULID, timestamp=1_700_000_000), event("b", attributes={"k": 1})]
+        ops = [batch_op("a", id=ULID, timestamp=1_700_000_000), batch_op("b", attributes={"k": 1})]
         response = post_batch(session, emulator, ops)
         assert response.status_code == 200
         assert response.json() == {}
@@ -172,9 +139,9 @@ class TestBatch:
     def test_partly_invalid_batch_gets_207_and_records_only_valid_ops(
         self, emulator: TrackAPIEmulator, session: requests.Session
     ) -> None:
-        bad_name = event("x" * (MAX_NAME_BYTES + 1))
-        bad_type = {**event("c"), "type": "object"}
-        ops = [event("a"), bad_name, event("b"), bad_type]
+        bad_name = batch_op("x" * (MAX_NAME_BYTES + 1))
+        bad_type = {**batch_op("c"), "type": "object"}
+        ops = [batch_op("a"), bad_name, batch_op("b"), bad_type]
         response = post_batch(session, emulator, ops)
         assert response.status_code == 207
         errors = response.json()["errors"]
@@ -193,7 +160,7 @@ class TestBatch:
     def test_all_invalid_batch_still_gets_207(
         self, emulator: TrackAPIEmulator, session: requests.Session
     ) -> None:
-        response = post_batch(session, emulator, [event(""), {"type": "person"}])
+        response = post_batch(session, emulator, [batch_op(""), {"type": "person"}])
         assert response.status_code == 207
         assert [e["batch_index"] for e in response.json()["errors"]] == [0, 1]
         assert emulator.operations == []
@@ -202,24 +169,24 @@ class TestBatch:
     def test_oversize_body_gets_413_and_connection_stays_usable(
         self, emulator: TrackAPIEmulator, session: requests.Session
     ) -> None:
-        ops = [event(str(i), attributes={"pad": "x" * 20_000}) for i in range(30)]
+        ops = [batch_op(str(i), attributes={"pad": "x" * 20_000}) for i in range(30)]
         body = json.dumps({"batch": ops}).encode()
         assert len(body) > MAX_REQUEST_BYTES
-        response = session.post(f"{emulator.url}/api/v2/batch", data=body, timeout=TIMEOUT)
+        response = session.post(f"{emulator.url}/api/v2/batch", data=body, timeout=HTTP_TIMEOUT)
         assert response.status_code == 413
         assert response.json()["errors"][0]["reason"] == "request_too_large"
         assert emulator.operations == []
         assert emulator.requests[0].body_bytes == len(body)
         assert emulator.requests[0].op_count == len(ops)
         # The body was drained, so the same keep-alive connection serves the next request.
-        assert post_batch(session, emulator, [event()]).status_code == 200
+        assert post_batch(session, emulator, [batch_op()]).status_code == 200
 
     def test_body_at_the_limit_is_accepted(
         self, emulator: TrackAPIEmulator, session: requests.Session
     ) -> None:
-        body = json.dumps({"batch": [event()]}).encode()
+        body = json.dumps({"batch": [batch_op()]}).encode()
         body += b" " * (MAX_REQUEST_BYTES - len(body))
-        response = session.post(f"{emulator.url}/api/v2/batch", data=body, timeout=TIMEOUT)
+        response = session.post(f"{emulator.url}/api/v2/batch", data=body, timeout=HTTP_TIMEOUT)
         assert response.status_code == 200
 
 
@@ -231,8 +198,8 @@ class TestEvents:
     def test_events_filters_named_actions_and_name(
         self, emulator: TrackAPIEmulator, session: requests.Session
     ) -> None:
-        page = {**event("/home"), "action": "page"}
-        ops = [event("a"), _identify(), page, event("b"), event("a", user="u2")]
+        page = {**batch_op("/home"), "action": "page"}
+        ops = [batch_op("a"), _identify(), page, batch_op("b"), batch_op("a", user="u2")]
         assert post_batch(session, emulator, ops).status_code == 200
         assert emulator.events() == [ops[0], page, ops[3], ops[4]]
         assert emulator.events("a") == [ops[0], ops[4]]
@@ -246,7 +213,7 @@ class TestV1Endpoints:
         response = session.post(
             f"{emulator.url}/api/v1/customers/u%2F1%20x/events",
             json={"name": "bought", "data": {"sku": "a"}, "id": ULID, "timestamp": 7},
-            timeout=TIMEOUT,
+            timeout=HTTP_TIMEOUT,
         )
         assert response.status_code == 200
         assert emulator.operations == [
@@ -270,7 +237,7 @@ class TestV1Endpoints:
         self, emulator: TrackAPIEmulator, session: requests.Session, body: dict[str, Any]
     ) -> None:
         response = session.post(
-            f"{emulator.url}/api/v1/customers/u1/events", json=body, timeout=TIMEOUT
+            f"{emulator.url}/api/v1/customers/u1/events", json=body, timeout=HTTP_TIMEOUT
         )
         assert response.status_code == 400
         assert response.json()["meta"]["error"]
@@ -281,7 +248,7 @@ class TestV1Endpoints:
         self, emulator: TrackAPIEmulator, session: requests.Session
     ) -> None:
         response = session.post(
-            f"{emulator.url}/api/v1/customers/u1/events", data=b"nope", timeout=TIMEOUT
+            f"{emulator.url}/api/v1/customers/u1/events", data=b"nope", timeout=HTTP_TIMEOUT
         )
         assert response.status_code == 400
         assert emulator.rejected == []
@@ -292,7 +259,7 @@ class TestV1Endpoints:
         response = session.put(
             f"{emulator.url}/api/v1/customers/u1",
             json={"email": "a@example.com", "plan": "pro"},
-            timeout=TIMEOUT,
+            timeout=HTTP_TIMEOUT,
         )
         assert response.status_code == 200
         assert emulator.operations == [
@@ -331,7 +298,7 @@ class TestFraming:
             emulator, b"POST /api/v2/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}"
         )
         assert reply.startswith(b"HTTP/1.1 400 ")
-        assert time.monotonic() - started < TIMEOUT
+        assert time.monotonic() - started < HTTP_TIMEOUT
 
     def test_absurd_content_length_gets_413_and_close(self, emulator: TrackAPIEmulator) -> None:
         reply = raw_exchange(
@@ -343,10 +310,9 @@ class TestFraming:
 
     def test_keep_alive_reuses_the_connection(self, emulator: TrackAPIEmulator) -> None:
         host, port = emulator.url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+        conn = http.client.HTTPConnection(host, int(port), timeout=HTTP_TIMEOUT)
         try:
-            token = base64.b64encode(b"emulator-site:emulator-key").decode()
-            headers = {"Authorization": f"Basic {token}"}
+            headers = {"Authorization": basic_auth(emulator.site_id, emulator.api_key)}
             conn.request("GET", "/api/v1/accounts/region", headers=headers)
             first = conn.getresponse()
             first.read()
@@ -361,21 +327,26 @@ class TestFraming:
             conn.close()
 
 
-class TestWaitForOperations:
-    def test_returns_false_on_timeout_quickly(self, emulator: TrackAPIEmulator) -> None:
+class TestWaits:
+    @pytest.mark.parametrize("wait", ["wait_for_operations", "wait_for_requests"])
+    def test_returns_false_on_timeout_quickly(self, emulator: TrackAPIEmulator, wait: str) -> None:
         started = time.monotonic()
-        assert emulator.wait_for_operations(1, timeout=0.05) is False
+        assert getattr(emulator, wait)(1, timeout=0.05) is False
         assert time.monotonic() - started < 1.0
 
+
+class TestWaitForOperations:
     def test_returns_true_when_operations_arrive(
         self, emulator: TrackAPIEmulator, session: requests.Session
     ) -> None:
-        sender = threading.Thread(target=post_batch, args=(session, emulator, [event(), event()]))
+        sender = threading.Thread(
+            target=post_batch, args=(session, emulator, [batch_op(), batch_op()])
+        )
         sender.start()
         try:
-            assert emulator.wait_for_operations(2, timeout=TIMEOUT) is True
+            assert emulator.wait_for_operations(2, timeout=HTTP_TIMEOUT) is True
         finally:
-            sender.join(TIMEOUT)
+            sender.join(HTTP_TIMEOUT)
         assert len(emulator.operations) == 2
 
     def test_zero_is_immediately_true(self, emulator: TrackAPIEmulator) -> None:
@@ -386,7 +357,7 @@ class TestReset:
     def test_reset_forgets_everything(
         self, emulator: TrackAPIEmulator, session: requests.Session
     ) -> None:
-        post_batch(session, emulator, [event(), event("")])
+        post_batch(session, emulator, [batch_op(), batch_op("")])
         assert len(emulator.operations) == 1
         assert len(emulator.requests) == 1
         assert len(emulator.rejected) == 1
@@ -397,7 +368,7 @@ class TestReset:
     def test_snapshots_are_copies(
         self, emulator: TrackAPIEmulator, session: requests.Session
     ) -> None:
-        post_batch(session, emulator, [event()])
+        post_batch(session, emulator, [batch_op()])
         emulator.operations.clear()
         emulator.requests.clear()
         assert len(emulator.operations) == 1
@@ -423,7 +394,7 @@ class TestLifecycle:
         emu.stop()
         emu.stop()
         with pytest.raises(requests.ConnectionError):
-            requests.get(f"{url}/api/v1/accounts/region", timeout=TIMEOUT)
+            requests.get(f"{url}/api/v1/accounts/region", timeout=HTTP_TIMEOUT)
 
     def test_start_twice_raises(self, emulator: TrackAPIEmulator) -> None:
         with pytest.raises(RuntimeError, match="already running"):
@@ -435,12 +406,11 @@ class TestLifecycle:
 
     def test_stop_closes_keep_alive_connections(self) -> None:
         emu = TrackAPIEmulator().start()
-        with requests.Session() as s:
-            s.auth = (emu.site_id, emu.api_key)
-            assert post_batch(s, emu, [event()]).status_code == 200
+        with open_session(emu) as s:
+            assert post_batch(s, emu, [batch_op()]).status_code == 200
             emu.stop()
             with pytest.raises(requests.ConnectionError):
-                post_batch(s, emu, [event()])
+                post_batch(s, emu, [batch_op()])
         assert len(emu.operations) == 1
 
     def test_restart_keeps_the_url(self) -> None:
@@ -451,7 +421,9 @@ class TestLifecycle:
             emu.start()
             assert emu.url == url
             auth = (emu.site_id, emu.api_key)
-            response = requests.get(f"{url}/api/v1/accounts/region", auth=auth, timeout=TIMEOUT)
+            response = requests.get(
+                f"{url}/api/v1/accounts/region", auth=auth, timeout=HTTP_TIMEOUT
+            )
             assert response.status_code == 200
         finally:
             emu.stop()
@@ -464,10 +436,9 @@ class TestConcurrency:
 
         def send(worker: int) -> None:
             try:
-                with requests.Session() as s:
-                    s.auth = (emulator.site_id, emulator.api_key)
+                with open_session(emulator) as s:
                     for b in range(batches):
-                        ops = [event(f"{worker}-{b}-{i}") for i in range(per_batch)]
+                        ops = [batch_op(f"{worker}-{b}-{i}") for i in range(per_batch)]
                         assert post_batch(s, emulator, ops).status_code == 200
             except BaseException as exc:
                 failures.append(exc)
@@ -478,7 +449,7 @@ class TestConcurrency:
         total = threads_count * batches * per_batch
         assert emulator.wait_for_operations(total, timeout=30)
         for w in workers:
-            w.join(TIMEOUT)
+            w.join(HTTP_TIMEOUT)
         assert failures == []
         names = [op["name"] for op in emulator.operations]
         assert len(names) == total

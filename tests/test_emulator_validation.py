@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,31 +26,9 @@ from customerio_logging._limits import (
 from customerio_logging._reasons import REASONS
 from customerio_logging.testing import TrackAPIEmulator
 
+from .helpers import HTTP_TIMEOUT, batch_op, post_batch, raw_exchange
+
 ULID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
-TIMEOUT = 5.0
-
-
-def event(name: str = "signed_up", user: str = "u1", **extra: Any) -> dict[str, Any]:
-    return {"type": "person", "identifiers": {"id": user}, "action": "event", "name": name, **extra}
-
-
-@pytest.fixture
-def emulator(track_api_emulator: TrackAPIEmulator) -> TrackAPIEmulator:
-    """The pytest plugin's emulator, under this file's short name."""
-    return track_api_emulator
-
-
-@pytest.fixture
-def session(emulator: TrackAPIEmulator) -> Iterator[requests.Session]:
-    with requests.Session() as s:
-        s.auth = (emulator.site_id, emulator.api_key)
-        yield s
-
-
-def post_batch(
-    session: requests.Session, emulator: TrackAPIEmulator, batch: list[Any]
-) -> requests.Response:
-    return session.post(f"{emulator.url}/api/v2/batch", json={"batch": batch}, timeout=TIMEOUT)
 
 
 MALFORMED_BODIES = [
@@ -75,7 +52,7 @@ class TestRequestBody:
         reason: str,
         field: str,
     ) -> None:
-        response = session.post(f"{emulator.url}/api/v2/batch", data=body, timeout=TIMEOUT)
+        response = session.post(f"{emulator.url}/api/v2/batch", data=body, timeout=HTTP_TIMEOUT)
         assert response.status_code == 400
         [error] = response.json()["errors"]
         assert (error["reason"], error["field"]) == (reason, field)
@@ -93,15 +70,15 @@ def _person(action: str, **extra: Any) -> dict[str, Any]:
 
 
 VALID_OPS = {
-    "event-minimal": event(),
-    "event-full": event(id=ULID.lower(), timestamp=1, attributes={"a": [1, {"b": None}]}),
-    "event-anonymous": {**event(), "identifiers": {"anonymous_id": "anon-1"}},
-    "event-email": {**event(), "identifiers": {"email": "a@example.com"}},
-    "event-cio-id": {**event(), "identifiers": {"cio_id": "abc"}},
-    "page": {**event("/home"), "action": "page"},
-    "screen": {**event("Home"), "action": "screen"},
-    "name-at-limit-in-bytes": event("é" * (MAX_NAME_BYTES // 2)),
-    "identifier-at-limit": event(user="u" * MAX_IDENTIFIER_BYTES),
+    "event-minimal": batch_op(),
+    "event-full": batch_op(id=ULID.lower(), timestamp=1, attributes={"a": [1, {"b": None}]}),
+    "event-anonymous": {**batch_op(), "identifiers": {"anonymous_id": "anon-1"}},
+    "event-email": {**batch_op(), "identifiers": {"email": "a@example.com"}},
+    "event-cio-id": {**batch_op(), "identifiers": {"cio_id": "abc"}},
+    "page": {**batch_op("/home"), "action": "page"},
+    "screen": {**batch_op("Home"), "action": "screen"},
+    "name-at-limit-in-bytes": batch_op("é" * (MAX_NAME_BYTES // 2)),
+    "identifier-at-limit": batch_op(user="u" * MAX_IDENTIFIER_BYTES),
     "identify": _identify(attributes={"plan": "pro"}, timestamp=5),
     "identify-bare": _identify(),
     "identify-max-attributes": _identify(
@@ -125,38 +102,38 @@ VALID_OPS = {
 INVALID_OPS = {
     # op, reason, field
     "not-an-object": (["event"], "invalid_operation", "operation"),
-    "wrong-type": ({**event(), "type": "object"}, "invalid_type", "type"),
-    "missing-type": ({k: v for k, v in event().items() if k != "type"}, "invalid_type", "type"),
+    "wrong-type": ({**batch_op(), "type": "object"}, "invalid_type", "type"),
+    "missing-type": ({k: v for k, v in batch_op().items() if k != "type"}, "invalid_type", "type"),
     "unknown-action": (_person("track"), "invalid_action", "action"),
     "missing-identifiers": (
-        {k: v for k, v in event().items() if k != "identifiers"},
+        {k: v for k, v in batch_op().items() if k != "identifiers"},
         "invalid_identifier",
         "identifiers",
     ),
     "identifiers-not-object": (
-        {**event(), "identifiers": "u1"},
+        {**batch_op(), "identifiers": "u1"},
         "invalid_identifier",
         "identifiers",
     ),
-    "no-identifier": ({**event(), "identifiers": {}}, "invalid_identifier", "identifiers"),
+    "no-identifier": ({**batch_op(), "identifiers": {}}, "invalid_identifier", "identifiers"),
     "two-identifiers": (
-        {**event(), "identifiers": {"id": "u1", "email": "a@example.com"}},
+        {**batch_op(), "identifiers": {"id": "u1", "email": "a@example.com"}},
         "invalid_identifier",
         "identifiers",
     ),
     "unknown-identifier": (
-        {**event(), "identifiers": {"user_id": "u1"}},
+        {**batch_op(), "identifiers": {"user_id": "u1"}},
         "invalid_identifier",
         "identifiers",
     ),
-    "empty-identifier": (event(user=""), "invalid_identifier", "identifiers.id"),
+    "empty-identifier": (batch_op(user=""), "invalid_identifier", "identifiers.id"),
     "numeric-identifier": (
-        {**event(), "identifiers": {"id": 42}},
+        {**batch_op(), "identifiers": {"id": 42}},
         "invalid_identifier",
         "identifiers.id",
     ),
     "identifier-too-long": (
-        event(user="é" * (MAX_IDENTIFIER_BYTES // 2 + 1)),
+        batch_op(user="é" * (MAX_IDENTIFIER_BYTES // 2 + 1)),
         "identifier_too_long",
         "identifiers.id",
     ),
@@ -166,37 +143,37 @@ INVALID_OPS = {
         "identifiers",
     ),
     "anonymous-with-id": (
-        {**event(), "identifiers": {"anonymous_id": "a", "id": "u1"}},
+        {**batch_op(), "identifiers": {"anonymous_id": "a", "id": "u1"}},
         "invalid_identifier",
         "identifiers",
     ),
     "empty-anonymous-id": (
-        {**event(), "identifiers": {"anonymous_id": ""}},
+        {**batch_op(), "identifiers": {"anonymous_id": ""}},
         "invalid_identifier",
         "identifiers.anonymous_id",
     ),
     "missing-name": (
-        {k: v for k, v in event().items() if k != "name"},
+        {k: v for k, v in batch_op().items() if k != "name"},
         "invalid_name",
         "name",
     ),
-    "empty-name": (event(""), "invalid_name", "name"),
-    "name-not-string": ({**event(), "name": 7}, "invalid_name", "name"),
+    "empty-name": (batch_op(""), "invalid_name", "name"),
+    "name-not-string": ({**batch_op(), "name": 7}, "invalid_name", "name"),
     "name-too-long-in-bytes": (
-        event("é" * (MAX_NAME_BYTES // 2 + 1)),
+        batch_op("é" * (MAX_NAME_BYTES // 2 + 1)),
         "name_too_long",
         "name",
     ),
-    "id-not-ulid": (event(id="not-a-ulid"), "invalid_id", "id"),
-    "id-25-chars": (event(id=ULID[:-1]), "invalid_id", "id"),
-    "id-excluded-letter": (event(id="01ARZ3NDEKTSV4RRFFQ69G5FAU"), "invalid_id", "id"),
-    "id-overflows-128-bits": (event(id="8" + ULID[1:]), "invalid_id", "id"),
-    "id-not-string": (event(id=1), "invalid_id", "id"),
-    "timestamp-float": (event(timestamp=1.5), "invalid_timestamp", "timestamp"),
-    "timestamp-bool": (event(timestamp=True), "invalid_timestamp", "timestamp"),
-    "timestamp-string": (event(timestamp="1700000000"), "invalid_timestamp", "timestamp"),
+    "id-not-ulid": (batch_op(id="not-a-ulid"), "invalid_id", "id"),
+    "id-25-chars": (batch_op(id=ULID[:-1]), "invalid_id", "id"),
+    "id-excluded-letter": (batch_op(id="01ARZ3NDEKTSV4RRFFQ69G5FAU"), "invalid_id", "id"),
+    "id-overflows-128-bits": (batch_op(id="8" + ULID[1:]), "invalid_id", "id"),
+    "id-not-string": (batch_op(id=1), "invalid_id", "id"),
+    "timestamp-float": (batch_op(timestamp=1.5), "invalid_timestamp", "timestamp"),
+    "timestamp-bool": (batch_op(timestamp=True), "invalid_timestamp", "timestamp"),
+    "timestamp-string": (batch_op(timestamp="1700000000"), "invalid_timestamp", "timestamp"),
     "event-attributes-not-object": (
-        event(attributes=[1]),
+        batch_op(attributes=[1]),
         "invalid_attributes",
         "attributes",
     ),
@@ -276,7 +253,7 @@ class TestOperationValidation:
         reason: str,
         field: str,
     ) -> None:
-        response = post_batch(session, emulator, [event("before"), op])
+        response = post_batch(session, emulator, [batch_op("before"), op])
         assert response.status_code == 207
         [error] = response.json()["errors"]
         assert (error["batch_index"], error["reason"], error["field"]) == (1, reason, field)
@@ -299,7 +276,7 @@ class TestOperationValidation:
         extra: int,
         status: int,
     ) -> None:
-        op = event(attributes={"pad": ""})
+        op = batch_op(attributes={"pad": ""})
         size = len(json.dumps(op, separators=(",", ":")).encode())
         op["attributes"]["pad"] = "x" * (MAX_OPERATION_BYTES - size + extra)
         response = post_batch(session, emulator, [op])
@@ -326,16 +303,6 @@ EMULATOR_SOURCES = sorted(Path(testing.__file__).parent.glob("*.py"))
 NOT_A_RULE = {("_faults.py", "refusal"), ("_faults.py", "fault_error")}
 
 
-def _raw(emulator: TrackAPIEmulator, data: bytes) -> None:
-    """Send bytes that requests would not send, and read the answer to its end."""
-    host, port = emulator.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        while sock.recv(65536):
-            pass
-
-
 def _reason_sites(tree: ast.Module) -> Iterator[tuple[str, ast.expr]]:
     """Each expression the module gives as a reason, with the function it sits in."""
     owner: dict[ast.AST, str] = {}
@@ -359,15 +326,17 @@ class TestReasons:
     ) -> None:
         url = emulator.url
         post_batch(session, emulator, [op for op, _, _ in INVALID_OPS.values()])
-        post_batch(session, emulator, [event(attributes={"pad": "x" * MAX_OPERATION_BYTES})])
+        post_batch(session, emulator, [batch_op(attributes={"pad": "x" * MAX_OPERATION_BYTES})])
         for body, _, _ in MALFORMED_BODIES:
-            session.post(f"{url}/api/v2/batch", data=body, timeout=TIMEOUT)
-        session.post(f"{url}/api/v2/batch", data=b" " * (MAX_REQUEST_BYTES + 1), timeout=TIMEOUT)
+            session.post(f"{url}/api/v2/batch", data=body, timeout=HTTP_TIMEOUT)
+        session.post(
+            f"{url}/api/v2/batch", data=b" " * (MAX_REQUEST_BYTES + 1), timeout=HTTP_TIMEOUT
+        )
         # The v1 endpoints have no request limit, so only there can event data be too large.
         big = {"name": "n", "data": {"pad": "x" * 100_000}}
-        session.post(f"{url}/api/v1/customers/u1/events", json=big, timeout=TIMEOUT)
-        session.post(f"{url}/api/v1/customers/u1/events", data=b"nope", timeout=TIMEOUT)
-        _raw(emulator, b"POST /api/v2/batch HTTP/1.1\r\nHost: x\r\n\r\n")
+        session.post(f"{url}/api/v1/customers/u1/events", json=big, timeout=HTTP_TIMEOUT)
+        session.post(f"{url}/api/v1/customers/u1/events", data=b"nope", timeout=HTTP_TIMEOUT)
+        raw_exchange(emulator, b"POST /api/v2/batch HTTP/1.1\r\nHost: x\r\n\r\n")
 
         given = {error["reason"] for r in emulator.requests for error in r.errors}
         given |= {rejected["reason"] for rejected in emulator.rejected}

@@ -8,10 +8,8 @@ not touched its spool before it ends.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,22 +18,16 @@ import pytest
 
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
-from .conftest import PROGRAMS, closed_port_url, spool_pending
+from .helpers import program, run_python, spool_pending, unreachable_api
 
 TIMEOUT = 60.0
 
 
-def _run(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, str(PROGRAMS / "exit_api_down.py"), *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    return result, time.monotonic() - started
+def _run(state: Path, api: TrackAPIEmulator | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run tests/programs/exit_api_down.py, its state (the default spool) under ``state``,
+    sending to ``api`` (None: an API that cannot be reached)."""
+    env = {"XDG_STATE_HOME": str(state), **(unreachable_api() if api is None else {})}
+    return run_python(program("exit_api_down"), *args, emulator=api, env=env, timeout=TIMEOUT)
 
 
 def _spool_file(state: Path) -> Path:
@@ -64,21 +56,14 @@ def state(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
-def _env(url: str, state: Path, site_id: str = "site", api_key: str = "key") -> dict[str, str]:
-    return {
-        "CUSTOMERIO_SITE_ID": site_id,
-        "CUSTOMERIO_TRACK_API_KEY": api_key,
-        "CUSTOMERIO_TRACK_URL": url,
-        "XDG_STATE_HOME": str(state),
-    }
-
-
 class TestExitWithTheApiDown:
     @pytest.mark.parametrize("end", ["exit", "sigterm"])
     def test_an_unreachable_api_leaves_every_event_in_a_whole_spool(
         self, state: Path, end: str
     ) -> None:
-        result, took = _run(_env(closed_port_url(), state), "--count", "50", "--end", end)
+        started = time.monotonic()
+        result = _run(state, None, "--count", "50", "--end", end)
+        took = time.monotonic() - started
         if end == "exit":
             assert result.returncode == 0, result.stderr
             stats = _stats(result)
@@ -105,8 +90,7 @@ class TestExitWithTheApiDown:
     ) -> None:
         with TrackAPIEmulator() as emulator:
             emulator.set_faults(plan)
-            env = _env(emulator.url, state, emulator.site_id, emulator.api_key)
-            result, _ = _run(env, "--count", "50", "--shutdown-timeout", "1.5")
+            result = _run(state, emulator, "--count", "50", "--shutdown-timeout", "1.5")
         assert result.returncode == 0, result.stderr
         stats = _stats(result)
         assert stats["spooled"] == 50, stats
@@ -124,9 +108,9 @@ class TestSigtermDuringABurst:
         count, timeout = 100_000, 3.0
         with TrackAPIEmulator() as emulator:
             emulator.set_faults(FaultPlan(delay=0.05))
-            env = _env(emulator.url, state, emulator.site_id, emulator.api_key)
-            result, _ = _run(
-                env,
+            result = _run(
+                state,
+                emulator,
                 *("--count", str(count), "--queue", str(count)),
                 *("--shutdown-timeout", str(timeout), "--end", "sigterm"),
             )

@@ -8,7 +8,7 @@ import pytest
 
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
-from .conftest import run_program
+from .helpers import program, run_python
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def faulty() -> TrackAPIEmulator:
 def test_every_event_arrives_through_failures_and_dropped_connections(
     faulty: TrackAPIEmulator,
 ) -> None:
-    result = run_program("faulty_app", faulty, "5000", timeout=180)
+    result = run_python(program("faulty_app"), "5000", emulator=faulty, timeout=180)
     assert result.returncode == 0, result.stderr
     accepted = faulty.accepted_ids()
     ops = faulty.operations
@@ -53,7 +53,9 @@ def test_every_event_arrives_through_failures_and_dropped_connections(
 class TestRateLimit:
     def test_429s_pause_the_pipeline_and_every_event_still_arrives(self) -> None:
         with TrackAPIEmulator(faults=FaultPlan(rate_limit=20, retry_after=1)) as emu:
-            result = run_program("faulty_app", emu, "1000", "200", "10", timeout=120)
+            result = run_python(
+                program("faulty_app"), "1000", "200", "10", emulator=emu, timeout=120
+            )
             assert result.returncode == 0, result.stderr
             assert [r.fault for r in emu.requests].count("rate_limit") > 0
             assert set(emu.accepted_ids().values()) == {1}
@@ -61,7 +63,7 @@ class TestRateLimit:
 
     def test_our_own_rate_limit_keeps_under_the_apis(self) -> None:
         with TrackAPIEmulator(faults=FaultPlan(rate_limit=20, retry_after=1)) as emu:
-            result = run_program("faulty_app", emu, "200", "10", "10", timeout=120)
+            result = run_python(program("faulty_app"), "200", "10", "10", emulator=emu, timeout=120)
             assert result.returncode == 0, result.stderr
             assert [r.fault for r in emu.requests].count("rate_limit") == 0
             assert len(emu.accepted_ids()) == 200

@@ -3,30 +3,28 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
+import subprocess
 from typing import Any
 
 import pytest
 
 from customerio_logging.testing import TrackAPIEmulator
 
-from .conftest import run_program
+from .helpers import assert_each_once, program, run_python, users
 
 N = 25
 TIMEOUT = 60.0
 
 
 def _users(*prefixes: str) -> set[str]:
-    return {f"{prefix}{i}" for prefix in prefixes for i in range(N)}
+    return set().union(*(users(prefix, N) for prefix in prefixes))
 
 
-def _assert_each_once(emulator: TrackAPIEmulator, users: set[str]) -> None:
-    ops = emulator.operations
-    ids = Counter(op["id"] for op in ops)
-    assert [i for i, n in ids.items() if n > 1] == [], "an operation id arrived twice"
-    people = Counter(op["identifiers"]["id"] for op in ops)
-    assert [u for u, n in people.items() if n > 1] == [], "an event arrived twice"
-    assert set(people) == users
+def _fork_app(emulator: TrackAPIEmulator, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run tests/programs/fork_app.py with N events and ``args``; it must exit with 0."""
+    result = run_python(program("fork_app"), N, *args, emulator=emulator, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    return result
 
 
 def _child_stats(stdout: str) -> dict[str, Any]:
@@ -41,6 +39,15 @@ def _assert_zero(stats: dict[str, Any]) -> None:
     assert stats["last_error"] is None
 
 
+def _assert_each_process_sent_its_own(emulator: TrackAPIEmulator, *args: str) -> None:
+    """The child ended well with nothing counted, and the parent's events ("p", "q") and
+    the child's ("c") each arrived once."""
+    result = _fork_app(emulator, *args)
+    assert "child-exit 0" in result.stdout, result.stderr
+    _assert_zero(_child_stats(result.stdout))
+    assert_each_once(emulator, _users("p", "c", "q"))
+
+
 class TestOsFork:
     """configure() in the parent, then fork: gunicorn --preload's pattern."""
 
@@ -51,25 +58,17 @@ class TestOsFork:
         # The parent's events are still queued at the fork (flush_interval is 60 s); the
         # child ends with flush() then sys.exit() or os._exit(), or returns without
         # flushing (its exit hook delivers).
-        result = run_program(
-            "fork_app", emulator, str(N), "--child-exit", child_exit, timeout=TIMEOUT
-        )
-        assert result.returncode == 0, result.stderr
-        assert "child-exit 0" in result.stdout, result.stderr
-        _assert_zero(_child_stats(result.stdout))
-        _assert_each_once(emulator, _users("p", "c", "q"))
+        _assert_each_process_sent_its_own(emulator, "--child-exit", child_exit)
 
     def test_a_batch_in_flight_at_the_fork_is_sent_by_the_parent_only(
         self, emulator: TrackAPIEmulator
     ) -> None:
         # The parent's dispatch thread is inside send() with batch "p" when the process
         # forks, with "r" queued behind it; the child sends neither.
-        result = run_program("fork_app", emulator, str(N), "--in-flight", timeout=TIMEOUT)
-        assert result.returncode == 0, result.stderr
-        stats = _child_stats(result.stdout)
+        stats = _child_stats(_fork_app(emulator, "--in-flight").stdout)
         _assert_zero(stats)
         assert stats["transport_closed_here"] is True, "the child kept the parent's session"
-        _assert_each_once(emulator, _users("p", "r", "c", "q"))
+        assert_each_once(emulator, _users("p", "r", "c", "q"))
 
     @pytest.mark.parametrize("in_flight", [False, True])
     def test_a_fork_that_skips_os_fork_hooks_is_caught_on_submit(
@@ -78,10 +77,9 @@ class TestOsFork:
         # libc's fork() runs no at-fork hook: the bridge sees its pid changed on the
         # child's first event and resets then.
         args = ["--via", "raw-fork", *(["--in-flight"] if in_flight else [])]
-        result = run_program("fork_app", emulator, str(N), *args, timeout=TIMEOUT)
-        assert result.returncode == 0, result.stderr
+        result = _fork_app(emulator, *args)
         assert "child-exit 0" in result.stdout, result.stderr
-        _assert_each_once(emulator, _users("p", "c", "q", *(["r"] if in_flight else [])))
+        assert_each_once(emulator, _users("p", "c", "q", *(["r"] if in_flight else [])))
 
 
 class TestMultiprocessing:
@@ -91,25 +89,12 @@ class TestMultiprocessing:
     def test_a_process_child_delivers_its_events_and_not_the_parents(
         self, emulator: TrackAPIEmulator, child_exit: str
     ) -> None:
-        result = run_program(
-            "fork_app",
-            emulator,
-            str(N),
-            "--via",
-            "mp-process",
-            "--child-exit",
-            child_exit,
-            timeout=TIMEOUT,
+        _assert_each_process_sent_its_own(
+            emulator, "--via", "mp-process", "--child-exit", child_exit
         )
-        assert result.returncode == 0, result.stderr
-        assert "child-exit 0" in result.stdout, result.stderr
-        _assert_zero(_child_stats(result.stdout))
-        _assert_each_once(emulator, _users("p", "c", "q"))
 
     def test_pool_workers_deliver_their_events_when_the_pool_closes(
         self, emulator: TrackAPIEmulator
     ) -> None:
-        result = run_program("fork_app", emulator, str(N), "--via", "mp-pool", timeout=TIMEOUT)
-        assert result.returncode == 0, result.stderr
-        assert "pool-workers " in result.stdout
-        _assert_each_once(emulator, _users("p", "q", "w0-", "w1-", "w2-", "w3-"))
+        assert "pool-workers " in _fork_app(emulator, "--via", "mp-pool").stdout
+        assert_each_once(emulator, _users("p", "q", "w0-", "w1-", "w2-", "w3-"))

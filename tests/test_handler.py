@@ -162,6 +162,19 @@ class TestProcessor:
         assert cio.stats().dropped == 1
 
 
+def _structlog_through_stdlib(logger: logging.Logger, *processors: Any) -> None:
+    """structlog set up to hand its events to ``logger`` (stdlib), through ``processors``."""
+    structlog.configure(
+        processors=[
+            structlog.stdlib.add_log_level,
+            *processors,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=lambda *args: logger,
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+
+
 class TestBothInstalled:
     def test_structlog_through_stdlib_is_sent_once(
         self,
@@ -181,15 +194,7 @@ class TestBothInstalled:
             )
         )
         logger.addHandler(handler)
-        structlog.configure(
-            processors=[
-                structlog.stdlib.add_log_level,
-                cio.CustomerIOProcessor(),
-                structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-            ],
-            logger_factory=lambda *args: logger,
-            wrapper_class=structlog.stdlib.BoundLogger,
-        )
+        _structlog_through_stdlib(logger, cio.CustomerIOProcessor())
         structlog.get_logger().info("once", cio_event=True, user_id="u1")
         assert cio.flush(5.0)
         assert [op["name"] for op in emulator.operations] == ["once"]
@@ -203,14 +208,7 @@ class TestBothInstalled:
     ) -> None:
         cio.configure(**settings)
         logger.addHandler(cio.CustomerIOHandler())
-        structlog.configure(
-            processors=[
-                structlog.stdlib.add_log_level,
-                structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-            ],
-            logger_factory=lambda *args: logger,
-            wrapper_class=structlog.stdlib.BoundLogger,
-        )
+        _structlog_through_stdlib(logger)
         structlog.get_logger().info("via_stdlib", cio_event=True, user_id="u1", plan="pro")
         assert cio.flush(5.0)
         (op,) = emulator.operations

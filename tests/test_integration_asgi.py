@@ -8,7 +8,6 @@ import importlib.util
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from customerio_logging._wire import Response
 from customerio_logging.integrations.asgi import CustomerIOMiddleware
 from customerio_logging.testing import TrackAPIEmulator
 
-from .conftest import PROGRAMS, GatedTransport
+from .helpers import PROGRAMS, GatedTransport, free_port, python_env
 
 Message = dict[str, Any]
 HARD_TIMEOUT = 30.0  # no server lives longer, whatever happens
@@ -273,13 +272,6 @@ class TestDisplacedSigterm:
 # -- real uvicorn --workers 2, SIGTERM with requests in flight ------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _command(server: str, port: int) -> list[str]:
     """Two workers of the app: ``uvicorn --workers 2``, or gunicorn with UvicornWorker."""
     if server == "uvicorn":
@@ -298,7 +290,7 @@ class _Uvicorn:
     """The app served by two uvicorn workers, in its own process group; stderr collected."""
 
     def __init__(self, env: dict[str, str], server: str = "uvicorn") -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.process = subprocess.Popen(
             _command(server, self.port),
             env=env,
@@ -356,15 +348,10 @@ def _uvicorn(
 ) -> Iterator[_Uvicorn]:
     pytest.importorskip("uvicorn")
     src = Path(cio.__file__).parent.parent
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(src),
-        "CUSTOMERIO_SITE_ID": emulator.site_id,
-        "CUSTOMERIO_TRACK_API_KEY": emulator.api_key,
-        "CUSTOMERIO_TRACK_URL": emulator.url,
-        "XDG_STATE_HOME": str(tmp_path / "state"),
-        **app_env,
-    }
+    state = str(tmp_path / "state")
+    env = python_env(
+        {"PYTHONPATH": str(src), "XDG_STATE_HOME": state, **app_env}, emulator=emulator
+    )
     server = _Uvicorn(env, server_name)
     try:
         server.wait_for(lambda text: text.count("Application startup complete") == 2)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 import customerio_logging
 from customerio_logging.testing import TrackAPIEmulator
 
-from .conftest import PROGRAMS
+from .helpers import PROGRAMS, python_env, wait_until
 
 celery = pytest.importorskip("celery")
 
@@ -42,16 +41,6 @@ def _send_tasks(broker: Path, count: int) -> set[str]:
     return users
 
 
-def _wait_until(condition: object, timeout: float) -> bool:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 @contextlib.contextmanager
 def _worker(
     emulator: TrackAPIEmulator, tmp_path: Path, setup: str
@@ -63,16 +52,15 @@ def _worker(
     broker.mkdir()
     ran.mkdir()
     _send_tasks(broker, N)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SRC), str(PROGRAMS)]),
-        "CUSTOMERIO_SITE_ID": emulator.site_id,
-        "CUSTOMERIO_TRACK_API_KEY": emulator.api_key,
-        "CUSTOMERIO_TRACK_URL": emulator.url,
-        "CELERY_BROKER_DIR": str(broker),
-        "TASKS_RAN_DIR": str(ran),
-        "APP_SETUP": setup,
-    }
+    env = python_env(
+        {
+            "PYTHONPATH": os.pathsep.join([str(SRC), str(PROGRAMS)]),
+            "CELERY_BROKER_DIR": str(broker),
+            "TASKS_RAN_DIR": str(ran),
+            "APP_SETUP": setup,
+        },
+        emulator=emulator,
+    )
     command = [
         sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool", "prefork",
         "-c", "2", "--max-tasks-per-child", "10", "-l", "INFO",
@@ -93,7 +81,7 @@ def _worker(
 
 def _wait_for_tasks(worker: subprocess.Popen[bytes], ran: Path, count: int) -> set[str]:
     """Wait until ``count`` tasks ran; return their user ids."""
-    done = _wait_until(lambda: len(os.listdir(ran)) >= count or worker.poll() is not None, TIMEOUT)
+    done = wait_until(lambda: len(os.listdir(ran)) >= count or worker.poll() is not None, TIMEOUT)
     log = (ran.parent / "worker.log").read_text
     assert done, log()
     assert worker.poll() is None, log()
@@ -156,7 +144,7 @@ class TestInstall:
             assert len(children) > 2, "no child was recycled"
             worker.kill()
             worker.wait()
-            assert _wait_until(lambda: not any(map(_alive, children)), 5.0), "orphans"
+            assert wait_until(lambda: not any(map(_alive, children)), 5.0), "orphans"
 
 
 class TestWithoutInstall:

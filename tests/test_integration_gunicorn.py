@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,12 @@ import pytest
 
 from customerio_logging.testing import TrackAPIEmulator
 
+from .helpers import free_port, python_env
+
 pytest.importorskip("gunicorn")
 
 ROOT = Path(__file__).parent.parent
 HOOK = "from customerio_logging.integrations.gunicorn import worker_exit  # noqa: F401\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _get(url: str, deadline: float) -> None:
@@ -45,16 +39,15 @@ def _serve(emulator: TrackAPIEmulator, tmp_path: Path, *, hook: bool, users: lis
     then SIGTERM it and wait for it to end."""
     config = tmp_path / "gunicorn.conf.py"
     config.write_text(HOOK if hook else "")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CUSTOMERIO_SITE_ID": emulator.site_id,
-        "CUSTOMERIO_TRACK_API_KEY": emulator.api_key,
-        "CUSTOMERIO_TRACK_URL": emulator.url,
-        "XDG_STATE_HOME": str(tmp_path / "state"),
-        "CIO_APP_EXIT": "os",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-    }
+    port = free_port()
+    env = python_env(
+        {
+            "XDG_STATE_HOME": str(tmp_path / "state"),
+            "CIO_APP_EXIT": "os",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        },
+        emulator=emulator,
+    )
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(config), "-w", "2", "--max-requests", "4",
          "-b", f"127.0.0.1:{port}", "tests.programs.wsgi_app:app"],

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +11,7 @@ import pytest
 from customerio_logging.integrations.aws_lambda import DEFAULT_TIMEOUT, SAFETY_MARGIN, _bound
 from customerio_logging.testing import TrackAPIEmulator
 
-from .conftest import PROGRAMS, closed_port_url, spool_pending
+from .helpers import program, run_python, spool_pending, unreachable_api
 
 
 def _invoke(
@@ -26,23 +23,9 @@ def _invoke(
     remaining: int = 30_000,
 ) -> dict[str, Any]:
     """Run the handler program against ``api`` (None: an API that cannot be reached)."""
-    env = {
-        **os.environ,
-        "CUSTOMERIO_SITE_ID": "site" if api is None else api.site_id,
-        "CUSTOMERIO_TRACK_API_KEY": "key" if api is None else api.api_key,
-        "CUSTOMERIO_TRACK_URL": closed_port_url() if api is None else api.url,
-        "CUSTOMERIO_SPOOL_PATH": str(spool),
-    }
-    argv = [str(invocations), str(events), str(remaining)]
-    result = subprocess.run(
-        [sys.executable, str(PROGRAMS / "lambda_app.py"), *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    env = {"CUSTOMERIO_SPOOL_PATH": str(spool), **(unreachable_api() if api is None else {})}
+    argv = (invocations, events, remaining)
+    result = run_python(program("lambda_app"), *argv, emulator=api, env=env, check=True)
     report: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     return report
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -13,7 +11,7 @@ from ulid import ULID
 
 from customerio_logging.testing import TrackAPIEmulator
 
-from .conftest import run_program
+from .helpers import program, run_python
 
 
 class TestExitWithoutFlush:
@@ -21,7 +19,7 @@ class TestExitWithoutFlush:
         self, emulator: TrackAPIEmulator
     ) -> None:
         started = time.time()
-        result = run_program("exit_without_flush", emulator, "2000")
+        result = run_python(program("exit_without_flush"), "2000", emulator=emulator)
         assert result.returncode == 0, result.stderr
         ops = emulator.operations
         assert len(ops) == 4000
@@ -44,32 +42,23 @@ class TestExitWithoutFlush:
         assert max(batch_sizes) > 1
         assert len(batch_sizes) < 100
 
-    def test_the_exit_respects_shutdown_timeout_when_the_api_hangs(self) -> None:
-        import socket
-
-        # A listener that accepts connections and never answers.
-        with socket.socket() as server:
-            server.bind(("127.0.0.1", 0))
-            server.listen(64)
-            port = server.getsockname()[1]
-            # Three handlers: logging.shutdown() flushes each after the exit hook ran out
-            # of time; none may start the deadline again.
-            code = (
-                "import logging, customerio_logging as cio\n"
-                f"cio.configure(site_id='s', api_key='k', track_url='http://127.0.0.1:{port}',"
-                " shutdown_timeout=1.0, request_timeout=30.0)\n"
-                "log = logging.getLogger('a')\n"
-                "for _ in range(3): log.addHandler(cio.CustomerIOHandler())\n"
-                "log.warning('e', extra={'cio_event': True, 'user_id': 'u'})\n"
-                "import time; started = time.monotonic()\n"
-                "import atexit\n"
-                "atexit.register(lambda: print(f'exit:{time.monotonic() - started:.2f}'))\n"
-            )
-            started = time.monotonic()
-            result = subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
-            )
-            elapsed = time.monotonic() - started
+    def test_the_exit_respects_shutdown_timeout_when_the_api_hangs(self, hanging_api: str) -> None:
+        # Three handlers: logging.shutdown() flushes each after the exit hook ran out
+        # of time; none may start the deadline again.
+        code = (
+            "import logging, customerio_logging as cio\n"
+            f"cio.configure(site_id='s', api_key='k', track_url='{hanging_api}',"
+            " shutdown_timeout=1.0, request_timeout=30.0)\n"
+            "log = logging.getLogger('a')\n"
+            "for _ in range(3): log.addHandler(cio.CustomerIOHandler())\n"
+            "log.warning('e', extra={'cio_event': True, 'user_id': 'u'})\n"
+            "import time; started = time.monotonic()\n"
+            "import atexit\n"
+            "atexit.register(lambda: print(f'exit:{time.monotonic() - started:.2f}'))\n"
+        )
+        started = time.monotonic()
+        result = run_python("-c", code, timeout=30)
+        elapsed = time.monotonic() - started
         assert result.returncode == 0, result.stderr
         assert elapsed < 10, f"the process took {elapsed:.1f}s"
         # From the script's end to the last atexit hook: the one 1 s deadline, once.
@@ -81,7 +70,7 @@ class TestDictConfig:
     def test_a_dictconfig_only_app_delivers_from_environment_settings(
         self, emulator: TrackAPIEmulator
     ) -> None:
-        result = run_program("dictconfig_app", emulator, "100")
+        result = run_python(program("dictconfig_app"), "100", emulator=emulator)
         assert result.returncode == 0, result.stderr
         ops = emulator.operations
         assert len(ops) == 100
@@ -93,7 +82,9 @@ class TestDictConfig:
     def test_reconfiguring_logging_does_not_stall_or_lose_events(
         self, emulator: TrackAPIEmulator
     ) -> None:
-        result = run_program("dictconfig_app", emulator, "300", "reconfigure", timeout=30)
+        result = run_python(
+            program("dictconfig_app"), "300", "reconfigure", emulator=emulator, timeout=30
+        )
         assert result.returncode == 0, result.stderr
         assert len(emulator.operations) == 300
         (seconds,) = re.findall(r"reconfigure took ([0-9.]+)s", result.stderr)
@@ -104,14 +95,16 @@ class TestDictConfig:
     def test_events_logged_by_the_apps_own_exit_hooks_are_delivered(
         self, emulator: TrackAPIEmulator
     ) -> None:
-        result = run_program("exit_hook_app", emulator)
+        result = run_python(program("exit_hook_app"), emulator=emulator)
         assert result.returncode == 0, result.stderr
         assert sorted(op["name"] for op in emulator.operations) == ["app_started", "app_stopped"]
 
     def test_missing_settings_are_reported_clearly_not_crashing_the_app(
         self, emulator: TrackAPIEmulator
     ) -> None:
-        result = run_program("dictconfig_app", emulator, "5", env={"CUSTOMERIO_TRACK_API_KEY": ""})
+        result = run_python(
+            program("dictconfig_app"), "5", emulator=emulator, env={"CUSTOMERIO_TRACK_API_KEY": ""}
+        )
         assert result.returncode == 0, result.stderr
         assert emulator.operations == []
         warnings = re.findall(r"not configured.*CUSTOMERIO_TRACK_API_KEY", result.stderr)
@@ -125,7 +118,7 @@ class TestReentrantLogCalls:
     ) -> None:
         # Before the fix the handler's call waited forever for the lock its own thread
         # held while building the bridge: the program hung until the timeout.
-        result = run_program("reentrant_app", emulator, timeout=30)
+        result = run_python(program("reentrant_app"), "first", emulator=emulator, timeout=30)
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout.splitlines()[-1])
         assert report["fired"] >= 1

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import customerio_logging
 from customerio_logging import testing
+
+from .helpers import run_python
 
 
 class TestAll:
@@ -71,7 +70,5 @@ class TestImport:
             "loaded = {'requests', 'customerio', 'urllib3'} & set(sys.modules)\n"
             "assert not loaded, loaded\n"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-        )
+        result = run_python("-c", code, timeout=60)
         assert result.returncode == 0, result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,6 +28,8 @@ from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging._watchdog import THREAD_NAME, RequestDeadlines, watch_socket
 from customerio_logging._wire import Operation
 from customerio_logging.testing import TrackAPIEmulator
+
+from .helpers import run_python
 
 # A server without a deadline of its own gives up after this, so that a client without
 # one (the code before the fix) still ends, late, and the test fails instead of hanging.
@@ -153,14 +156,21 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-@pytest.fixture
-def trickler(request: pytest.FixtureRequest) -> Iterator[Trickler]:
-    head, drip = PHASES[request.param]
-    server = Trickler(head, drip, interval=0.1)
+@contextlib.contextmanager
+def _trickling(phase: str, interval: float) -> Iterator[Trickler]:
+    """A server that trickles ``phase`` of its answer, a byte every ``interval`` seconds."""
+    head, drip = PHASES[phase]
+    server = Trickler(head, drip, interval=interval)
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def trickler(request: pytest.FixtureRequest) -> Iterator[Trickler]:
+    with _trickling(request.param, 0.1) as server:
+        yield server
 
 
 def _transport(url: str, timeout: float) -> SessionTransport:
@@ -360,26 +370,24 @@ print(sum(t.name == THREAD_NAME for t in threading.enumerate()))
 """
 
 
-def _run_python(program: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", program],
-        capture_output=True,
-        text=True,
+def _stdout_of(program: str) -> str:
+    """Run ``program`` (code) in a fresh interpreter that imports what this one does."""
+    result = run_python(
+        *("-W", "ignore::DeprecationWarning", "-c", program),
+        env={"PYTHONPATH": os.pathsep.join(sys.path)},
         timeout=20,
-        check=False,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        check=True,
     )
-    assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 
 class TestWatchdogInAFreshProcess:
     @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
     def test_a_forked_child_starts_its_own_watchdog(self) -> None:
-        assert _run_python(_FORK_PROGRAM) == "child 0"
+        assert _stdout_of(_FORK_PROGRAM) == "child 0"
 
     def test_shutdowns_cut_starts_no_thread(self) -> None:
-        assert _run_python(_CUT_PROGRAM) == "0"
+        assert _stdout_of(_CUT_PROGRAM) == "0"
 
 
 def _bridge(server: Trickler, tmp_path: Path, *, request_timeout: float) -> cio.Bridge:
@@ -397,26 +405,22 @@ def _bridge(server: Trickler, tmp_path: Path, *, request_timeout: float) -> cio.
 
 class TestBridgeDeadline:
     def test_a_trickled_batch_is_spooled_within_the_request_timeout(self, tmp_path: Path) -> None:
-        head, drip = PHASES["body"]
-        server = Trickler(head, drip, interval=0.2)
-        try:
-            bridge = _bridge(server, tmp_path, request_timeout=1.0)
-            bridge.submit(_capture())
-            started = time.monotonic()
-            assert bridge.flush(timeout=1.0 + _MARGIN + 0.5)
-            assert time.monotonic() - started < 1.0 + _MARGIN + 0.5
-            stats = bridge.stats()
-        finally:
-            cio.shutdown(0.5)
-            server.close()
+        with _trickling("body", 0.2) as server:
+            try:
+                bridge = _bridge(server, tmp_path, request_timeout=1.0)
+                bridge.submit(_capture())
+                started = time.monotonic()
+                assert bridge.flush(timeout=1.0 + _MARGIN + 0.5)
+                assert time.monotonic() - started < 1.0 + _MARGIN + 0.5
+                stats = bridge.stats()
+            finally:
+                cio.shutdown(0.5)
         assert stats.spooled == 1
         assert stats.sent == 0
         assert stats.last_error == (f"no complete response from 127.0.0.1:{server.port} within 1s")
 
     def test_shutdown_cuts_off_a_request_in_flight(self, tmp_path: Path) -> None:
-        head, drip = PHASES["headers"]
-        server = Trickler(head, drip, interval=0.2)
-        try:
+        with _trickling("headers", 0.2) as server:
             bridge = _bridge(server, tmp_path, request_timeout=30.0)
             bridge.submit(_capture())
             assert server.accepted.wait(5.0)
@@ -426,8 +430,6 @@ class TestBridgeDeadline:
             thread.join(1.0)
             assert not thread.is_alive()  # not stuck in the socket for 30 s
             stats = bridge.stats()
-        finally:
-            server.close()
         assert stats.spooled == 1
         assert stats.queue_depth == 0
         assert "before the shutdown deadline" in (stats.last_error or "")
@@ -435,10 +437,8 @@ class TestBridgeDeadline:
 
 class TestReplayDeadline:
     def test_a_trickled_replay_round_gives_its_batch_back_in_time(self, tmp_path: Path) -> None:
-        head, drip = PHASES["status line"]
-        server = Trickler(head, drip, interval=0.2)
         spool = SQLiteSpool(tmp_path / "spool.db", max_bytes=1 << 20)
-        try:
+        with _trickling("status line", 0.2) as server, contextlib.closing(spool):
             spool.add([_op(1)])
             transport = _transport(f"http://127.0.0.1:{server.port}", timeout=1.0)
             replayer = Replayer(spool, Delivery(transport), batch_size=10)
@@ -446,9 +446,6 @@ class TestReplayDeadline:
             result = replayer.round()
             elapsed = time.monotonic() - started
             pending = spool.pending()
-        finally:
-            spool.close()
-            server.close()
         assert elapsed < 1.0 + _MARGIN
         assert result.returned == 1
         assert pending == 1

@@ -24,18 +24,9 @@ from customerio_logging._pacing import Pacer
 from customerio_logging._retry import RetryPolicy, is_retryable, retry_after
 from customerio_logging._wire import Operation, Response
 
+from .helpers import FakeClock
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+START = 1000.0  # where each test's fake clock starts
 
 
 def _ops(n: int, *, size: int = 20, bad: frozenset[int] = frozenset()) -> list[Operation]:
@@ -148,7 +139,7 @@ class TestRetryAfter:
 
 class TestRetries:
     def test_transient_failures_are_retried_with_growing_jittered_waits(self) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         transport = Scripted(_script(Response(500), Response(503), Response(502), Response(200)))
         report = _delivery(transport, clock).deliver(_ops(3))
         assert len(report.sent) == 3
@@ -160,21 +151,21 @@ class TestRetries:
         assert 1.0 <= third <= 2.0
 
     def test_network_errors_are_retried(self) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         transport = Scripted(_script(DeliveryError("reset", status_code=None), Response(200)))
         report = _delivery(transport, clock).deliver(_ops(2))
         assert (len(report.sent), report.retried) == (2, 1)
 
     @pytest.mark.parametrize("status", [400, 404, 422, 501, 505])
     def test_permanent_failures_are_not_retried(self, status: int) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         transport = Scripted(_script(Response(status)))
         report = _delivery(transport, clock).deliver(_ops(1))
         assert len(report.failed) == 1
         assert (report.retried, len(transport.bodies)) == (0, 1)
 
     def test_retries_stop_at_max_retries_and_the_batch_fails(self) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         transport = Scripted(_script(Response(500)))
         report = _delivery(transport, clock, max_retries=3).deliver(_ops(2))
         assert len(transport.bodies) == 4
@@ -182,7 +173,7 @@ class TestRetries:
         assert {f.reason for _, f in report.failed} == {"http_500"}
 
     def test_retries_stop_within_the_budget(self) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         transport = Scripted(_script(Response(503)))
         started = clock.now
         report = _delivery(transport, clock, max_retries=100, budget=10.0).deliver(_ops(1))
@@ -191,7 +182,7 @@ class TestRetries:
         assert len(transport.bodies) > 3
 
     def test_retry_after_is_honoured_and_capped(self) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         transport = Scripted(
             _script(
                 Response(429, {"Retry-After": "7"}),
@@ -204,7 +195,7 @@ class TestRetries:
         assert clock.sleeps[:2] == [7.0, 20.0]
 
     def test_a_429_pauses_every_request_not_only_its_batch(self) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         pacer = Pacer(1000.0, clock=clock, sleep=clock.sleep)
         pacer.pause(5.0)
         started = clock.now
@@ -212,7 +203,7 @@ class TestRetries:
         assert clock.now - started >= 5.0
 
     def test_the_shutdown_deadline_ends_retrying(self) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         transport = Scripted(_script(Response(503)))
         delivery = _delivery(transport, clock, max_retries=100, budget=1e9)
         delivery.pacer.set_deadline(clock.now + 3.0)
@@ -220,18 +211,18 @@ class TestRetries:
         # Not failed: still deliverable, but the deadline came first. Counted dropped.
         assert (len(report.failed), len(report.dropped)) == (0, 1)
         assert "deadline" in (report.error or "")
-        assert clock.now <= 1000.0 + 3.0 + 1e-9
+        assert clock.now <= START + 3.0 + 1e-9
 
     @pytest.mark.parametrize("asked", ["0", "Mon, 01 Jan 1990 00:00:00 GMT"])
     def test_a_retry_after_of_zero_or_the_past_is_no_tight_loop(self, asked: str) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         transport = Scripted(_script(Response(503, {"Retry-After": asked}), Response(200)))
         report = _delivery(transport, clock).deliver(_ops(1))
         assert len(report.sent) == 1
         assert clock.sleeps[0] >= 0.25  # our own backoff, at least
 
     def test_a_long_retry_after_is_honoured_even_past_the_budget(self) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         transport = Scripted(_script(Response(429, {"Retry-After": "60"}), Response(200)))
         report = _delivery(transport, clock, budget=60.0, max_retry_after=60.0).deliver(_ops(1))
         assert len(report.sent) == 1
@@ -240,7 +231,7 @@ class TestRetries:
 
 class TestPacer:
     def test_the_rate_limit_spaces_requests(self) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         pacer = Pacer(10.0, clock=clock, sleep=clock.sleep)
         started = clock.now
         for _ in range(30):
@@ -267,7 +258,7 @@ class TestPacer:
 
 class TestSplitting:
     def test_413_splits_until_each_body_fits(self) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         limit = 400
 
         def answer(batch: list[dict[str, object]]) -> Response:
@@ -279,7 +270,7 @@ class TestSplitting:
         assert transport.accepted == Counter(range(20))
 
     def test_one_operation_too_large_alone_fails_and_the_rest_go(self) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         ops = [
             *_ops(3),
             Operation(
@@ -299,7 +290,7 @@ class TestSplitting:
         assert len(report.sent) == 3
 
     def test_400_bisects_to_the_bad_operations(self) -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         bad = frozenset({3, 11})
 
         def answer(batch: list[dict[str, object]]) -> Response:
@@ -325,7 +316,7 @@ class TestSplitting:
         self, n: int, sizes: list[int], bad: frozenset[int], limit: int, flaky: list[bool]
     ) -> None:
         assume(not all(flaky))  # then every 503 streak ends within max_retries
-        clock = FakeClock()
+        clock = FakeClock(START)
         ops = [
             Operation(
                 id=f"{i:026d}",

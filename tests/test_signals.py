@@ -10,12 +10,9 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,32 +24,28 @@ from customerio_logging._capture import Snapshot
 from customerio_logging._wire import Response
 from customerio_logging.testing import TrackAPIEmulator
 
-from .conftest import PROGRAMS, GatedTransport, run_program
+from .helpers import (
+    GatedTransport,
+    assert_each_once,
+    program,
+    run_python,
+    start_python,
+    users,
+)
 
 MARGIN = 2.5  # seconds a process may take beyond its deadline: start-up, scheduling
 HARD_TIMEOUT = 30.0  # no subprocess lives longer, whatever happens
 
 
-def _environment(emulator: TrackAPIEmulator, track_url: str | None = None) -> dict[str, str]:
-    return {
-        **os.environ,
-        "CUSTOMERIO_SITE_ID": emulator.site_id,
-        "CUSTOMERIO_TRACK_API_KEY": emulator.api_key,
-        "CUSTOMERIO_TRACK_URL": track_url or emulator.url,
-    }
-
-
 class _App:
     """A program running in a subprocess, its stdout read line by line on a thread."""
 
-    def __init__(self, name: str, env: dict[str, str], *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(PROGRAMS / f"{name}.py"), *args],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    def __init__(self, emulator: TrackAPIEmulator, *args: str, track_url: str | None) -> None:
+        """Start tests/programs/sigterm_app.py with ``args``, sending to ``emulator`` (or
+        to ``track_url`` with its credentials)."""
+        env = {"CUSTOMERIO_TRACK_URL": track_url} if track_url else {}
+        self.process = start_python(
+            program("sigterm_app"), *args, emulator=emulator, env=env, stdin=True
         )
         self._lines: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -121,41 +114,21 @@ class _App:
 
 
 @contextmanager
-def _running(name: str, env: dict[str, str], *args: str) -> Iterator[_App]:
-    app = _App(name, env, *args)
+def _running(
+    emulator: TrackAPIEmulator, *args: str, track_url: str | None = None
+) -> Iterator[_App]:
+    app = _App(emulator, *args, track_url=track_url)
     try:
         yield app
     finally:
         app.close()
 
 
-@pytest.fixture
-def hanging_api() -> Iterator[str]:
-    """A Track API URL whose server accepts connections and never answers."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(64)
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
-
-
-def _assert_delivered_once(emulator: TrackAPIEmulator, users: set[str]) -> None:
-    ops = emulator.operations
-    ids = Counter(op["id"] for op in ops)
-    assert all(n == 1 for n in ids.values()), "an event arrived twice"
-    people = Counter(op["identifiers"]["id"] for op in ops)
-    assert set(people) == users
-    assert all(n == 1 for n in people.values()), "an event arrived twice"
-
-
-def _users(prefix: str, count: int) -> set[str]:
-    return {f"{prefix}{i}" for i in range(count)}
-
-
 class TestSigterm:
     def test_queued_events_are_delivered_and_the_process_dies_by_the_signal(
         self, emulator: TrackAPIEmulator
     ) -> None:
-        with _running("sigterm_app", _environment(emulator), "300") as app:
+        with _running(emulator, "300") as app:
             info = app.ready()
             assert info["replaced"] is True
             assert emulator.operations == [], "flush_interval is 60 s: nothing went yet"
@@ -164,14 +137,13 @@ class TestSigterm:
             elapsed = time.monotonic() - sent
         assert code == -signal.SIGTERM, app.stderr
         assert elapsed < 5.0 + MARGIN  # shutdown_timeout is 5 s
-        _assert_delivered_once(emulator, _users("u", 300))
+        assert_each_once(emulator, users("u", 300))
 
     def test_the_exit_stays_within_shutdown_timeout_when_the_api_hangs(
         self, emulator: TrackAPIEmulator, hanging_api: str
     ) -> None:
-        env = _environment(emulator, hanging_api)
         args = ("50", "--shutdown-timeout", "1", "--request-timeout", "30")
-        with _running("sigterm_app", env, *args) as app:
+        with _running(emulator, *args, track_url=hanging_api) as app:
             app.ready()
             sent = app.terminate()
             code = app.wait()
@@ -182,19 +154,19 @@ class TestSigterm:
     def test_a_previous_python_handler_runs_after_the_flush(
         self, emulator: TrackAPIEmulator
     ) -> None:
-        with _running("sigterm_app", _environment(emulator), "100", "--previous", "python") as app:
+        with _running(emulator, "100", "--previous", "python") as app:
             assert app.ready()["replaced"] is True
             app.terminate()
             code = app.wait()
         assert code == 3, app.stderr  # the exit status the app's handler chose
         # When it ran, everything queued was already delivered.
         assert app.rest() == ["previous handler ran: signum=15 sent=100"]
-        _assert_delivered_once(emulator, _users("u", 100))
+        assert_each_once(emulator, users("u", 100))
 
     def test_a_previously_ignored_sigterm_is_still_ignored_after_the_flush(
         self, emulator: TrackAPIEmulator
     ) -> None:
-        with _running("sigterm_app", _environment(emulator), "40", "--previous", "ignore") as app:
+        with _running(emulator, "40", "--previous", "ignore") as app:
             app.ready()
             app.terminate()
             assert emulator.wait_for_operations(40, timeout=10.0)
@@ -202,7 +174,7 @@ class TestSigterm:
             app.send("more")
             assert app.line() == "more flushed=True sent=80"
             assert app.process.poll() is None
-        _assert_delivered_once(emulator, _users("u", 40) | _users("m", 40))
+        assert_each_once(emulator, users("u", 40) | users("m", 40))
 
     @pytest.mark.parametrize(
         ("previous", "expected_code", "expected_lines", "delivered"),
@@ -223,7 +195,7 @@ class TestSigterm:
         delivered: int,
     ) -> None:
         args = ("60", "--previous", previous, "--opt-out")
-        with _running("sigterm_app", _environment(emulator), *args) as app:
+        with _running(emulator, *args) as app:
             assert app.ready()["replaced"] is False
             app.terminate()
             code = app.wait()
@@ -235,13 +207,13 @@ class TestSigterm:
         self, emulator: TrackAPIEmulator
     ) -> None:
         args = ("30", "--previous", "python", "--configure-twice")
-        with _running("sigterm_app", _environment(emulator), *args) as app:
+        with _running(emulator, *args) as app:
             app.ready()  # the program asserts the second configure kept the handler
             app.terminate()
             code = app.wait()
         assert code == 3, app.stderr
         assert app.rest() == ["previous handler ran: signum=15 sent=30"]
-        _assert_delivered_once(emulator, _users("u", 30))
+        assert_each_once(emulator, users("u", 30))
 
     @pytest.mark.parametrize("lock", ["counters", "markers", "wake", "shutdown"])
     def test_the_handler_never_deadlocks_on_a_lock_the_main_thread_holds(
@@ -252,9 +224,8 @@ class TestSigterm:
         # may need the lock), but the handler must return within shutdown_timeout; then
         # the shutdown counts what is left (four batches of five: some are left).
         started = time.monotonic()
-        result = run_program(
-            "sigterm_app",
-            emulator,
+        result = run_python(
+            program("sigterm_app"),
             "20",
             "--hold",
             lock,
@@ -262,6 +233,7 @@ class TestSigterm:
             "5",
             "--shutdown-timeout",
             "1",
+            emulator=emulator,
             timeout=HARD_TIMEOUT,
         )
         elapsed = time.monotonic() - started
@@ -269,18 +241,22 @@ class TestSigterm:
         assert "survived" not in result.stdout
         assert elapsed < 1.0 + 2 * MARGIN
         if lock == "shutdown":
-            _assert_delivered_once(emulator, _users("u", 20))
+            assert_each_once(emulator, users("u", 20))
 
     def test_sigterm_during_the_exit_hook_lets_the_exit_finish(
         self, emulator: TrackAPIEmulator
     ) -> None:
         # The exit hook is already delivering within its deadline: the signal must not
         # cut it short (its delivery is the one in flight when the signal lands).
-        result = run_program(
-            "sigterm_app", emulator, "30", "--term-during-exit", timeout=HARD_TIMEOUT
+        result = run_python(
+            program("sigterm_app"),
+            "30",
+            "--term-during-exit",
+            emulator=emulator,
+            timeout=HARD_TIMEOUT,
         )
         assert result.returncode == 0, result.stderr
-        _assert_delivered_once(emulator, _users("u", 30))
+        assert_each_once(emulator, users("u", 30))
 
     def test_as_pid_1_of_a_container_it_still_exits_after_the_flush(
         self, emulator: TrackAPIEmulator
@@ -293,25 +269,23 @@ class TestSigterm:
         if probe is None or subprocess.run(probe, capture_output=True, timeout=10).returncode:
             pytest.skip("needs unshare --pid (root or user namespaces)")
         assert unshare is not None
-        program = str(PROGRAMS / "sigterm_app.py")
-        result = subprocess.run(
-            [unshare, "--fork", "--pid", sys.executable, program, "40", "--self-term"],
-            env=_environment(emulator),
-            capture_output=True,
-            text=True,
+        result = run_python(
+            program("sigterm_app"),
+            *("40", "--self-term"),
+            emulator=emulator,
             timeout=HARD_TIMEOUT,
-            check=False,
+            launcher=(unshare, "--fork", "--pid"),
         )
         assert json.loads(result.stdout.splitlines()[0])["pid"] == 1
         assert "survived" not in result.stdout
         assert result.returncode == 128 + signal.SIGTERM, result.stderr
-        _assert_delivered_once(emulator, _users("u", 40))
+        assert_each_once(emulator, users("u", 40))
 
     def test_a_main_thread_busy_logging_is_ended_within_the_deadline(
         self, emulator: TrackAPIEmulator
     ) -> None:
         args = ("10", "--busy", "--shutdown-timeout", "1")
-        with _running("sigterm_app", _environment(emulator), *args) as app:
+        with _running(emulator, *args) as app:
             app.ready()
             assert emulator.wait_for_operations(500, timeout=10.0), "no batch went"
             sent = app.terminate()
@@ -321,16 +295,22 @@ class TestSigterm:
         assert elapsed < 1.0 + MARGIN
 
 
+def _a_send_hanging(settings: dict[str, Any]) -> tuple[cio.Bridge, GatedTransport]:
+    """The process's bridge, its one event in a send that hangs until the gate opens."""
+    transport = GatedTransport(Response(200))
+    bridge = cio.configure(**{**settings, "batch_size": 1}, transport=transport)
+    bridge.submit(Snapshot(True, "job_done", {"user_id": "u1"}, 1_700_000_000.0))
+    assert transport.entered.wait(5.0)
+    return bridge, transport
+
+
 class TestBoundedEnds:
     """Handler close, logging.shutdown(), dictConfig and exit while a batch hangs."""
 
     def test_handler_close_is_idempotent_and_returns_at_once_while_a_send_hangs(
         self, settings: dict[str, Any]
     ) -> None:
-        transport = GatedTransport(Response(200))
-        bridge = cio.configure(**{**settings, "batch_size": 1}, transport=transport)
-        bridge.submit(Snapshot(True, "job_done", {"user_id": "u1"}, 1_700_000_000.0))
-        assert transport.entered.wait(5.0)
+        _, transport = _a_send_hanging(settings)
         handler = cio.CustomerIOHandler()
         started = time.monotonic()
         handler.close()
@@ -342,10 +322,7 @@ class TestBoundedEnds:
     def test_flush_after_shutdown_returns_at_once_while_a_send_hangs(
         self, settings: dict[str, Any]
     ) -> None:
-        transport = GatedTransport(Response(200))
-        bridge = cio.configure(**{**settings, "batch_size": 1}, transport=transport)
-        bridge.submit(Snapshot(True, "job_done", {"user_id": "u1"}, 1_700_000_000.0))
-        assert transport.entered.wait(5.0)
+        bridge, transport = _a_send_hanging(settings)
         bridge.shutdown(0.1)
         started = time.monotonic()
         assert bridge.flush(5.0) is False
@@ -359,13 +336,12 @@ class TestBoundedEnds:
         self, emulator: TrackAPIEmulator, hanging_api: str, mode: str
     ) -> None:
         started = time.monotonic()
-        result = subprocess.run(
-            [sys.executable, str(PROGRAMS / "hang_app.py"), mode],
-            env=_environment(emulator, hanging_api),
-            capture_output=True,
-            text=True,
+        result = run_python(
+            program("hang_app"),
+            mode,
+            emulator=emulator,
+            env={"CUSTOMERIO_TRACK_URL": hanging_api},
             timeout=HARD_TIMEOUT,
-            check=False,
         )
         elapsed = time.monotonic() - started
         assert result.returncode == 0, result.stderr
@@ -386,6 +362,6 @@ def test_sigterm_during_the_apps_own_shutdown_lets_it_finish(
 
     # The first batch gets a 503 asking for 1 s: the shutdown is mid-retry at SIGTERM.
     emulator.set_faults(FaultPlan(script=(503,), retry_after=1))
-    result = run_program("sigterm_during_shutdown", emulator, timeout=30)
+    result = run_python(program("sigterm_during_shutdown"), emulator=emulator, timeout=30)
     assert result.returncode == -signal.SIGTERM, result.stderr
     assert len(emulator.accepted_ids()) == 5

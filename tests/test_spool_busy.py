@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +19,18 @@ from customerio_logging._shutdown import EXIT_MARGIN
 from customerio_logging._storage import CALLER_WAIT
 from customerio_logging._wire import Response
 
-from .conftest import PROGRAMS, closed_port_url, spool_pending
+from .helpers import (
+    balanced,
+    children,
+    closed_port_url,
+    program,
+    read_line,
+    run_python,
+    spool_pending,
+    start_python,
+    unreachable_api,
+    wait_until,
+)
 
 HOLD = """
 import sqlite3, sys
@@ -34,30 +42,28 @@ conn.rollback()
 """
 
 
+def _hold_write_lock(path: Path) -> subprocess.Popen[str]:
+    """Another process, holding the spool's write lock until its stdin closes."""
+    holder = start_python("-c", HOLD, path, stdin=True)
+    assert read_line(holder).strip() == "held"
+    return holder
+
+
+def _let_go(holder: subprocess.Popen[str]) -> None:
+    """The holder gives the write lock back and ends."""
+    assert holder.stdin is not None
+    holder.stdin.close()
+    holder.wait(10)
+
+
 @contextmanager
 def _write_locked(path: Path) -> Iterator[None]:
     """Another process holds the spool's write lock until the block ends."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = _hold_write_lock(path)
     try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
         yield
     finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(10)
-
-
-def _wait_for(condition: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+        _let_go(holder)
 
 
 def _log_timed(log: object, count: int, prefix: str) -> float:
@@ -105,45 +111,18 @@ class TestSpoolLockedByAnotherProcess:
         # another thread's wait. The bound is the documented wait; the rest is slack
         # for a loaded machine.
         assert slowest < CALLER_WAIT + 0.5, slowest
-        _wait_for(lambda: spool_pending(path) == 60)
+        assert wait_until(lambda: spool_pending(path) == 60, 15.0), "not all on disk in time"
         stats = bridge.stats()
         assert stats.dropped == stats.failed == 0, stats
-        assert stats.enqueued == (
-            stats.sent
-            + stats.failed
-            + stats.invalid
-            + stats.dropped
-            + stats.spooled
-            + stats.dead_lettered
-            + stats.queue_depth
-        ), stats
+        assert balanced(stats), stats
 
 
 class TestDurableCallsFromASignalHandler:
     def test_every_event_is_on_disk_when_the_process_is_killed(self, tmp_path: Path) -> None:
         path = tmp_path / "spool.sqlite3"
-        env = {
-            **os.environ,
-            "CUSTOMERIO_SITE_ID": "site",
-            "CUSTOMERIO_TRACK_API_KEY": "key",
-            "CUSTOMERIO_TRACK_URL": closed_port_url(),
-            "CUSTOMERIO_SPOOL_PATH": str(path),
-        }
-        app = subprocess.Popen(
-            [sys.executable, str(PROGRAMS / "durable_reentrant.py"), "600"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert app.stdout is not None
-            line = app.stdout.readline()
-            assert line, app.stderr.read() if app.stderr else ""
-            report = json.loads(line)
-        finally:
-            app.send_signal(signal.SIGKILL)
-            app.wait(10)
+        env = {**unreachable_api(), "CUSTOMERIO_SPOOL_PATH": str(path)}
+        with children([program("reentrant_app"), "durable", "600"], env=env) as (app,):
+            report = json.loads(read_line(app))
         assert report["logged"] > 600
         # Before the fix the handler's events, met with a spool busy on their own
         # thread, were queued in memory only: SIGKILL lost them.
@@ -170,11 +149,6 @@ def _logger(bridge: cio.Bridge, name: str) -> logging.Logger:
     log.setLevel(logging.INFO)
     log.handlers = [cio.CustomerIOHandler(bridge=bridge)]
     return log
-
-
-def _balanced(stats: cio.Stats) -> bool:
-    settled = stats.sent + stats.failed + stats.invalid + stats.dropped + stats.spooled
-    return stats.enqueued == settled + stats.dead_lettered + stats.queue_depth
 
 
 class TestExitWithABusySpool:
@@ -206,7 +180,7 @@ class TestExitWithABusySpool:
             assert stats.spooled == 0, stats
             assert stats.failed + stats.dropped + stats.queue_depth == count, stats
             assert stats.queue_depth <= 500, stats  # at most the batch still in hand
-        assert _balanced(stats), stats
+        assert balanced(stats), stats
 
 
 class TestLogCallsNeverWaitLong:
@@ -226,13 +200,11 @@ class TestLogCallsNeverWaitLong:
     def test_the_first_call_in_a_forked_child_never_opens_the_spool(self, tmp_path: Path) -> None:
         # Before: the child's first tagged call restarted the bridge, which opened the
         # spool on the app's thread, behind a sibling's open lock: 4 s here.
-        result = subprocess.run(
-            [sys.executable, str(PROGRAMS / "fork_first_call.py"), str(tmp_path / "s.sqlite3")],
-            env={**os.environ, "CUSTOMERIO_TRACK_URL": closed_port_url()},
-            capture_output=True,
-            text=True,
+        result = run_python(
+            program("fork_first_call"),
+            tmp_path / "s.sqlite3",
+            env={"CUSTOMERIO_TRACK_URL": closed_port_url()},
             timeout=60,
-            check=False,
         )
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout.splitlines()[-1])
@@ -263,9 +235,7 @@ class TestReservationsNeverOutliveTheirEvent:
             def send(self, body: bytes) -> Response:
                 for process in holder:
                     if process.poll() is None:
-                        assert process.stdin is not None
-                        process.stdin.close()
-                        process.wait(10)
+                        _let_go(process)
                 return Response(status, {}, b"")
 
             def close(self) -> None:
@@ -273,19 +243,13 @@ class TestReservationsNeverOutliveTheirEvent:
 
         bridge = _bridge(path, durability="disk", transport=FreesTheSpool(), flush_interval=0.05)
         log = _logger(bridge, f"reservation-{status}")
-        holder.append(
-            subprocess.Popen(
-                [sys.executable, "-c", HOLD, str(path)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-        )
-        assert holder[0].stdout is not None
-        assert holder[0].stdout.readline().strip() == "held"
+        holder.append(_hold_write_lock(path))
         log.info("job_done", extra={"cio_event": True, "user_id": "u1"})
         assert bridge.stats().deferred == 1
-        _wait_for(lambda: bridge.stats().batches >= 1 and bridge.stats().queue_depth == 0)
+        sent = wait_until(
+            lambda: bridge.stats().batches >= 1 and bridge.stats().queue_depth == 0, 15.0
+        )
+        assert sent, "condition not met in time"
         bridge.shutdown(1.0)  # writes whatever still waited in memory
         conn = sqlite3.connect(path)
         try:

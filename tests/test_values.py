@@ -9,8 +9,6 @@ import enum
 import json
 import logging
 import math
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -28,7 +26,16 @@ from customerio_logging._operation import build_operation
 from customerio_logging._schema import Event, Taxonomy
 from customerio_logging.exceptions import InvalidEventError
 
-from .helpers import JSON_LEAVES, attributes, build, cap, capture_through, invalid, outcome
+from .helpers import (
+    JSON_LEAVES,
+    attributes,
+    build,
+    cap,
+    capture_through,
+    invalid,
+    outcome,
+    run_python,
+)
 
 
 class Color(enum.Enum):
@@ -465,17 +472,8 @@ print(json.dumps({"invalid": cio.stats().invalid, "letters": letters}))
 def _run_unfrozen(program: str, *args: str) -> Any:
     """Run ``program`` in a fresh interpreter; its JSON output. A freeze fails the test
     (after 30 s) instead of hanging the suite."""
-    try:
-        result = subprocess.run(
-            [sys.executable, "-c", program, *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("converting the event's values froze the process")
-    assert result.returncode == 0, result.stderr
+    frozen = "converting the event's values froze the process"
+    result = run_python("-c", program, *args, timeout=30, on_timeout=frozen, check=True)
     return json.loads(result.stdout)
 
 

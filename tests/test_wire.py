@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -20,6 +18,8 @@ from customerio_logging._wire import (
     shorten,
     status_phrase,
 )
+
+from .helpers import run_python
 
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 LEAK = "LEAKED-PAYLOAD-7731"
@@ -143,13 +143,7 @@ class TestNewUlid:
             print(json.dumps({"parent": parent, "child": child, "status": status}))
             """
         )
-        result = subprocess.run(
-            [sys.executable, "-c", program],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        result = run_python("-c", program, timeout=60, check=True)
         report = json.loads(result.stdout)
         assert report["status"] == 0
         parent, child = report["parent"], report["child"]

@@ -13,8 +13,7 @@ import pytest
 from customerio_logging.cli import main
 from customerio_logging.testing import TrackAPIEmulator
 
-from ..conftest import closed_port_url
-from .helpers import WRONG_KEY, credentials
+from ..helpers import WRONG_KEY, closed_port_url, credentials
 
 
 class TestCheck:

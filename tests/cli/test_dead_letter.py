@@ -12,7 +12,7 @@ from customerio_logging._storage import DeadLetterRow
 from customerio_logging.cli import main
 from customerio_logging.testing import TrackAPIEmulator
 
-from .helpers import fill_spool, make_letter, make_operation, read_spool, replay_args
+from ..helpers import fill_spool, letter_for, read_spool, replay_args, valid_operation
 
 
 def _table_seqs(out: str) -> list[int]:
@@ -27,7 +27,7 @@ class TestDeadLetterList:
         """Five dead letters, seq 1 to 5, reasons alternating."""
         reasons = ["http_400", "invalid_name", "http_400", "invalid_name", "http_400"]
         rows = [
-            make_letter(make_operation(), reason, at=1_700_000_000.0 + i)
+            letter_for(valid_operation(), reason, at=1_700_000_000.0 + i)
             for i, reason in enumerate(reasons)
         ]
         fill_spool(spool_path, letters=rows)
@@ -93,8 +93,8 @@ class TestDeadLetterExport:
     def test_a_file_of_json_lines_readable_by_its_owner_only(
         self, spool_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        op = make_operation("ünïcode")
-        fill_spool(spool_path, letters=[make_letter(op), make_letter(None, "invalid_name")])
+        op = valid_operation("ünïcode")
+        fill_spool(spool_path, letters=[letter_for(op), letter_for(None, "invalid_name")])
         output = tmp_path / "refused.jsonl"
         args = ["dead-letter", "export", "--spool-path", str(spool_path), "--output", str(output)]
         assert main(args) == 0
@@ -112,7 +112,7 @@ class TestDeadLetterExport:
     def test_an_existing_file_is_replaced_and_made_private(
         self, spool_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        fill_spool(spool_path, letters=[make_letter(make_operation())])
+        fill_spool(spool_path, letters=[letter_for(valid_operation())])
         output = tmp_path / "refused.jsonl"
         output.write_text("old\nlines\nhere\n")
         output.chmod(0o644)
@@ -125,7 +125,7 @@ class TestDeadLetterExport:
         self, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         fill_spool(
-            spool_path, letters=[make_letter(make_operation()), make_letter(None, "invalid_name")]
+            spool_path, letters=[letter_for(valid_operation()), letter_for(None, "invalid_name")]
         )
         args = ["dead-letter", "export", "--spool-path", str(spool_path), "--reason", "http_400"]
         assert main(args) == 0
@@ -147,9 +147,9 @@ class TestDeadLetterRequeue:
     def test_requeued_operations_are_sent_by_the_next_replay(
         self, emulator: TrackAPIEmulator, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        op = make_operation()
+        op = valid_operation()
         fill_spool(
-            spool_path, letters=[make_letter(op, "http_500"), make_letter(None, "invalid_name")]
+            spool_path, letters=[letter_for(op, "http_500"), letter_for(None, "invalid_name")]
         )
         assert main(["dead-letter", "requeue", "--spool-path", str(spool_path), "--all"]) == 0
         out = capsys.readouterr().out
@@ -162,8 +162,8 @@ class TestDeadLetterRequeue:
         assert [letter.reason for letter in letters] == ["invalid_name"]
 
     def test_seq_picks_rows(self, spool_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        ops = [make_operation() for _ in range(3)]
-        fill_spool(spool_path, letters=[make_letter(op) for op in ops])
+        ops = [valid_operation() for _ in range(3)]
+        fill_spool(spool_path, letters=[letter_for(op) for op in ops])
         args = ["dead-letter", "requeue", "--spool-path", str(spool_path)]
         assert main([*args, "--seq", "1", "--seq", "3"]) == 0
         assert "moved 2 dead letters back" in capsys.readouterr().out
@@ -181,7 +181,7 @@ class TestDeadLetterRequeue:
         self, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         fill_spool(
-            spool_path, letters=[make_letter(make_operation()), make_letter(None, "invalid_name")]
+            spool_path, letters=[letter_for(valid_operation()), letter_for(None, "invalid_name")]
         )
         args = ["dead-letter", "purge", "--spool-path", str(spool_path), "--reason", "invalid_name"]
         assert main(args) == 1

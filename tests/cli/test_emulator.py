@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import shlex
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -17,6 +15,8 @@ import requests
 
 from customerio_logging.cli import main
 from customerio_logging.testing import TrackAPIEmulator
+
+from ..helpers import batch_op, run_python, start_python
 
 
 def _read_lines(stream: Iterator[str], into: queue.Queue[str | None]) -> None:
@@ -29,14 +29,7 @@ class TestEmulator:
     @pytest.fixture
     def process(self) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[str | None]]]:
         """``emulator --duration 30`` in a subprocess, and the lines of its stdout."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOMERIO_")}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "customerio_logging", "emulator", "--duration", "30"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
+        proc = start_python("-m", "customerio_logging", "emulator", "--duration", "30", clean=True)
         assert proc.stdout is not None
         lines: queue.Queue[str | None] = queue.Queue()
         # A thread reads, so that every wait for output below can have a deadline.
@@ -76,17 +69,7 @@ class TestEmulator:
     ) -> None:
         proc, lines = process
         env = self._exports(lines)
-        batch = {
-            "batch": [
-                {
-                    "type": "person",
-                    "identifiers": {"id": "u1"},
-                    "action": "event",
-                    "name": "x",
-                    "timestamp": 1700000000,
-                }
-            ]
-        }
+        batch = {"batch": [batch_op("x", timestamp=1700000000)]}
         reply = requests.post(
             env["CUSTOMERIO_TRACK_URL"] + "/api/v2/batch",
             json=batch,
@@ -100,13 +83,7 @@ class TestEmulator:
         assert "Stopped: accepted 1 operation in 1 request." in rest
 
     def test_it_stops_by_itself_after_the_duration(self) -> None:
-        result = subprocess.run(
-            [sys.executable, "-m", "customerio_logging", "emulator", "--duration", "0.1"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
+        result = run_python("-m", "customerio_logging", "emulator", "--duration", "0.1", timeout=20)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("Track API emulator listening on http://127.0.0.1:")
         assert "accepted 0 operations in 0 requests" in result.stdout

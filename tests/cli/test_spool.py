@@ -19,16 +19,16 @@ from customerio_logging._storage.sqlite_path import default_spool_path
 from customerio_logging.cli import main
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
-from ..conftest import closed_port_url
-from .helpers import (
+from ..helpers import (
     BIG,
     WRONG_KEY,
+    closed_port_url,
     credentials,
     fill_spool,
-    make_letter,
-    make_operation,
+    letter_for,
     read_spool,
     replay_args,
+    valid_operation,
 )
 
 MIB_100 = 100 * 1024 * 1024
@@ -58,8 +58,8 @@ class TestSpoolStatus:
     ) -> None:
         fill_spool(
             spool_path,
-            [make_operation() for _ in range(3)],
-            [make_letter(None)] * 2,
+            [valid_operation() for _ in range(3)],
+            [letter_for(None)] * 2,
             site_id="ws-1",
         )
         sender = SQLiteSpool(spool_path, max_bytes=BIG)
@@ -100,7 +100,7 @@ class TestSpoolStatus:
 
     def test_json_is_one_object(self, spool_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         fill_spool(
-            spool_path, [make_operation() for _ in range(3)], [make_letter(None)], site_id="ws-1"
+            spool_path, [valid_operation() for _ in range(3)], [letter_for(None)], site_id="ws-1"
         )
         assert main(["spool", "status", "--spool-path", str(spool_path), "--json"]) == 0
         shown = json.loads(capsys.readouterr().out)
@@ -118,7 +118,7 @@ class TestSpoolStatus:
         monkeypatch.setenv("CUSTOMERIO_TRACK_API_KEY", WRONG_KEY)
         # conftest points XDG_STATE_HOME at this test's own folder.
         path = default_spool_path("ws-1", "https://track.customer.io")
-        fill_spool(path, [make_operation(), make_operation()])
+        fill_spool(path, [valid_operation(), valid_operation()])
         assert main(["spool", "status", "--json"]) == 0
         out, err = capsys.readouterr()
         assert json.loads(out)["path"] == str(path)
@@ -155,7 +155,7 @@ class TestSpoolReplay:
     def test_everything_waiting_is_delivered_once(
         self, emulator: TrackAPIEmulator, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        ops = [make_operation() for _ in range(1200)]
+        ops = [valid_operation() for _ in range(1200)]
         fill_spool(spool_path, ops, site_id=emulator.site_id, track_url=emulator.url)
         assert main(replay_args(emulator, spool_path, "--batch-size", "100")) == 0
         assert emulator.accepted_ids() == {op.id: 1 for op in ops}
@@ -173,7 +173,7 @@ class TestSpoolReplay:
     def test_an_unreachable_api_exits_1_and_the_operations_wait_again(
         self, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        ops = [make_operation() for _ in range(5)]
+        ops = [valid_operation() for _ in range(5)]
         fill_spool(spool_path, ops)
         args = ["spool", "replay", "--spool-path", str(spool_path), "--timeout", "0.5"]
         args += ["--site-id", "s", "--api-key", WRONG_KEY, "--track-url", closed_port_url()]
@@ -192,7 +192,7 @@ class TestSpoolReplay:
     def test_refused_credentials_exit_1_at_once(
         self, emulator: TrackAPIEmulator, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        fill_spool(spool_path, [make_operation() for _ in range(3)])
+        fill_spool(spool_path, [valid_operation() for _ in range(3)])
         args = ["spool", "replay", "--spool-path", str(spool_path)]
         args += credentials(emulator, api_key=WRONG_KEY)
         started = time.monotonic()
@@ -207,7 +207,7 @@ class TestSpoolReplay:
     def test_an_operation_the_api_refuses_goes_to_the_dead_letter(
         self, emulator: TrackAPIEmulator, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        ops = [make_operation() for _ in range(10)]
+        ops = [valid_operation() for _ in range(10)]
         refused = ops[4]
         emulator.set_faults(
             FaultPlan(reject_ops=lambda op: "blocked_by_test" if op["id"] == refused.id else None)
@@ -235,7 +235,7 @@ class TestSpoolReplay:
         # A terminal title escape, then 900,000 characters: in the 207's reason and message
         # (two of each: the whole answer stays within the 4 MiB a client reads).
         huge = "\x1b]0;owned\x07" + "x" * 900_000
-        ops = [make_operation() for _ in range(2)]
+        ops = [valid_operation() for _ in range(2)]
         emulator.set_faults(FaultPlan(reject_ops=lambda op: huge))
         fill_spool(spool_path, ops)
         assert main(replay_args(emulator, spool_path)) == 0
@@ -250,7 +250,7 @@ class TestSpoolReplay:
     def test_another_workspaces_file_is_refused_and_left_as_it_is(
         self, emulator: TrackAPIEmulator, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        fill_spool(spool_path, [make_operation() for _ in range(3)], site_id="other-site")
+        fill_spool(spool_path, [valid_operation() for _ in range(3)], site_id="other-site")
         assert main(replay_args(emulator, spool_path)) == 1
         assert "holds events for another workspace" in capsys.readouterr().err
         assert emulator.requests == []
@@ -269,7 +269,7 @@ class TestSpoolReplay:
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
-        fill_spool(spool_path, [make_operation() for _ in range(3)])
+        fill_spool(spool_path, [valid_operation() for _ in range(3)])
         terminal = _Terminal()
         monkeypatch.setattr(sys, "stderr", terminal)
         assert main(replay_args(emulator, spool_path, "--batch-size", "1")) == 0
@@ -291,7 +291,7 @@ class TestSpoolPurge:
     def test_without_yes_it_refuses_and_deletes_nothing(
         self, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        fill_spool(spool_path, [make_operation() for _ in range(3)])
+        fill_spool(spool_path, [valid_operation() for _ in range(3)])
         assert main(["spool", "purge", "--spool-path", str(spool_path)]) == 1
         err = capsys.readouterr().err
         assert "refusing without --yes: this would delete 3 operations" in err
@@ -300,7 +300,7 @@ class TestSpoolPurge:
     def test_with_yes_it_deletes_what_waits_and_keeps_the_dead_letter(
         self, spool_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        fill_spool(spool_path, [make_operation() for _ in range(3)], [make_letter(None)])
+        fill_spool(spool_path, [valid_operation() for _ in range(3)], [letter_for(None)])
         assert main(["spool", "purge", "--spool-path", str(spool_path), "--yes"]) == 0
         assert f"deleted 3 waiting operations from {spool_path}" in capsys.readouterr().out
         pending, letters = read_spool(spool_path)

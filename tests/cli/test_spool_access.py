@@ -11,7 +11,7 @@ from customerio_logging._storage.sqlite_path import default_spool_path
 from customerio_logging.cli import main
 from customerio_logging.testing import TrackAPIEmulator
 
-from .helpers import credentials, fill_spool, make_letter, make_operation
+from ..helpers import credentials, fill_spool, letter_for, valid_operation
 
 
 class TestSpoolCommandsKeepTheKeySecret:
@@ -40,7 +40,7 @@ class TestSpoolCommandsKeepTheKeySecret:
     ) -> None:
         # The file the settings name, found from the credentials as the app finds it.
         path = default_spool_path(emulator.site_id, emulator.url)
-        fill_spool(path, [make_operation()], [make_letter(make_operation()), make_letter(None)])
+        fill_spool(path, [valid_operation()], [letter_for(valid_operation()), letter_for(None)])
         assert main([*command, *credentials(emulator)]) == code
         out, err = capsys.readouterr()
         assert out + err
@@ -76,7 +76,7 @@ class TestUnsafeSpoolPath:
         target = tmp_path / "elsewhere.sqlite3"
         if not dangling:
             fill_spool(
-                target, [make_operation()], [make_letter(make_operation()), make_letter(None)]
+                target, [valid_operation()], [letter_for(valid_operation()), letter_for(None)]
             )
         before = None if dangling else target.read_bytes()
         files = sorted(p.name for p in tmp_path.iterdir())

@@ -11,7 +11,7 @@ import pytest
 
 from customerio_logging._storage.sqlite import SQLiteSpool
 
-from .support import BIG, SITE
+from ..helpers import BIG, SITE
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +21,8 @@ from customerio_logging._storage.leases import (
 )
 from customerio_logging._storage.sqlite import SQLiteSpool
 
-from .support import (
-    TIMEOUT,
+from ..helpers import (
+    CHILD_TIMEOUT,
     FakeClock,
     children,
     ids_of,
@@ -32,7 +30,7 @@ from .support import (
     make_op,
     program,
     read_line,
-    run_child,
+    run_python,
     say,
 )
 
@@ -45,7 +43,7 @@ class TestOwner:
         assert owner_token() == token
         host, namespace, pid, rand = token.split("|")
         assert (host, pid) == (socket.gethostname(), str(os.getpid()))
-        code, child = in_fork(owner_token, timeout=TIMEOUT)
+        code, child = in_fork(owner_token, timeout=CHILD_TIMEOUT)
         assert code == 0
         assert child != token
         assert child.split("|")[2] != pid
@@ -54,13 +52,7 @@ class TestOwner:
         assert not owner_is_gone(parent)  # alive
 
     def test_an_ended_process_on_this_host_is_gone(self) -> None:
-        ended = subprocess.run(
-            [sys.executable, "-c", "import os; print(os.getpid())"],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=True,
-        )
+        ended = run_python("-c", "import os; print(os.getpid())", timeout=CHILD_TIMEOUT, check=True)
         host, namespace, _pid, rand = owner_token().split("|")
         assert owner_is_gone("|".join((host, namespace, ended.stdout.strip(), rand)))
 
@@ -89,7 +81,11 @@ class TestLeasesAcrossProcesses:
     ) -> None:
         spool = make_spool()
         spool.add([make_op(f"r{i}") for i in range(10)])
-        held = json.loads(run_child("spool_hold", spool_path, mode, 4))
+        held = json.loads(
+            run_python(
+                program("spool_hold"), spool_path, mode, 4, timeout=CHILD_TIMEOUT, check=True
+            ).stdout
+        )
         assert len(held) == 4
         if mode == "claim":
             assert held == [f"r{i}" for i in range(4)]
@@ -107,7 +103,7 @@ class TestLeasesAcrossProcesses:
         clock = FakeClock(started)
         spool = make_spool(clock=clock)
         spool.add([make_op(f"r{i}") for i in range(10)])
-        with children(program("spool_hold", spool_path, mode, 4, "--wait")) as (holder,):
+        with children([program("spool_hold"), spool_path, mode, 4, "--wait"]) as (holder,):
             held = json.loads(read_line(holder))
             assert len(held) == 4
             free = [f"r{i}" for i in range(10) if f"r{i}" not in held]
@@ -125,14 +121,14 @@ class TestLeasesAcrossProcesses:
             assert sorted(ids_of(spool.claim(100))) == sorted(free + held)
             assert holder.stdin is not None
             holder.stdin.close()
-            assert holder.wait(TIMEOUT) == 0
+            assert holder.wait(CHILD_TIMEOUT) == 0
 
     def test_two_processes_draining_one_file_share_it_without_overlap(
         self, make_spool: Callable[..., SQLiteSpool], spool_path: Path
     ) -> None:
         ids = [f"d{i:05d}" for i in range(5000)]
         make_spool().add([make_op(i, 60) for i in ids])
-        drain = program("spool_drain", spool_path, 50)
+        drain = [program("spool_drain"), spool_path, 50]
         with children(drain, drain) as drainers:
             # Both hold a first claim at the same time, then drain side by side.
             for drainer in drainers:
@@ -141,7 +137,7 @@ class TestLeasesAcrossProcesses:
                 say(drainer, "go\n")
             got = [json.loads(read_line(drainer)) for drainer in drainers]
             for drainer in drainers:
-                assert drainer.wait(TIMEOUT) == 0
+                assert drainer.wait(CHILD_TIMEOUT) == 0
         first, second = got
         assert len(first) >= 50
         assert len(second) >= 50

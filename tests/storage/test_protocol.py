@@ -26,7 +26,17 @@ from customerio_logging._storage.leases import FRESH_LEASE, REPLAY_LEASE
 from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging._wire import Operation, batch_body
 
-from .support import BIG, SITE, URL, FakeClock, foreign_bytes, ids_of, in_fork, make_letter, make_op
+from ..helpers import (
+    BIG,
+    SITE,
+    URL,
+    FakeClock,
+    foreign_bytes,
+    ids_of,
+    in_fork,
+    make_letter,
+    make_op,
+)
 
 
 class _Factory(Protocol):

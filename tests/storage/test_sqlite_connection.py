@@ -17,7 +17,7 @@ import pytest
 from customerio_logging._storage import SpoolBusyError, SpoolUnavailableError, sqlite_connection
 from customerio_logging._storage.sqlite import SQLiteSpool
 
-from .support import TIMEOUT, foreign_bytes, ids_of, in_fork, make_op, run_child
+from ..helpers import CHILD_TIMEOUT, foreign_bytes, ids_of, in_fork, make_op, program, run_python
 
 
 class TestBusy:
@@ -83,7 +83,7 @@ class TestFork:
             spool.add([make_op("d")])
             return {"claimed": ids_of(spool.claim(10)), "pending": spool.pending()}
 
-        code, result = in_fork(child, timeout=TIMEOUT)
+        code, result = in_fork(child, timeout=CHILD_TIMEOUT)
         assert code == 0, result
         assert result == {"claimed": ["b", "c", "d"], "pending": 4}  # a: the parent's lease
         spool.ack(["a"])
@@ -104,7 +104,7 @@ class TestFork:
             spool.add([make_op("b")])
             return spool.pending()
 
-        assert in_fork(child, timeout=TIMEOUT) == (0, 2)
+        assert in_fork(child, timeout=CHILD_TIMEOUT) == (0, 2)
         spool.add([make_op("c")])
         assert ids_of(spool.claim(10)) == ["a", "b", "c"]
 
@@ -122,17 +122,17 @@ class TestFork:
 
         def notice(message: str) -> None:
             inside.set()
-            proceed.wait(TIMEOUT)
+            proceed.wait(CHILD_TIMEOUT)
 
         spool = make_spool(on_problem=notice)
         opener = threading.Thread(target=spool.pending, name="spool-opener")
         opener.start()
         try:
-            assert inside.wait(TIMEOUT)
+            assert inside.wait(CHILD_TIMEOUT)
             code, result = in_fork(_pending_or_error(spool), timeout=2.0, in_parent=proceed.set)
         finally:
             proceed.set()
-            opener.join(TIMEOUT)
+            opener.join(CHILD_TIMEOUT)
         assert (code, result) == (0, "SpoolUnavailableError")
         assert spool.pending() == 0  # the parent's spool works on
 
@@ -147,6 +147,15 @@ def _pending_or_error(spool: SQLiteSpool) -> Callable[[], object]:
     return run
 
 
+ALL_HELD = {"shm": "held", "database": "held"}
+
+
+def _locks_seen_from_another_process(spool_path: Path) -> object:
+    """Which of the spool's SQLite locks another process finds held (spool_locks.py)."""
+    result = run_python(program("spool_locks"), spool_path, timeout=CHILD_TIMEOUT, check=True)
+    return json.loads(result.stdout)
+
+
 class TestSeenFromOtherProcesses:
     """While open, this process holds its SQLite locks; a full disk is said in plain words."""
 
@@ -158,27 +167,22 @@ class TestSeenFromOtherProcesses:
         # checkpoint or reset its -wal and -shm under the open connection.
         first = make_spool()
         first.add([make_op("a")])
-        assert json.loads(run_child("spool_locks", spool_path)) == {
-            "shm": "held",
-            "database": "held",
-        }
+        assert _locks_seen_from_another_process(spool_path) == ALL_HELD
         second = make_spool()  # in this same process, as a CLI view or a test helper is
         assert second.pending() == 1
-        assert json.loads(run_child("spool_locks", spool_path)) == {
-            "shm": "held",
-            "database": "held",
-        }
+        assert _locks_seen_from_another_process(spool_path) == ALL_HELD
         first.close()
         assert second.pending() == 1
-        assert json.loads(run_child("spool_locks", spool_path)) == {
-            "shm": "held",
-            "database": "held",
-        }
+        assert _locks_seen_from_another_process(spool_path) == ALL_HELD
 
     def test_a_full_disk_is_unavailable_in_plain_words_and_keeps_what_was_written(
         self, make_spool: Callable[..., SQLiteSpool], spool_path: Path
     ) -> None:
-        report = json.loads(run_child("spool_full_disk", spool_path, 300_000))
+        report = json.loads(
+            run_python(
+                program("spool_full_disk"), spool_path, 300_000, timeout=CHILD_TIMEOUT, check=True
+            ).stdout
+        )
         print(report["message"])
         assert report["error"] == "SpoolUnavailableError"
         assert report["first"] is True

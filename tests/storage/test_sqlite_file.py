@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import sqlite3
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,24 +20,39 @@ from customerio_logging._storage import (
 )
 from customerio_logging._storage.sqlite import SQLiteSpool
 
-from .support import (
+from ..helpers import (
     BIG,
+    CHILD_TIMEOUT,
     SITE,
-    TIMEOUT,
     URL,
     app_database,
+    assert_a_working_spool,
     foreign_bytes,
     foreign_database,
-    half_header,
     ids_of,
     make_op,
     mode_of,
     moved_aside,
     program,
+    run_python,
     sibling_of,
     state_of,
-    truncated_spool,
 )
+
+
+def half_header(path: Path) -> None:
+    path.write_bytes(b"SQLite fo")
+
+
+def truncated_spool(path: Path) -> None:
+    spool = SQLiteSpool(path, max_bytes=BIG, site_id=SITE)
+    spool.add([make_op(f"o{i:04d}", 2000) for i in range(1000)])  # about 2 MB
+    spool.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = path.stat().st_size
+    assert size > 1_500_000
+    os.truncate(path, size // 2)
 
 
 class TestFile:
@@ -60,13 +74,7 @@ class TestFile:
     def test_a_process_killed_while_making_the_file_leaves_no_half_made_spool(
         self, spool_path: Path
     ) -> None:
-        result = subprocess.run(
-            program("spool_killed_while_made", spool_path),
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
+        result = run_python(program("spool_killed_while_made"), spool_path, timeout=CHILD_TIMEOUT)
         assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
         # Before the fix the file was marked ours, with no tables: half made. Now the
         # marks and the tables come in one transaction, and the kill undid it all.
@@ -78,12 +86,7 @@ class TestFile:
             conn.close()
         assert (app_id, tables) == (0, 0)
         # And the next process makes it a whole spool.
-        spool = SQLiteSpool(spool_path, max_bytes=BIG, site_id=SITE)
-        try:
-            spool.add([make_op("a")])
-            assert spool.pending() == 1
-        finally:
-            spool.close()
+        assert_a_working_spool(spool_path)
 
     def test_a_readable_file_is_made_private_again(
         self, make_spool: Callable[..., SQLiteSpool], spool_path: Path

@@ -14,7 +14,7 @@ from customerio_logging._storage.leases import FRESH_LEASE, REPLAY_LEASE
 from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging._wire import Operation, batch_body
 
-from .support import FakeClock, ids_of, make_op
+from ..helpers import FakeClock, ids_of, make_op
 
 _MODEL_IDS = [f"op{i:02d}" for i in range(16)]
 

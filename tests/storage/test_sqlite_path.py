@@ -21,11 +21,12 @@ from customerio_logging._storage import SpoolUnavailableError, sqlite_connection
 from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging._storage.sqlite_path import default_spool_path
 
-from .support import (
+from ..helpers import (
     BIG,
     SITE,
     URL,
     app_database,
+    assert_a_working_spool,
     foreign_database,
     make_op,
     mode_of,
@@ -289,12 +290,7 @@ class TestDefaultSpoolPath:
         shared = _homeless(tmp_path, monkeypatch)
         path = default_spool_path(SITE, URL)
         assert path.parent == shared / f"customerio-logging-{os.getuid()}"
-        spool = SQLiteSpool(path, max_bytes=BIG, site_id=SITE)
-        try:
-            spool.add([make_op("a")])
-            assert spool.pending() == 1
-        finally:
-            spool.close()
+        assert_a_working_spool(path)
         assert mode_of(path.parent) == 0o700
         assert mode_of(path) == 0o600
 
