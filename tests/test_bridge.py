@@ -16,7 +16,15 @@ from customerio_logging._limits import BATCH_BODY_BYTES
 from customerio_logging._wire import Response
 from customerio_logging.testing import MockTransport, TrackAPIEmulator
 
-from .helpers import GatedTransport, balanced, closed_port_url, snapshot
+from .helpers import (
+    CHILD_TIMEOUT,
+    GatedTransport,
+    balanced,
+    closed_port_url,
+    in_fork,
+    snapshot,
+    wait_until,
+)
 
 SECRET = "sk_live_DO_NOT_LEAK_42"
 
@@ -309,6 +317,32 @@ class TestShutdown:
         assert stats.dropped >= 3
         assert "shutdown" in (stats.last_error or "")
         transport.gate.set()
+
+    def test_a_child_forked_while_the_parent_shuts_down_refuses_its_events(
+        self, settings: dict[str, Any]
+    ) -> None:
+        # The parent's shutdown is still flushing (its dispatcher not yet closed) at the
+        # fork: the child's bridge is shut down too, so an event logged there is counted
+        # dropped at once, not queued for a thread that will never start.
+        transport = GatedTransport(Response(200))
+        bridge = cio.configure(**settings, transport=transport, spool_path=False)
+        bridge.submit(snapshot(0))
+        assert transport.entered.wait(5.0)
+        stopper = threading.Thread(target=bridge.shutdown, args=(5.0,))
+        stopper.start()
+        try:
+            assert wait_until(lambda: "shut down" in repr(bridge), 5.0)
+
+            def child() -> object:
+                accepted = bridge.submit(snapshot(1))
+                stats = bridge.stats()
+                return [accepted, stats.dropped, stats.queue_depth, stats.last_error]
+
+            code, result = in_fork(child, timeout=CHILD_TIMEOUT)
+        finally:
+            transport.gate.set()
+            stopper.join(10.0)
+        assert (code, result) == (0, [False, 1, 0, "event dropped: the bridge is shut down"])
 
 
 class TestUnknownEvents:

@@ -292,6 +292,11 @@ class Bridge:
         self._client = None
         self._sender.connect()
         self._shutdown.deadline = None
+        if self._shut_down:
+            # The parent may have forked while its shutdown was still flushing, before
+            # its dispatcher closed: the child's must refuse events (spooled or counted
+            # dropped) rather than queue them for a thread that will never start.
+            self._dispatcher.stop(0.0)
         self._restart = was_running and not self._shut_down
         self._pid = 0  # the first submit finishes the move (see _adopt_after_fork)
         # An injected transport is the app's object, reused here: it is told to drop its

@@ -108,6 +108,28 @@ class TestFork:
         spool.add([make_op("c")])
         assert ids_of(spool.claim(10)) == ["a", "b", "c"]
 
+    def test_a_child_warns_of_an_unusable_spool_file_itself(
+        self, make_spool: Callable[..., SQLiteSpool], tmp_path: Path
+    ) -> None:
+        # Each process says once that its spool cannot be used: the parent having said
+        # it does not silence the child.
+        blocker = tmp_path / "a-file"
+        blocker.write_text("")
+        spool = make_spool(path=blocker / "spool.sqlite3")
+        for first in (True, False):
+            with pytest.raises(SpoolUnavailableError) as refused:
+                spool.pending()
+            assert refused.value.first is first
+
+        def child() -> object:
+            try:
+                spool.pending()
+            except SpoolUnavailableError as exc:
+                return exc.first
+            return None
+
+        assert in_fork(child, timeout=CHILD_TIMEOUT) == (0, True)
+
     def test_a_fork_while_another_thread_opens_the_spool_does_not_hang_the_child(
         self,
         make_spool: Callable[..., SQLiteSpool],

@@ -174,6 +174,8 @@ class SpoolConnection:
         self._holder = None
         self._pid = os.getpid()
         self._broken_until = 0.0
+        # A new process: its first problem with the file is its own to warn about.
+        self._broken_message = ""
 
     def _set_busy_wait(self, conn: sqlite3.Connection, seconds: float) -> None:
         # How long SQLite waits for another process's write lock; set only on a change.
