@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import time
 from collections import Counter
+from pathlib import Path
 
+import pytest
 from ulid import ULID
 
+from customerio_logging import _lifecycle
 from customerio_logging.testing import TrackAPIEmulator
 
 from .helpers import program, run_python
@@ -127,3 +131,44 @@ class TestReentrantLogCalls:
         names = [op["name"] for op in emulator.operations]
         assert names.count("first") == 1
         assert names.count("from_signal") == report["fired"]
+
+
+class TestForkHooks:
+    def test_a_hook_that_raises_is_reported_and_the_next_still_runs(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        ran: list[str] = []
+
+        def broken() -> None:
+            ran.append("broken")
+            raise RuntimeError("boom")
+
+        _lifecycle._run_each([broken, lambda: ran.append("next")])
+        assert ran == ["broken", "next"]
+        err = capsys.readouterr().err
+        assert "fork hook" in err
+        assert "broken" in err
+        assert "RuntimeError: boom" in err
+
+    def test_only_the_lifecycle_registers_process_hooks(self) -> None:
+        # Every exit and fork hook goes through _lifecycle, called from one place
+        # (_global), so their order is written down once.
+        registering = set()
+        for path in Path(_lifecycle.__file__).parent.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.Attribute):
+                    continue
+                owner = node.value
+                if (
+                    node.attr in ("register_at_fork", "register")
+                    and isinstance(owner, ast.Name)
+                    and owner.id in ("os", "atexit")
+                ):
+                    registering.add(path.name)
+        assert registering == {"_lifecycle.py"}
+        calls = [
+            path.name
+            for path in Path(_lifecycle.__file__).parent.rglob("*.py")
+            if "install_fork_hooks(" in path.read_text() and path.name != "_lifecycle.py"
+        ]
+        assert calls == ["_global.py"]

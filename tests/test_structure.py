@@ -93,9 +93,11 @@ class TestImportGraph:
         # _config imports the transport protocol only under TYPE_CHECKING, and the CLI
         # imports the demo inside a function: both are edges.
         assert f"{PACKAGE}._wire" in GRAPH[f"{PACKAGE}._config"]
-        assert any("demo" in dep for dep in GRAPH[f"{PACKAGE}.__main__"] | set().union(
-            *(GRAPH[m] for m in GRAPH if m.startswith(f"{PACKAGE}.cli"))
-        ))
+        assert any(
+            "demo" in dep
+            for dep in GRAPH[f"{PACKAGE}.__main__"]
+            | set().union(*(GRAPH[m] for m in GRAPH if m.startswith(f"{PACKAGE}.cli")))
+        )
 
     def test_no_cycle(self) -> None:
         assert find_cycle(_without_the_facade(GRAPH)) is None

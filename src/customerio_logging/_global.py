@@ -7,7 +7,7 @@ import contextlib
 import threading
 from typing import Any
 
-from . import _lifecycle, _storage
+from . import _lifecycle, _storage, _watchdog
 from ._bridge import Bridge
 from ._capture import Snapshot
 from ._config import Settings
@@ -274,16 +274,22 @@ def _install_process_hooks() -> None:
     the app registers its own hooks (events they log are still delivered).
 
     Around ``os.fork()``: before it, the spool waits (bounded) for a call in progress so
-    that the child gets no half-held lock; in the child, first the ids get new
-    randomness (a child must never repeat its parent's), then the lifecycle's and the
-    spools' locks and connections become the child's, and last the bridge is made the
-    child's own (its first tagged call starts its thread).
+    that the child gets no half-held lock; in the child, the parent's request watchdog
+    is forgotten, the ids get new randomness (a child must never repeat its parent's),
+    the spools' locks and connections become the child's, and last the bridge is made
+    the child's own (its first tagged call starts its thread). A hook that raises is
+    reported on stderr; the next one still runs.
     """
     _lifecycle.install_exit_hook(_flush_at_exit)
     _lifecycle.install_fork_hooks(
         before=[_storage.before_fork],
         after_in_parent=[_storage.after_fork_in_parent],
-        after_in_child=[reseed_ulids, _storage.after_fork_in_child, _bridge_after_fork_in_child],
+        after_in_child=[
+            _watchdog.forget_after_fork,
+            reseed_ulids,
+            _storage.after_fork_in_child,
+            _bridge_after_fork_in_child,
+        ],
     )
 
 

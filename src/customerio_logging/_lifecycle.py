@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
@@ -82,6 +83,7 @@ def cover_multiprocessing_exit() -> None:
 
 _fork_hooked = False
 
+
 def install_fork_hooks(
     *,
     before: Sequence[Callable[[], None]],
@@ -104,23 +106,32 @@ def install_fork_hooks(
     hooks = (tuple(before), tuple(after_in_parent), tuple(after_in_child))
 
     def run_before() -> None:
-        for hook in hooks[0]:
-            hook()
+        _run_each(hooks[0])
 
     def run_in_parent() -> None:
-        for hook in hooks[1]:
-            hook()
+        _run_each(hooks[1])
 
     def run_in_child() -> None:
         global _lock
         # A parent thread may have held it at the fork: that thread does not exist here.
         _lock = threading.Lock()
-        for hook in hooks[2]:
-            hook()
+        _run_each(hooks[2])
 
     os.register_at_fork(
         before=run_before, after_in_parent=run_in_parent, after_in_child=run_in_child
     )
+
+
+def _run_each(hooks: Sequence[Callable[[], None]]) -> None:
+    """Run every hook, as ``os.register_at_fork`` would run separate ones: one that raises
+    is reported on stderr and the next still runs."""
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - reported; the other hooks must still run
+            name = getattr(hook, "__qualname__", repr(hook))
+            sys.stderr.write(f"customerio_logging: fork hook {name} failed:\n")
+            traceback.print_exc()
 
 
 # -- SIGTERM ---------------------------------------------------------------------------

@@ -227,13 +227,11 @@ def _watchdog() -> _Watchdog:
     return dog
 
 
-def _forget_after_fork() -> None:
+def forget_after_fork() -> None:
+    """In a forked child: forget the parent's watchdog (its thread is not here). A hook,
+    not a thread: the child's first request builds its own; the pid check above covers
+    forks that bypass os.fork."""
     global _lock, _shared
     # A parent thread may have held the lock at the fork; that thread is not here.
     _lock = threading.RLock()
     _shared = None
-
-
-# A hook, not a thread: the child's first request builds its watchdog. The pid check
-# above covers forks that bypass os.fork.
-os.register_at_fork(after_in_child=_forget_after_fork)

@@ -251,8 +251,7 @@ class SpoolWriter:
         if lost:
             self._ledger.written_late(lost, lost=True)
             self._ledger.problem(
-                f"{lost} events were dropped: the spool stayed busy through shutdown's "
-                f"{wait:g}s"
+                f"{lost} events were dropped: the spool stayed busy through shutdown's {wait:g}s"
             )
 
     def dead_letters(

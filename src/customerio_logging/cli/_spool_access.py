@@ -27,6 +27,7 @@ __all__ = [
     "spool_file",
 ]
 
+
 def add_spool_command(
     commands: Subcommands,
     name: str,

@@ -298,5 +298,3 @@ def refusal(reject_ops: RejectOps, op: dict[str, Any]) -> Problem | None:
     if reason is None:
         return None
     return Problem(reason, "operation", f"operation refused by the fault plan: {reason}")
-
-
