@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from ._bridge import Bridge
 from ._config import Settings
-from ._global import configure, flush, get_bridge, shutdown, stats
+from ._global import app_api, configure, flush, get_bridge, reset, shutdown, stats
 from ._ledger import DeadLetter, Stats
 from ._schema import Event, UserAttributes
+from ._transactional import send_email, send_push
 from .exceptions import (
     ConfigurationError,
     CustomerIOLoggingError,
@@ -34,9 +35,13 @@ __all__ = [
     "Settings",
     "Stats",
     "UserAttributes",
+    "app_api",
     "configure",
     "flush",
     "get_bridge",
+    "reset",
+    "send_email",
+    "send_push",
     "shutdown",
     "stats",
 ]

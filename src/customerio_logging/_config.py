@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ._wire import Transport
 
 __all__ = [
+    "APP_REGION_URLS",
     "DEFAULT_MAX_SPOOL_BYTES",
     "ENV_VARS",
     "MAX_SECONDS",
@@ -33,13 +34,23 @@ REGION_URLS: Mapping[str, str] = {
     "eu": "https://track-eu.customer.io",
 }
 
+# The App API's hosts, by the same region as the Track API's.
+APP_REGION_URLS: Mapping[str, str] = {
+    "us": "https://api.customer.io",
+    "eu": "https://api-eu.customer.io",
+}
+
 ENV_VARS: Mapping[str, str] = {
     "site_id": "CUSTOMERIO_SITE_ID",
     "api_key": "CUSTOMERIO_TRACK_API_KEY",
     "region": "CUSTOMERIO_REGION",
     "track_url": "CUSTOMERIO_TRACK_URL",
     "spool_path": "CUSTOMERIO_SPOOL_PATH",
+    "app_api_key": "CUSTOMERIO_APP_API_KEY",
+    "app_url": "CUSTOMERIO_APP_URL",
 }
+# A region passed explicitly picks its own hosts over these variables' URLs.
+_REGION_URL_SETTINGS = ("track_url", "app_url")
 
 UnknownEvents = Literal["allow", "warn", "reject"]
 _UNKNOWN_EVENTS = ("allow", "warn", "reject")
@@ -74,10 +85,17 @@ class Settings:
         site_id: The Track API site id (``CUSTOMERIO_SITE_ID``).
         api_key: The Track API key (``CUSTOMERIO_TRACK_API_KEY``). Never shown in a repr.
             Both are sent by HTTP basic auth, so they must be Latin-1 text.
-        region: ``"us"`` or ``"eu"`` (``CUSTOMERIO_REGION``); picks the default ``track_url``.
+        region: ``"us"`` or ``"eu"`` (``CUSTOMERIO_REGION``); picks the default ``track_url``
+            and ``app_url``.
         track_url: Base URL of the Track API (``CUSTOMERIO_TRACK_URL``). ``http://`` is allowed
             only for loopback hosts, so a local emulator works and a key never crosses a
             network in clear text.
+        app_api_key: The App API key (``CUSTOMERIO_APP_API_KEY``), for ``app_api()``,
+            ``send_email()`` and ``send_push()``; None when the app does not use the App
+            API (only those calls then raise). Never shown in a repr.
+        app_url: Base URL of the App API (``CUSTOMERIO_APP_URL``): by default the region's,
+            ``https://api.customer.io`` or ``https://api-eu.customer.io``; an override for
+            tests and the emulator, allowed over ``http://`` for loopback hosts only.
         batch_size: Most operations in one ``/api/v2/batch`` request (1 to 1000).
         flush_interval: Longest time in seconds an event waits before its batch is sent
             (0.01 to 3600).
@@ -122,6 +140,8 @@ class Settings:
     api_key: str = field(repr=False)
     region: str = "us"
     track_url: str = ""
+    app_api_key: str | None = field(default=None, repr=False)
+    app_url: str = ""
     batch_size: int = 500
     flush_interval: float = 1.0
     max_queue_size: int = 10_000
@@ -146,6 +166,8 @@ class Settings:
     def __post_init__(self) -> None:
         _require_text("site_id", self.site_id)
         _require_text("api_key", self.api_key)
+        if self.app_api_key is not None:
+            _require_text("app_api_key", self.app_api_key)
         self._check_region()
         self._check_sizes_and_times()
         if not isinstance(self.install_signal_handlers, bool):
@@ -171,18 +193,18 @@ class Settings:
                 env_var=ENV_VARS["region"],
             )
         object.__setattr__(self, "region", region)
-        object.__setattr__(
-            self, "track_url", _check_track_url(self.track_url or REGION_URLS[region])
-        )
-        for other, url in REGION_URLS.items():
-            if other != region and self.track_url == url:
-                raise ConfigurationError(
-                    f"track_url is the {other!r} region's host but region is {region!r}: "
-                    f"set one of them, not both (region, {ENV_VARS['region']}, track_url, "
-                    f"{ENV_VARS['track_url']})",
-                    setting="track_url",
-                    env_var=ENV_VARS["track_url"],
-                )
+        for name, hosts in (("track_url", REGION_URLS), ("app_url", APP_REGION_URLS)):
+            url = _check_url(name, getattr(self, name) or hosts[region])
+            object.__setattr__(self, name, url)
+            for other, host in hosts.items():
+                if other != region and url == host:
+                    raise ConfigurationError(
+                        f"{name} is the {other!r} region's host but region is {region!r}: "
+                        f"set one of them, not both (region, {ENV_VARS['region']}, {name}, "
+                        f"{ENV_VARS[name]})",
+                        setting=name,
+                        env_var=ENV_VARS[name],
+                    )
 
     def _check_sizes_and_times(self) -> None:
         _require_int("batch_size", self.batch_size, low=1, high=1000)
@@ -296,7 +318,7 @@ class Settings:
         values = {name: value for name, value in overrides.items() if value is not None}
         region_passed = "region" in values
         for name, var in ENV_VARS.items():
-            if name == "track_url" and region_passed:
+            if name in _REGION_URL_SETTINGS and region_passed:
                 continue  # a region passed explicitly picks its own host over the env's URL
             if name not in values and env.get(var, "").strip():
                 values[name] = env[var].strip()
@@ -334,9 +356,10 @@ def _require_text(name: str, value: object) -> None:
             env_var=ENV_VARS.get(name),
         )
     if not _is_latin1(value):
-        # HTTP basic auth sends both as Latin-1: such a value would fail every request.
+        # HTTP headers (basic auth, the App API's bearer token) carry them as Latin-1:
+        # such a value would fail every request.
         raise ConfigurationError(
-            f"{name} holds characters that HTTP basic auth cannot send (outside Latin-1, "
+            f"{name} holds characters that an HTTP header cannot carry (outside Latin-1, "
             f"e.g. a look-alike quote or dash from a copy-paste); check the value you pass "
             f"as {name}{env_hint}",
             setting=name,
@@ -386,19 +409,19 @@ def _require_seconds(
     )
 
 
-def _check_track_url(url: object) -> str:
-    hint = f"pass configure(track_url=...) or set {ENV_VARS['track_url']}"
+def _check_url(name: str, url: object) -> str:
+    """A base URL setting (``track_url``, ``app_url``), checked and without a trailing slash."""
+    env_var = ENV_VARS[name]
+    hint = f"pass configure({name}=...) or set {env_var}"
     if not isinstance(url, str):
         raise ConfigurationError(
-            f"track_url must be a string URL; {hint}",
-            setting="track_url",
-            env_var=ENV_VARS["track_url"],
+            f"{name} must be a string URL; {hint}", setting=name, env_var=env_var
         )
     # The URL is never echoed in these errors: a malformed one may still carry the API key.
     malformed = ConfigurationError(
-        f"track_url must look like https://host[:port]; {hint}",
-        setting="track_url",
-        env_var=ENV_VARS["track_url"],
+        f"{name} must look like https://host[:port]; {hint}",
+        setting=name,
+        env_var=env_var,
     )
     try:
         parts = urlsplit(url.strip())
@@ -409,32 +432,33 @@ def _check_track_url(url: object) -> str:
         raise malformed
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ConfigurationError(
-            f"track_url must not contain credentials, a query or a fragment; {hint}",
-            setting="track_url",
-            env_var=ENV_VARS["track_url"],
+            f"{name} must not contain credentials, a query or a fragment; {hint}",
+            setting=name,
+            env_var=env_var,
         )
     if parts.scheme == "http" and not is_loopback(host):
         raise ConfigurationError(
-            f"track_url uses http:// for a non-loopback host ({host}); the API key "
+            f"{name} uses http:// for a non-loopback host ({host}); the API key "
             f"would travel in clear text. Use https://, or http://127.0.0.1:PORT for a local "
             f"emulator; {hint}",
-            setting="track_url",
-            env_var=ENV_VARS["track_url"],
+            setting=name,
+            env_var=env_var,
         )
     try:
         parts.port  # noqa: B018 - raises ValueError for a malformed port
     except ValueError:
         raise ConfigurationError(
-            f"track_url has an invalid port; {hint}",
-            setting="track_url",
-            env_var=ENV_VARS["track_url"],
+            f"{name} has an invalid port; {hint}",
+            setting=name,
+            env_var=env_var,
         ) from None
     return url.strip().rstrip("/")
 
 
 def is_loopback(host: str) -> bool:
     """True for a host name or address that never leaves this machine: ``localhost`` (any
-    case), ``127.0.0.0/8``, ``::1``. The only hosts ``track_url`` may reach over ``http://``."""
+    case), ``127.0.0.0/8``, ``::1``. The only hosts ``track_url`` and ``app_url`` may reach
+    over ``http://``."""
     if host.lower() in _LOOPBACK_NAMES:
         return True
     try:

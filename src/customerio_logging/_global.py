@@ -1,5 +1,5 @@
-"""The process's one bridge: configure, get_bridge, flush, shutdown, stats, and the exit,
-SIGTERM and fork hooks that act on it."""
+"""The process's one bridge (configure, get_bridge, flush, shutdown, stats), its App API
+client (app_api), reset, and the exit, SIGTERM and fork hooks that act on them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import threading
 from typing import Any
 
-from . import _lifecycle, _storage, _watchdog
+from . import _app_api, _lifecycle, _storage, _watchdog
 from ._bridge import Bridge
 from ._capture import Snapshot
 from ._config import Settings
@@ -17,12 +17,15 @@ from ._wire import reseed_ulids
 from .exceptions import ConfigurationError
 
 __all__ = [
+    "app_api",
+    "app_client",
     "configure",
     "current_bridge",
     "flush",
     "flush_or_spool",
     "get_bridge",
     "note_lost",
+    "reset",
     "shutdown",
     "stats",
     "submit_capture",
@@ -215,6 +218,45 @@ def note_lost(error: Exception) -> None:
         warn(message)
 
 
+def app_api() -> Any:
+    """The process's one official ``customerio.APIClient``, for the App API.
+
+    Built on first use from the configured bridge's settings (``app_api_key``,
+    ``app_url``, ``region``, ``request_timeout``), or from the environment when no bridge
+    is configured (``CUSTOMERIO_APP_API_KEY``, ``CUSTOMERIO_APP_URL``,
+    ``CUSTOMERIO_REGION``; the Track API's ``CUSTOMERIO_SITE_ID`` and
+    ``CUSTOMERIO_TRACK_API_KEY`` too, as ``configure()`` needs them). Every thread gets
+    the same client; a forked child builds its own; ``configure()`` with other settings
+    replaces it. Its own retries are off: ``send_email`` and ``send_push`` retry only
+    what is safe to send again.
+
+    Raises:
+        ConfigurationError: No App API key is set (the message names
+            ``CUSTOMERIO_APP_API_KEY`` and ``app_api_key=``), or the settings are malformed.
+    """
+    return app_client().client
+
+
+def app_client() -> _app_api.AppClient:
+    """The App API client with the settings it was built from; see :func:`app_api`."""
+    bridge = _bridge
+    return _app_api.obtain(None if bridge is None else bridge.settings)
+
+
+def reset() -> None:
+    """For tests: shut down and forget the process's bridge and App API client.
+
+    The bridge is flushed within its ``shutdown_timeout`` first. The next log call,
+    ``get_bridge()`` or ``app_api()`` builds anew, from the environment unless
+    ``configure()`` runs first; the counters start from zero.
+    """
+    with _configure_lock:
+        old = forget_bridge()
+        if old is not None:
+            old.shutdown()
+    _app_api.reset()
+
+
 def forget_bridge() -> Bridge | None:
     """Forget the process's bridge without stopping it and return it (for tests)."""
     global _bridge, _unconfigured
@@ -276,8 +318,9 @@ def _install_process_hooks() -> None:
     Around ``os.fork()``: before it, the spool waits (bounded) for a call in progress so
     that the child gets no half-held lock; in the child, the parent's request watchdog
     is forgotten, the ids get new randomness (a child must never repeat its parent's),
-    the spools' locks and connections become the child's, and last the bridge is made
-    the child's own (its first tagged call starts its thread). A hook that raises is
+    the spools' locks and connections become the child's, the App API client is
+    forgotten (the child's first use builds its own), and last the bridge is made the
+    child's own (its first tagged call starts its thread). A hook that raises is
     reported on stderr; the next one still runs.
     """
     _lifecycle.install_exit_hook(_flush_at_exit)
@@ -288,6 +331,7 @@ def _install_process_hooks() -> None:
             _watchdog.forget_after_fork,
             reseed_ulids,
             _storage.after_fork_in_child,
+            _app_api.after_fork_in_child,
             _bridge_after_fork_in_child,
         ],
     )

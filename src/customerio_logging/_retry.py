@@ -54,6 +54,9 @@ class RetryPolicy:
     pauses the whole pipeline through the pacer. Retrying stops after ``max_retries``
     retries, once ``budget`` seconds would be exceeded, or when the pacer's shutdown
     deadline has passed. Every wait goes through the pacer, so it ends at that deadline.
+
+    ``retry_status`` and ``retry_error`` narrow what is retried: a call that is not
+    idempotent (a transactional send) retries only what cannot have been acted on.
     """
 
     def __init__(
@@ -67,6 +70,8 @@ class RetryPolicy:
         max_retry_after: float,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        retry_status: Callable[[int], bool] = is_retryable,
+        retry_error: Callable[[DeliveryError], bool] = lambda error: True,
     ) -> None:
         self._pacer = pacer
         self._max_retries = max_retries
@@ -76,6 +81,8 @@ class RetryPolicy:
         self._max_retry_after = max_retry_after
         self._clock = clock
         self._rng = rng or random.Random()
+        self._retry_status = retry_status
+        self._retry_error = retry_error
 
     @classmethod
     def from_settings(cls, settings: Settings, *, pacer: Pacer) -> RetryPolicy:
@@ -126,8 +133,10 @@ class RetryPolicy:
 
         retrying = tenacity.Retrying(
             retry=(
-                tenacity.retry_if_exception_type(DeliveryError)
-                | tenacity.retry_if_result(lambda response: is_retryable(response.status))
+                tenacity.retry_if_exception(
+                    lambda error: isinstance(error, DeliveryError) and self._retry_error(error)
+                )
+                | tenacity.retry_if_result(lambda response: self._retry_status(response.status))
             ),
             wait=wait,
             stop=stop,

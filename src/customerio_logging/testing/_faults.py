@@ -54,9 +54,11 @@ RejectOps = Callable[[dict[str, Any]], str | None]
 class FaultPlan:
     """Faults for ``TrackAPIEmulator`` to inject, reproducibly: every field defaults to none.
 
-    Faults apply to ``POST /api/v2/batch`` and the v1 ``track``/``identify`` endpoints, never
-    to ``GET /api/v1/accounts/region``, and come before authentication, as at a load
-    balancer. For each request, in arrival order, the emulator takes the first of:
+    Faults apply to ``POST /api/v2/batch``, the v1 ``track``/``identify`` endpoints and the
+    App API's ``/v1/send/email`` and ``/v1/send/push`` (``max_request_bytes`` and
+    ``reject_ops`` excepted there), never to ``GET /api/v1/accounts/region``, and come
+    before authentication, as at a load balancer. For each request, in arrival order, the
+    emulator takes the first of:
 
     1. the next ``script`` entry, while any is left;
     2. a 429 when the request is over ``rate_limit``;

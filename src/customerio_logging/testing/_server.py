@@ -1,8 +1,8 @@
-"""TrackAPIEmulator: a local Track API for tests, from what its endpoints answer to the record
-of every request.
+"""TrackAPIEmulator: a local Track API (and the App API's transactional sends) for tests, from
+what its endpoints answer to the record of every request.
 
-The rules an operation must follow live in ``_validation``, the faults it can inject in
-``_faults``, the socket handling in ``_http``.
+The rules an operation must follow live in ``_validation``, the App API's in ``_app_api``,
+the faults it can inject in ``_faults``, the socket handling in ``_http``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from .._limits import MAX_REQUEST_BYTES, NAMED_ACTIONS
 from .._wire import BATCH_PATH
+from ._app_api import APP_PATHS, answer_send, app_error
 from ._faults import ActivePlan, FaultPlan, RejectOps, fault_error, refusal, retry_after_headers
 from ._http import Reply, Request, Server, too_large_error
 from ._validation import Problem, check_operation, check_v1_operation, read_batch, v1_operation
@@ -68,8 +69,10 @@ class RecordedRequest:
 class _Route:
     """Which endpoint a request is for."""
 
-    kind: Literal["region", "batch", "v1_track", "v1_identify"]
+    kind: Literal["region", "batch", "v1_track", "v1_identify", "app_send"]
     customer_id: str = ""
+    # For "app_send": the kind of message, "email" or "push".
+    message: str = ""
 
     @property
     def takes_faults(self) -> bool:
@@ -78,6 +81,10 @@ class _Route:
     @property
     def v1(self) -> bool:
         return self.kind in ("v1_track", "v1_identify")
+
+    @property
+    def app(self) -> bool:
+        return self.kind == "app_send"
 
     @property
     def v1_action(self) -> str:
@@ -91,7 +98,10 @@ class TrackAPIEmulator:
     It serves ``POST /api/v2/batch``, ``GET /api/v1/accounts/region`` and the v1
     ``track``/``identify`` endpoints on ``127.0.0.1``, checks Basic auth and the Track API's
     limits, answers 200/207/400/401/413 as the real API does, and records every request and
-    every accepted operation.
+    every accepted operation. It also serves the App API's ``POST /v1/send/email`` and
+    ``POST /v1/send/push`` (bearer auth with ``app_api_key``; the reference's checks; a
+    ``delivery_id`` and ``queued_at`` in the answer) and records each message it queued in
+    ``transactional``: give ``url`` as ``app_url`` too.
 
     Example::
 
@@ -115,6 +125,7 @@ class TrackAPIEmulator:
     Args:
         site_id: The site id the emulator accepts.
         api_key: The Track API key the emulator accepts.
+        app_api_key: The App API key the emulator accepts (``Authorization: Bearer``).
         host: The address to bind; only loopback makes sense.
         port: The port to bind; 0 picks a free one.
         faults: The faults to inject from the start; None for none.
@@ -125,12 +136,14 @@ class TrackAPIEmulator:
         *,
         site_id: str = "emulator-site",
         api_key: str = "emulator-key",
+        app_api_key: str = "emulator-app-key",
         host: str = "127.0.0.1",
         port: int = 0,
         faults: FaultPlan | None = None,
     ) -> None:
         self.site_id: Final = site_id
         self.api_key: Final = api_key
+        self.app_api_key: Final = app_api_key
         self._host = host
         self._port = port
         credentials = base64.b64encode(f"{site_id}:{api_key}".encode()).decode("ascii")
@@ -141,6 +154,7 @@ class TrackAPIEmulator:
         self._operations: list[dict[str, Any]] = []
         self._requests: list[RecordedRequest] = []
         self._rejected: list[dict[str, Any]] = []
+        self._transactional: list[dict[str, Any]] = []
         self._faults_lock = threading.Lock()
         self._active_plan: ActivePlan | None = None
         self.set_faults(faults)
@@ -248,6 +262,17 @@ class TrackAPIEmulator:
         with self._state:
             return list(self._rejected)
 
+    @property
+    def transactional(self) -> list[dict[str, Any]]:
+        """Every transactional message the App API endpoints queued, in arrival order (a
+        snapshot).
+
+        Each entry has ``type`` (``"email"`` or ``"push"``), the ``delivery_id`` and
+        ``queued_at`` of the answer, and the ``request`` as sent (its JSON body).
+        """
+        with self._state:
+            return list(self._transactional)
+
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """Accepted ``event``, ``page`` and ``screen`` operations, in arrival order.
 
@@ -310,9 +335,11 @@ class TrackAPIEmulator:
             return self._state.wait_for(lambda: len(self._operations) >= n, timeout)
 
     def reset(self) -> None:
-        """Forget every recorded request, operation and rejection; the fault plan stays."""
+        """Forget every recorded request, operation, rejection and transactional message; the
+        fault plan stays."""
         with self._state:
             self._operations.clear()
+            self._transactional.clear()
             self._requests.clear()
             self._rejected.clear()
 
@@ -333,9 +360,14 @@ class TrackAPIEmulator:
 
     def _process(self, request: Request, route: _Route | None, plan: FaultPlan | None) -> Reply:
         """Answer as the real API would, ``plan`` only tightening its limits; keep the ops."""
-        reply = _answer(request, route, plan, authorization=self._authorization, url=self.url)
+        if route is not None and route.app:
+            # Before the Track API's Basic auth: the App API has its own.
+            reply = answer_send(route.message, request.body, request.headers, self.app_api_key)
+        else:
+            reply = _answer(request, route, plan, authorization=self._authorization, url=self.url)
         with self._state:
-            self._operations.extend(reply.accepted)
+            kept = self._transactional if route is not None and route.app else self._operations
+            kept.extend(reply.accepted)
             self._rejected.extend(reply.rejected)
             if reply.accepted:
                 self._state.notify_all()
@@ -460,6 +492,8 @@ def _v1(route: _Route, body: bytes, reject_ops: RejectOps | None) -> Reply:
 
 def _api_error(route: _Route, status: int, error: dict[str, Any]) -> Reply:
     """An error for the whole request, in the shape of the endpoint's other errors."""
+    if route.app:
+        return app_error(status, error["message"])
     if route.v1:
         return Reply(status, {"meta": {"error": error["message"]}}, errors=[error])
     return Reply(status, {"errors": [error]}, errors=[error])
@@ -472,6 +506,8 @@ def _v1_error(problem: Problem) -> Reply:
 
 def _count_operations(route: _Route, body: bytes) -> int:
     """The op_count of a request answered without processing, as processing would count."""
+    if route.app:
+        return 1  # one message
     if route.v1:
         op = v1_operation(route.v1_action, route.customer_id, body)
         return 0 if isinstance(op, Problem) else 1
@@ -484,6 +520,8 @@ def _route(method: str, path: str) -> _Route | None:
         return _Route("region")
     if method == "POST" and path == BATCH_PATH:
         return _Route("batch")
+    if method == "POST" and path in APP_PATHS:
+        return _Route("app_send", message=APP_PATHS[path])
     match = _V1_CUSTOMER_RE.fullmatch(path)
     if match is not None:
         customer_id = unquote(match["id"])
