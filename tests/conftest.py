@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from customerio_logging import _global
+from customerio_logging import _app_api, _global
 from customerio_logging.testing import TrackAPIEmulator
 
 from .helpers import open_session
@@ -23,6 +23,8 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
         "CUSTOMERIO_REGION",
         "CUSTOMERIO_TRACK_URL",
         "CUSTOMERIO_SPOOL_PATH",
+        "CUSTOMERIO_APP_API_KEY",
+        "CUSTOMERIO_APP_URL",
     ):
         monkeypatch.delenv(var, raising=False)
     # The default spool lives in the user's state directory: keep each test's apart,
@@ -32,6 +34,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     old = _global.forget_bridge()
     if old is not None:
         old.shutdown(1.0)
+    _app_api.reset()
 
 
 @pytest.fixture

@@ -38,6 +38,10 @@ class TestAll:
             "ConfigurationError",
             "InvalidEventError",
             "DeliveryError",
+            "app_api",
+            "send_email",
+            "send_push",
+            "reset",
         }
         assert contract <= set(customerio_logging.__all__)
         fields = set(customerio_logging.Stats.__dataclass_fields__)
