@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import pytest
 
 from customerio_logging._config import (
+    APP_REGION_URLS,
     DEFAULT_MAX_SPOOL_BYTES,
     ENV_VARS,
     REGION_URLS,
@@ -53,10 +54,16 @@ class TestEnvVars:
             "region": "CUSTOMERIO_REGION",
             "track_url": "CUSTOMERIO_TRACK_URL",
             "spool_path": "CUSTOMERIO_SPOOL_PATH",
+            "app_api_key": "CUSTOMERIO_APP_API_KEY",
+            "app_url": "CUSTOMERIO_APP_URL",
         }
 
     def test_the_documented_hosts(self) -> None:
         assert dict(REGION_URLS) == {"us": US, "eu": EU}
+        assert dict(APP_REGION_URLS) == {
+            "us": "https://api.customer.io",
+            "eu": "https://api-eu.customer.io",
+        }
 
 
 class TestPrecedence:
@@ -66,6 +73,8 @@ class TestPrecedence:
         "CUSTOMERIO_REGION": "eu",
         "CUSTOMERIO_TRACK_URL": "https://env.example.com",
         "CUSTOMERIO_SPOOL_PATH": "/var/lib/app/env-spool.sqlite3",
+        "CUSTOMERIO_APP_API_KEY": "env-app-key",
+        "CUSTOMERIO_APP_URL": "https://env-app.example.com",
     }
 
     def test_defaults(self) -> None:
@@ -94,12 +103,16 @@ class TestPrecedence:
             ("api_key", "kw-key"),
             ("region", "us"),
             ("track_url", "https://kw.example.com"),
+            ("app_api_key", "kw-app-key"),
+            ("app_url", "https://kw-app.example.com"),
         ],
     )
     def test_kwargs_beat_env(self, name: str, value: str) -> None:
         settings = Settings.from_env(environ=self.ENV, **{name: value})
         assert getattr(settings, name) == value
-        for other in set(ENV_VARS) - {name, "track_url", "region"}:
+        # A region passed explicitly picks its own hosts over the environment's URLs.
+        hosts = {"track_url", "app_url"} if name == "region" else {"track_url"}
+        for other in set(ENV_VARS) - {name, "region"} - hosts:
             assert getattr(settings, other) == self.ENV[ENV_VARS[other]]
 
     @pytest.mark.parametrize("name", sorted(ENV_VARS))
