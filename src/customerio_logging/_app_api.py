@@ -54,24 +54,21 @@ def obtain(bridge_settings: Settings | None) -> AppClient:
     Raises:
         ConfigurationError: No App API key is set, or the settings are malformed.
     """
-    current = _current
-    if _fits(current, bridge_settings):
-        assert current is not None  # for mypy: _fits says so
+    current = _usable(_current, bridge_settings)
+    if current is not None:
         return current
     with _lock:
-        current = _current
-        if _fits(current, bridge_settings):
-            assert current is not None
-            return current
-        return _build(bridge_settings)
+        current = _usable(_current, bridge_settings)
+        return current if current is not None else _build(bridge_settings)
 
 
-def _fits(current: AppClient | None, bridge_settings: Settings | None) -> bool:
-    return (
-        current is not None
-        and current.pid == os.getpid()  # a fork that bypassed os.fork's hooks
-        and (bridge_settings is None or current.settings is bridge_settings)
-    )
+def _usable(current: AppClient | None, bridge_settings: Settings | None) -> AppClient | None:
+    """``current`` if it is this process's and built from these settings, else None."""
+    if current is None or current.pid != os.getpid():  # a fork that bypassed os.fork's hooks
+        return None
+    if bridge_settings is not None and current.settings is not bridge_settings:
+        return None  # configure() ran again since
+    return current
 
 
 def _build(bridge_settings: Settings | None) -> AppClient:
