@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +20,14 @@ import customerio_logging as cio
 from customerio_logging.exceptions import DeliveryError
 from customerio_logging.testing import FaultPlan, MockTransport, Response, TrackAPIEmulator
 
-from .helpers import GatedTransport, balanced, closed_port_url
+from .helpers import (
+    GatedTransport,
+    balanced,
+    closed_port_url,
+    program,
+    run_python,
+    spool_pending,
+)
 
 
 class PlanChanged(cio.Event, name="plan_changed"):
@@ -415,3 +424,45 @@ def test_time_is_taken_at_the_call(settings: dict[str, Any], emulator: TrackAPIE
     receipt = cio.track("u1", "a")
     receipt.result(5.0)
     assert int(before) <= _wire(emulator, receipt)["timestamp"] <= int(time.time())
+
+
+class TestSeparateProgram:
+    """tests/programs/direct_app.py: every direct call from another process, its receipts
+    awaited in asyncio."""
+
+    def test_every_call_resolves_with_its_outcome(self, emulator: TrackAPIEmulator) -> None:
+        emulator.set_faults(
+            FaultPlan(
+                reject_ops=lambda op: (
+                    "rejected_name" if op.get("name") == "refused_by_the_api" else None
+                )
+            )
+        )
+        result = run_python(program("direct_app"), "up", emulator=emulator, check=True)
+        outcomes = json.loads(result.stdout.splitlines()[-1])
+        invalid, refused = outcomes.pop("invalid"), outcomes.pop("refused")
+        assert invalid[:3] == ["invalid", "schema_mismatch", "attributes.to"]
+        assert refused[:2] == ["dead_lettered", "rejected_name"]
+        assert {label: o[0] for label, o in outcomes.items()} == dict.fromkeys(outcomes, "sent")
+        actions = Counter(op["action"] for op in emulator.operations)
+        assert actions == Counter(
+            {"event": 3, "identify": 1, "page": 1, "screen": 1, "suppress": 1,
+             "unsuppress": 1, "delete": 1, "add_device": 1, "delete_device": 1, "merge": 1}
+        )  # fmt: skip
+        wire_ids = {op.get("id") for op in emulator.operations}
+        for label in ("track", "track_name", "track_anonymous", "page", "screen"):
+            assert outcomes[label][3] in wire_ids, label
+        (plan,) = [op for op in emulator.operations if op.get("name") == "plan_changed"]
+        assert plan["attributes"] == {"from": "free", "to": "pro", "mrr": 49.0}
+
+    def test_with_the_api_down_they_resolve_spooled_at_the_deadline(self, tmp_path: Path) -> None:
+        env = {
+            "CUSTOMERIO_SITE_ID": "s",
+            "CUSTOMERIO_TRACK_API_KEY": "k",
+            "CUSTOMERIO_TRACK_URL": closed_port_url(),
+            "CUSTOMERIO_SPOOL_PATH": str(tmp_path / "spool.db"),
+        }
+        result = run_python(program("direct_app"), "down", env=env, check=True)
+        outcomes = json.loads(result.stdout.splitlines()[-1])
+        assert {o[0] for o in outcomes.values()} == {"spooled"}
+        assert spool_pending(tmp_path / "spool.db") == len(outcomes)
