@@ -8,6 +8,9 @@ What it measures (all in one run, baselines included, nothing hard-coded):
     The queue is flushed between chunks, outside the timed region. A diagnostic row (b0)
     times the same chain against a bridge whose thread was never started: the processor's
     own cost on the app thread, without the dispatch thread competing for the GIL.
+(t) µs per direct call: ``cio.track("u1", "plan_changed", from_=..., to=...)``, the
+    receipt unused, while the dispatch thread batches and posts concurrently, as in (b);
+    (t0) the same against a bridge whose thread was never started, as in (b0).
 (c) µs that ``CustomerIOHandler`` adds to an untagged stdlib record: a logger with a
     ``NullHandler`` only, against one with ``NullHandler`` + ``CustomerIOHandler``.
 (d) End-to-end events/s: N tagged structlog calls, then ``cio.flush()``; timed from the
@@ -16,7 +19,8 @@ What it measures (all in one run, baselines included, nothing hard-coded):
     events/s against the emulator's v1 endpoint.
 
 It prints a table (median and best of several timed chunks per metric) and the ratios
-against their targets: (b)/(a) <= 2.0, (c) difference <= 0.5 µs, (d)/(e) >= 30.
+against their targets: (b)/(a) <= 2.0, (t)/(b) <= 1.0, (c) difference <= 0.5 µs,
+(d)/(e) >= 30.
 
 The emulator runs in a child process, so its request parsing does not compete for this
 process's GIL (inside the process it costs about as much CPU per event as the bridge
@@ -58,6 +62,7 @@ from customerio_logging.testing import TrackAPIEmulator
 # Targets: the ratios a release should meet on a quiet 2-core machine.
 TARGET_PROCESSOR_RATIO = 2.0  # (b)/(a), at most
 TARGET_HANDLER_EXTRA_US = 0.5  # (c) difference in µs, at most
+TARGET_DIRECT_RATIO = 1.0  # (t)/(b): a direct call costs no more than a tagged log call
 TARGET_THROUGHPUT_RATIO = 30.0  # (d)/(e) events/s, at least
 
 EVENT = "plan_changed"
@@ -261,6 +266,14 @@ def tagged_loop(log: Any) -> Callable[[int], None]:
     return loop
 
 
+def direct_loop(track: Callable[..., object]) -> Callable[[int], None]:
+    def loop(n: int) -> None:
+        for _ in range(n):
+            track("u1", EVENT, from_="free", to="pro")
+
+    return loop
+
+
 def stdlib_loop(logger: logging.Logger) -> Callable[[int], None]:
     extra = {"user_id": "u1", "from_": "free", "to": "pro"}
 
@@ -290,6 +303,8 @@ class Results:
     plain_us: Series = field(default_factory=Series)  # (a)
     processor_us: Series = field(default_factory=Series)  # (b)
     idle_us: Series = field(default_factory=Series)  # (b0): no dispatch thread
+    direct_us: Series = field(default_factory=Series)  # (t): cio.track(...)
+    direct_idle_us: Series = field(default_factory=Series)  # (t0): no dispatch thread
     backlog_pct: Series = field(default_factory=Series)  # (b): chunk still queued at its end
     processor_dropped: int = 0
     null_us: Series = field(default_factory=Series)  # (c) NullHandler only
@@ -307,17 +322,20 @@ class Results:
 def run_structlog_phase(
     plan: Plan, emu: RemoteEmulator, out: TextIO, results: Results, problems: Problems
 ) -> None:
-    """(a), (b) and (b0), chunk by chunk, rotating which goes first."""
-    progress(f"(a)/(b)/(b0): {plan.chunks} x {plan.structlog_calls:,} calls each")
+    """(a), (b), (b0), (t) and (t0), chunk by chunk, rotating which goes first."""
+    progress(f"(a)/(b)/(b0)/(t)/(t0): {plan.chunks} x {plan.structlog_calls:,} calls each")
     emu.reset()
     before = cio.stats()
     tagged = 0
     warm = 200
     for index in range(plan.warmup_chunks + plan.chunks):
         timed = index >= plan.warmup_chunks
-        variants = ("a", "b", "b0")
-        order = variants[index % 3 :] + variants[: index % 3]
+        variants = ("a", "b", "b0", "t", "t0")
+        order = variants[index % 5 :] + variants[: index % 5]
         for variant in order:
+            if variant in ("t", "t0"):
+                tagged += run_direct_chunk(variant, plan, emu, results, problems, timed, warm)
+                continue
             if variant == "a":
                 log = structlog_logger(plain_chain(), out)
                 plain_loop(log)(warm)
@@ -353,6 +371,34 @@ def run_structlog_phase(
         f"(b) the emulator accepted {accepted} of {tagged} events ({rejected} rejected)",
     )
     emu.reset()
+
+
+def run_direct_chunk(
+    variant: str,
+    plan: Plan,
+    emu: RemoteEmulator,
+    results: Results,
+    problems: Problems,
+    timed: bool,
+    warm: int,
+) -> int:
+    """One chunk of (t) or (t0); the events it sent to the emulator."""
+    n = plan.structlog_calls
+    if variant == "t0":
+        idle = idle_bridge(emu, n + warm)
+        direct_loop(idle.track)(warm)
+        ns = timed_ns(direct_loop(idle.track), n, gc_off=True)
+        problems.check(idle.stats().dropped == 0, "(t0) the idle bridge dropped events")
+        if timed:
+            results.direct_idle_us.samples.append(ns / n / 1000)
+        return 0
+    direct_loop(cio.track)(warm)
+    problems.check(cio.flush(FLUSH_TIMEOUT), "(t) a warm-up flush did not finish")
+    ns = timed_ns(direct_loop(cio.track), n, gc_off=True)
+    problems.check(cio.flush(FLUSH_TIMEOUT), "(t) a flush did not finish")
+    if timed:
+        results.direct_us.samples.append(ns / n / 1000)
+    return warm + n
 
 
 def run_durability_phase(
@@ -487,6 +533,8 @@ def report(plan: Plan, results: Results) -> bool:
     us_row("(a) structlog JSON call, no bridge", r.plain_us, chunk)
     us_row("(b) same, cio_event=True + CustomerIOProcessor", r.processor_us, chunk)
     us_row("(b0) diagnostic: (b) with no dispatch thread", r.idle_us, chunk)
+    us_row("(t) direct cio.track(...), receipt unused", r.direct_us, chunk)
+    us_row("(t0) diagnostic: (t) with no dispatch thread", r.direct_idle_us, chunk)
     disk = f"{plan.chunks} x {max(1000, plan.structlog_calls // 5):,}"
     us_row("(f) (b0) with durability='disk' (a spool write per call)", r.disk_us, disk)
     us_row("(f0) (b0), paired with (f)", r.memory_us, disk)
@@ -531,6 +579,7 @@ def report(plan: Plan, results: Results) -> bool:
         print(line(row))
 
     processor_ratio = r.processor_us.median / r.plain_us.median
+    direct_ratio = r.direct_us.median / r.processor_us.median
     extra = r.handler_extra_us.median
     throughput_ratio = r.e2e_rate.median / r.client_rate.median
     checks = [
@@ -539,6 +588,12 @@ def report(plan: Plan, results: Results) -> bool:
             f"{processor_ratio:.2f}x",
             f"<= {TARGET_PROCESSOR_RATIO:g}x",
             processor_ratio <= TARGET_PROCESSOR_RATIO,
+        ),
+        (
+            "(t)/(b)",
+            f"{direct_ratio:.2f}x",
+            f"<= {TARGET_DIRECT_RATIO:g}x",
+            direct_ratio <= TARGET_DIRECT_RATIO,
         ),
         (
             "(c) difference",
@@ -564,7 +619,10 @@ def report(plan: Plan, results: Results) -> bool:
         f"({r.disk_us.median / r.memory_us.median:.1f}x (f0)); no target, a figure for the README"
     )
     print(f"mode: {plan.name}; best = min time (max events/s); Python {sys.version.split()[0]}")
-    print("gc: disabled inside the timed chunks of (a), (b), (b0), (c); enabled in (d), (e)")
+    print(
+        "gc: disabled inside the timed chunks of (a), (b), (b0), (t), (t0), (c); "
+        "enabled in (d), (e)"
+    )
     print("emulator: child process on 127.0.0.1")
     print(
         f"bridge: batch_size={BATCH_SIZE}, flush_interval={FLUSH_INTERVAL:g}s, "

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import customerio_logging as cio
-from customerio_logging import _bridge, _global
+from customerio_logging import _global, _ownlog
 from customerio_logging._capture import Snapshot
 from customerio_logging._limits import BATCH_BODY_BYTES
 from customerio_logging._wire import Response
@@ -370,7 +370,7 @@ class TestUnknownEvents:
         monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        monkeypatch.setattr(_bridge, "UNKNOWN_NAMES_KEPT", 5)
+        monkeypatch.setattr(_ownlog, "UNKNOWN_NAMES_KEPT", 5)
         bridge = cio.configure(
             **settings, events=[self.Known], unknown_events="warn", transport=MockTransport()
         )
@@ -383,7 +383,7 @@ class TestUnknownEvents:
         warnings = [r.getMessage() for r in caplog.records if "not declared" in r.getMessage()]
         assert [w.split("'")[1] for w in warnings] == [f"mystery{i}" for i in range(5)]
         assert "no more will be" in warnings[-1]
-        assert sum(map(len, bridge._warned_unknown)) < 100
+        assert sum(map(len, bridge._unknown.warned)) < 100
         assert bridge.flush(5.0)
         assert bridge.stats().invalid == len(huge)
 

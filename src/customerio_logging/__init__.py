@@ -2,15 +2,30 @@
 
 Tag a log call with ``cio_event`` and add :class:`CustomerIOHandler` (stdlib logging) or
 :class:`CustomerIOProcessor` (structlog); events are validated, batched and delivered to
-the Track API from one background thread.
+the Track API from one background thread. Or call :func:`track` and the other direct
+calls, on the same pipeline, each returning a :class:`Receipt`.
 """
 
 from __future__ import annotations
 
 from ._bridge import Bridge
+from ._calls import (
+    add_device,
+    delete,
+    delete_device,
+    identify,
+    merge,
+    page,
+    screen,
+    suppress,
+    track,
+    track_anonymous,
+    unsuppress,
+)
 from ._config import Settings
 from ._global import app_api, configure, flush, get_bridge, reset, shutdown, stats
 from ._ledger import DeadLetter, Stats
+from ._receipt import Outcome, Receipt
 from ._schema import Event, UserAttributes
 from ._transactional import send_email, send_push
 from .exceptions import (
@@ -32,16 +47,29 @@ __all__ = [
     "DeliveryError",
     "Event",
     "InvalidEventError",
+    "Outcome",
+    "Receipt",
     "Settings",
     "Stats",
     "UserAttributes",
+    "add_device",
     "app_api",
     "configure",
+    "delete",
+    "delete_device",
     "flush",
     "get_bridge",
+    "identify",
+    "merge",
+    "page",
     "reset",
+    "screen",
     "send_email",
     "send_push",
     "shutdown",
     "stats",
+    "suppress",
+    "track",
+    "track_anonymous",
+    "unsuppress",
 ]

@@ -7,27 +7,26 @@ import os
 import threading
 from typing import Any
 
-from ._capture import ACTION, Snapshot
+from ._capture import Snapshot
 from ._config import Settings
 from ._delivery import official_client
+from ._direct import Direct, DirectCalls
 from ._dispatch import Dispatcher
 from ._ledger import DeadLetter, Ledger, Stats
 from ._lifecycle import cover_multiprocessing_exit
-from ._limits import MAX_NAME_BYTES
-from ._ownlog import quiet_http_logs_on_dispatch_thread, warn
+from ._ownlog import UnknownEventWarnings, quiet_http_logs_on_dispatch_thread
+from ._receipt import Outcome, Receipt
 from ._schema import Taxonomy
 from ._sending import Sender
 from ._shutdown import Shutdown
 from ._storage import Storage, open_storage
-from ._wire import Operation, reseed_ulids
+from ._wire import Operation, new_ulid, reseed_ulids
 from ._writer import SpoolWriter
 
 __all__ = ["Bridge"]
 
-UNKNOWN_NAMES_KEPT = 1000  # undeclared event names warned about, remembered
 
-
-class Bridge:
+class Bridge(DirectCalls):
     """The one configured client: settings, HTTP client, queue, thread and counters.
 
     Build it with :func:`configure`; handlers and processors find it with
@@ -44,8 +43,9 @@ class Bridge:
         )
         self._durable = settings.durability == "disk"
         self._spool_when_full = settings.on_full == "spill"
+        self._strict = settings.strict
         self._warn_unknown = bool(settings.events) and settings.unknown_events == "warn"
-        self._warned_unknown: set[str] = set()
+        self._unknown = UnknownEventWarnings(self._taxonomy)
         self._ledger = Ledger()
         spool = open_storage(settings, on_problem=self._ledger.warn_problem)
         self._writer = SpoolWriter(
@@ -64,7 +64,7 @@ class Bridge:
             schedule_idle=lambda delay: self._dispatcher.schedule_idle(delay),
         )
         sender = self._sender
-        self._dispatcher: Dispatcher[Snapshot | Operation] = Dispatcher(
+        self._dispatcher: Dispatcher[Snapshot | Direct | Operation] = Dispatcher(
             process=sender.process,
             send=sender.send,
             batch_size=settings.batch_size,
@@ -130,7 +130,7 @@ class Bridge:
 
     # -- the app's side ---------------------------------------------------------------
 
-    def submit(self, capture: Snapshot) -> bool:
+    def submit(self, capture: Snapshot | Direct | Operation) -> bool:
         """Queue a captured event; O(1), never blocks, never raises.
 
         Returns:
@@ -152,10 +152,25 @@ class Bridge:
             # the event waits on disk for the next replay.
             op = self._sender.build_here(capture)
             return op is not None and self._keep_unqueued(op)
-        self.count_dropped(f"event dropped: {self._why_not_queued()}")
+        self._dropped(capture, f"event dropped: {self._why_not_queued()}")
         return False
 
-    def _submit_durably(self, capture: Snapshot) -> bool:
+    def submit_direct(self, snapshot: Snapshot) -> Receipt:
+        """Queue a direct call's snapshot (see ``DirectCalls``); its receipt.
+
+        Raises:
+            InvalidEventError: With ``strict=True`` only: it cannot be sent.
+        """
+        direct = Direct(snapshot, Receipt(new_ulid(snapshot.created)))
+        if not self._strict:
+            self.submit(direct)
+            return direct.receipt
+        if self._warn_unknown:
+            self._warn_if_unknown(direct)
+        self.submit(self._sender.build_or_raise(direct))
+        return direct.receipt
+
+    def _submit_durably(self, capture: Snapshot | Direct | Operation) -> bool:
         # durability="disk": on disk before the log call returns, reserved for this
         # process's queue; if the process dies, replay (here or elsewhere) sends it.
         op = self._sender.build_here(capture)
@@ -173,38 +188,28 @@ class Bridge:
     def _keep_unqueued(self, op: Operation) -> bool:
         """Spool an event the queue did not take (counted spooled, or dropped)."""
         if self._writer.for_log_call(op, lease=False):
+            self._sender.resolve(op.id, Outcome("spooled"))
             return True
-        self.count_dropped(f"event dropped: {self._why_not_queued()} and the spool is unusable")
+        self._dropped(op, f"event dropped: {self._why_not_queued()} and the spool is unusable")
         return False
+
+    def _dropped(self, item: Snapshot | Direct | Operation, why: str) -> None:
+        self._ledger.dropped(1, why)
+        if isinstance(item, Direct):
+            item.receipt.resolve(Outcome("dropped", "queue", None, why))
+        elif isinstance(item, Operation):
+            self._sender.resolve(item.id, Outcome("dropped", "queue", None, why))
 
     def _why_not_queued(self) -> str:
         if self._dispatcher.closed:
             return "the bridge is shut down"
         return f"the queue is full (max_queue_size={self.settings.max_queue_size})"
 
-    def _warn_if_unknown(self, capture: Snapshot) -> None:
-        # Here on the app's thread rather than on the dispatch thread: that thread never
-        # logs, so it never waits for logging's locks (see CustomerIOHandler.flush).
-        # The names remembered are bounded: a longer one is invalid anyway (name_too_long),
-        # and past UNKNOWN_NAMES_KEPT of them the last warning says no more will come.
-        name = capture.tag if isinstance(capture.tag, str) else capture.message
-        if not isinstance(name, str) or len(self._warned_unknown) >= UNKNOWN_NAMES_KEPT:
-            return
-        name = name.strip()
-        action = capture.fields.get(ACTION, "event")
-        if (
-            len(name) <= MAX_NAME_BYTES
-            and isinstance(action, str)
-            and action == "event"
-            and name not in self._warned_unknown
-            and not self._taxonomy.is_known(name)
-        ):
-            self._warned_unknown.add(name)
-            last = len(self._warned_unknown) >= UNKNOWN_NAMES_KEPT
-            warn(
-                f"event {name!r} is not declared in configure(events=...); sent anyway"
-                + (f" ({UNKNOWN_NAMES_KEPT} such names reported: no more will be)" if last else "")
-            )
+    def _warn_if_unknown(self, item: Snapshot | Direct | Operation) -> None:
+        if isinstance(item, Direct):
+            self._unknown.check(item.snapshot)
+        elif not isinstance(item, Operation):  # strict: checked before it was built
+            self._unknown.check(item)
 
     def count_dropped(self, message: str) -> None:
         """Count one event that never reached the queue, with why."""
@@ -284,7 +289,7 @@ class Bridge:
         self._writer.after_fork_in_child()
         self._ledger.at_fork_reinit()
         self._dispatcher.at_fork_reinit()
-        self._warned_unknown = set()
+        self._unknown = UnknownEventWarnings(self._taxonomy)
         self._shutdown_lock = threading.RLock()
         # A new client and session for the default transport; the parent's is left
         # alone, not closed: closing takes urllib3's pool lock, which the parent's

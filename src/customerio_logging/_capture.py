@@ -41,6 +41,7 @@ __all__ = [
     "UnreadableTag",
     "capture_event_dict",
     "capture_record",
+    "direct_snapshot",
 ]
 
 TAG = "cio_event"
@@ -165,6 +166,15 @@ def capture_event_dict(event_dict: Mapping[str, Any]) -> Snapshot | None:
     return Snapshot(
         tag, event_dict.get("event"), _snapshot_fields(event_dict, _STRUCTLOG_KEYS), time.time()
     )
+
+
+def direct_snapshot(tag: object, fields: Mapping[str, Any]) -> Snapshot:
+    """A direct call's snapshot (see ``_direct``): its fields copied as a log call's are,
+    the time taken now."""
+    return Snapshot(tag, None, _snapshot_fields(fields, _NOTHING), time.time())
+
+
+_NOTHING: frozenset[str] = frozenset()
 
 
 def _snapshot_fields(source: Mapping[str, Any], skip: frozenset[str]) -> dict[str, Any]:

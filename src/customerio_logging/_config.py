@@ -134,6 +134,9 @@ class Settings:
         user_attributes: A ``UserAttributes`` subclass that validates ``identify`` attributes.
         transport: Sends a batch body; tests inject one. ``None`` uses the official client's
             HTTP session.
+        strict: Direct calls (``cio.track(...)``) raise ``InvalidEventError`` at the call
+            for an event that cannot be sent, instead of reporting it through the receipt
+            and the counters. Log calls never raise.
     """
 
     site_id: str
@@ -162,6 +165,7 @@ class Settings:
     unknown_events: UnknownEvents = "allow"
     user_attributes: type[UserAttributes] | None = None
     transport: Transport | None = field(default=None, repr=False, compare=False)
+    strict: bool = False
 
     def __post_init__(self) -> None:
         _require_text("site_id", self.site_id)
@@ -170,10 +174,9 @@ class Settings:
             _require_text("app_api_key", self.app_api_key)
         self._check_region()
         self._check_sizes_and_times()
-        if not isinstance(self.install_signal_handlers, bool):
-            raise ConfigurationError(
-                "install_signal_handlers must be True or False", setting="install_signal_handlers"
-            )
+        for flag in ("install_signal_handlers", "strict"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigurationError(f"{flag} must be True or False", setting=flag)
         if self.unknown_events not in _UNKNOWN_EVENTS:
             raise ConfigurationError(
                 f"unknown_events must be one of {', '.join(_UNKNOWN_EVENTS)}; "

@@ -48,15 +48,16 @@ __all__ = ["build_operation"]
 _SHORT_IDENTIFIER = MAX_IDENTIFIER_BYTES // 4  # UTF-8 takes at most 4 bytes a character
 
 
-def build_operation(snapshot: Snapshot, taxonomy: Taxonomy) -> Operation:
-    """Turn a snapshot into an encoded Track API operation.
+def build_operation(snapshot: Snapshot, taxonomy: Taxonomy, op_id: str | None = None) -> Operation:
+    """Turn a snapshot into an encoded Track API operation, its id ``op_id`` (a new ULID
+    when None: a direct call's receipt knows its id before the operation is built).
 
     Raises:
         InvalidEventError: The snapshot cannot become a valid operation; ``reason`` and
             ``field`` say why.
     """
     try:
-        return _build_operation(snapshot, taxonomy)
+        return _build_operation(snapshot, taxonomy, op_id)
     except UnicodeEncodeError:
         # A str holding a lone surrogate has no UTF-8 form. The error's own text quotes
         # the character: payload, so it is not repeated here.
@@ -67,7 +68,7 @@ def build_operation(snapshot: Snapshot, taxonomy: Taxonomy) -> Operation:
         ) from None
 
 
-def _build_operation(snapshot: Snapshot, taxonomy: Taxonomy) -> Operation:
+def _build_operation(snapshot: Snapshot, taxonomy: Taxonomy, op_id: str | None) -> Operation:
     if type(snapshot.tag) is UnreadableTag:
         raise InvalidEventError(
             f"cio_event must be True or the event name; it is a {snapshot.tag.kind}, whose "
@@ -87,7 +88,8 @@ def _build_operation(snapshot: Snapshot, taxonomy: Taxonomy) -> Operation:
         )
     timestamp = int(snapshot.created)
     op: dict[str, Any] = {"type": "person"}
-    op_id = new_ulid(snapshot.created)
+    if op_id is None:
+        op_id = new_ulid(snapshot.created)
 
     if action == "merge":
         op["action"] = action

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
+from ._capture import ACTION
 from ._dispatch import THREAD_NAME
+from ._limits import MAX_NAME_BYTES
 
-__all__ = ["quiet_http_logs_on_dispatch_thread", "warn"]
+if TYPE_CHECKING:
+    from ._capture import Snapshot
+    from ._schema import Taxonomy
+
+__all__ = ["UnknownEventWarnings", "quiet_http_logs_on_dispatch_thread", "warn"]
+
+UNKNOWN_NAMES_KEPT = 1000  # undeclared event names warned about, remembered
 
 # Fetched once here so that the dispatch thread never needs logging's module lock to
 # find it. Its records are untagged: they never re-enter our handler, even when the app
@@ -53,3 +62,37 @@ def quiet_http_logs_on_dispatch_thread() -> None:
         logger = logging.getLogger(name)
         if _quiet_filter not in logger.filters:
             logger.addFilter(_quiet_filter)
+
+
+class UnknownEventWarnings:
+    """With ``unknown_events="warn"``: one warning per event name not declared in
+    ``configure(events=...)``, said on the app's thread that logs it."""
+
+    def __init__(self, taxonomy: Taxonomy) -> None:
+        self._taxonomy = taxonomy
+        self.warned: set[str] = set()
+
+    def check(self, snapshot: Snapshot) -> None:
+        """Warn if ``snapshot`` is an event whose name was neither declared nor warned of."""
+        # Here on the app's thread rather than on the dispatch thread: that thread never
+        # logs, so it never waits for logging's locks (see CustomerIOHandler.flush).
+        # The names remembered are bounded: a longer one is invalid anyway (name_too_long),
+        # and past UNKNOWN_NAMES_KEPT of them the last warning says no more will come.
+        name = snapshot.tag if isinstance(snapshot.tag, str) else snapshot.message
+        if not isinstance(name, str) or len(self.warned) >= UNKNOWN_NAMES_KEPT:
+            return
+        name = name.strip()
+        action = snapshot.fields.get(ACTION, "event")
+        if (
+            len(name) <= MAX_NAME_BYTES
+            and isinstance(action, str)
+            and action == "event"
+            and name not in self.warned
+            and not self._taxonomy.is_known(name)
+        ):
+            self.warned.add(name)
+            last = len(self.warned) >= UNKNOWN_NAMES_KEPT
+            warn(
+                f"event {name!r} is not declared in configure(events=...); sent anyway"
+                + (f" ({UNKNOWN_NAMES_KEPT} such names reported: no more will be)" if last else "")
+            )

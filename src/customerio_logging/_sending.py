@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _replay
 from ._capture import Snapshot
 from ._config import Settings
 from ._delivery import Delivery, DeliveryReport, Failure, transport_for
+from ._direct import Direct
 from ._ledger import DeadLetter, Ledger
 from ._lifecycle import sigterm_hint
 from ._limits import MAX_NAME_BYTES
 from ._operation import build_operation
 from ._pacing import Pacer
 from ._reasons import INTERNAL_ERROR
+from ._receipt import Outcome, Receipt
 from ._replay import Replayer, dead_letter_rows
 from ._retry import RetryPolicy
 from ._schema import Taxonomy
@@ -30,6 +32,8 @@ __all__ = ["InFlight", "Sender"]
 
 _UNWRITTEN_RETRY = 1.0  # seconds before the thread tries again to write deferred events
 _MESSAGE_CHARS = 300  # an explanation never needs more; a longer one quotes data
+_SENT = Outcome("sent")
+_SPOOLED = Outcome("spooled")
 
 
 class InFlight:
@@ -96,6 +100,9 @@ class Sender:
                 on_problem=self._writer.problem,
             )
         self.in_flight = InFlight()
+        # Direct calls' receipts, by operation id, from when their operation is built
+        # until its batch is settled (empty unless the app makes direct calls).
+        self._receipts: dict[str, Receipt] = {}
         self.fresh_failing = False
         """True while this process's own sends fail (replay waits meanwhile)."""
         # Whether to look, once per batch (off the log calls' path), for a server that
@@ -104,12 +111,12 @@ class Sender:
 
     # -- building --------------------------------------------------------------------
 
-    def process(self, item: Snapshot | Operation) -> Operation | None:
+    def process(self, item: Snapshot | Direct | Operation) -> Operation | None:
         """A queued item as an operation; None when invalid (counted, dead-lettered)."""
         return self._build(item, here=False)
 
     def build_here(
-        self, item: Snapshot | Operation, letters: list[DeadLetterRow] | None = None
+        self, item: Snapshot | Direct | Operation, letters: list[DeadLetterRow] | None = None
     ) -> Operation | None:
         """Build on the caller's thread; an invalid event is counted (never queued).
 
@@ -118,19 +125,64 @@ class Sender:
         """
         return self._build(item, here=True, letters=letters)
 
+    def build_or_raise(self, direct: Direct) -> Operation:
+        """Build a direct call's operation now (``strict=True``).
+
+        Raises:
+            InvalidEventError: It cannot become a valid operation (nothing is counted:
+                the call raised instead).
+        """
+        op = build_operation(direct.snapshot, self._taxonomy, direct.receipt.id)
+        self._receipts[op.id] = direct.receipt
+        return op
+
     def _build(
-        self, item: Snapshot | Operation, *, here: bool, letters: list[DeadLetterRow] | None = None
+        self,
+        item: Snapshot | Direct | Operation,
+        *,
+        here: bool,
+        letters: list[DeadLetterRow] | None = None,
     ) -> Operation | None:
         if isinstance(item, Operation):
             return item  # built on the app's thread already (durability="disk")
+        receipt = None
+        if isinstance(item, Direct):
+            snapshot, receipt = item.snapshot, item.receipt
+        else:
+            snapshot = item
         try:
-            return build_operation(item, self._taxonomy)
+            op = build_operation(snapshot, self._taxonomy, None if receipt is None else receipt.id)
         except InvalidEventError as exc:
-            self._reject(item, exc.reason, exc.field, str(exc), here=here, letters=letters)
+            why = str(exc)
+            text = self._reject(snapshot, exc.reason, exc.field, why, here=here, letters=letters)
+            if receipt is not None:
+                receipt.resolve(Outcome("invalid", exc.reason, exc.field, text))
+            return None
         except Exception as exc:  # noqa: BLE001 - a user validator or a bug: count, don't raise
             why = f"{type(exc).__name__} while building"
-            self._reject(item, INTERNAL_ERROR, None, why, here=here, letters=letters)
-        return None
+            self._reject(snapshot, INTERNAL_ERROR, None, why, here=here, letters=letters)
+            if receipt is not None:
+                receipt.resolve(Outcome("invalid", INTERNAL_ERROR, None, why))
+            return None
+        if receipt is not None:
+            self._receipts[op.id] = receipt
+        return op
+
+    def resolve(self, op_id: str, outcome: Outcome) -> None:
+        """Settle a direct call's receipt, if ``op_id`` has one still unsettled."""
+        receipt = self._receipts.pop(op_id, None)
+        if receipt is not None:
+            receipt.resolve(outcome)
+
+    def resolve_all(self, items: Sequence[Snapshot | Direct | Operation], outcome: Outcome) -> None:
+        """Settle the receipts of ``items`` (queued items, or operations built from them)."""
+        if not self._receipts and not any(isinstance(item, Direct) for item in items):
+            return
+        for item in items:
+            if isinstance(item, Direct):
+                item.receipt.resolve(outcome)
+            elif isinstance(item, Operation):
+                self.resolve(item.id, outcome)
 
     def _reject(
         self,
@@ -141,7 +193,8 @@ class Sender:
         *,
         here: bool = False,
         letters: list[DeadLetterRow] | None = None,
-    ) -> None:
+    ) -> str:
+        """Count and dead-letter an invalid event; the explanation, as kept."""
         name = capture.tag if isinstance(capture.tag, str) else capture.message
         # A "name" may be a whole log message: keep at most an event name's worth of it.
         short_name = shorten(name.strip(), MAX_NAME_BYTES) if isinstance(name, str) else None
@@ -155,6 +208,7 @@ class Sender:
             # the event (already counted invalid) is not held in hand meanwhile. Only
             # the dispatch thread may open the file for it.
             self._writer.dead_letters([row], wait=CALLER_WAIT, open_file=not here)
+        return text
 
     # -- sending ---------------------------------------------------------------------
 
@@ -205,6 +259,8 @@ class Sender:
             self._writer.ack([op.id for op in report.sent])
         self._writer.dead_letters(dead_letter_rows(refused))
         self._ledger.settled(report, refused=refused, unsent=unsent, stored=stored)
+        if self._receipts:
+            self._resolve_batch(report, refused, unsent, stored)
         if waiting or unsent:
             self.fresh_failing = True
             self._schedule_idle(_replay.MIN_BACKOFF)
@@ -213,6 +269,25 @@ class Sender:
             self.fresh_failing = False
             self.replayer.retry_soon()
             self._schedule_idle(0.0)
+
+    def _resolve_batch(
+        self,
+        report: DeliveryReport,
+        refused: list[tuple[Operation, Failure]],
+        unsent: list[tuple[Operation, Failure]],
+        stored: bool,
+    ) -> None:
+        """Settle the receipts of a batch's direct calls, as the ledger counted them."""
+        resolve = self.resolve
+        for op in report.sent:
+            resolve(op.id, _SENT)
+        for op, f in refused:
+            resolve(op.id, Outcome("dead_lettered", f.reason, f.field, f.message))
+        for op, f in unsent:
+            resolve(op.id, _SPOOLED if stored else Outcome("failed", f.reason, f.field, f.message))
+        why = report.error or "the shutdown deadline passed before it was sent"
+        for op in report.dropped:
+            resolve(op.id, _SPOOLED if stored else Outcome("dropped", "shutdown", None, why))
 
     def replay_round(self) -> float:
         """The dispatch thread's idle work: one replay round; seconds until the next."""

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ._delivery import SessionTransport
+from ._receipt import Outcome
 from ._wire import Operation
 
 if TYPE_CHECKING:
     from ._capture import Snapshot
+    from ._direct import Direct
     from ._dispatch import Dispatcher
     from ._ledger import Ledger
     from ._sending import Sender
@@ -27,6 +29,7 @@ batch it holds at the deadline (to the spool): the margin the README documents."
 _EXIT_RESERVE = 0.2  # seconds kept back from sending at exit to write what is left to disk
 _EXIT_COST = 25e-6  # seconds to build and write one event left queued at exit (generous)
 _LEFTOVER_CHUNK = 2000  # events written to the spool per transaction at exit
+_SPOOLED = Outcome("spooled")
 
 
 def time_left(end: float) -> float:
@@ -48,7 +51,7 @@ class Shutdown:
     def __init__(
         self,
         *,
-        dispatcher: Dispatcher[Snapshot | Operation],
+        dispatcher: Dispatcher[Snapshot | Direct | Operation],
         sender: Sender,
         writer: SpoolWriter,
         ledger: Ledger,
@@ -140,7 +143,9 @@ class Shutdown:
         while time.monotonic() < until and sender.replay_round() == 0.0:
             pass
 
-    def _settle_leftovers(self, left: list[Snapshot | Operation], wait: float, end: float) -> None:
+    def _settle_leftovers(
+        self, left: list[Snapshot | Direct | Operation], wait: float, end: float
+    ) -> None:
         """What was still queued when sending stopped: spooled by ``end``, else dropped.
 
         Built and written a chunk at a time, so that a kill soon after (a container's
@@ -151,7 +156,7 @@ class Shutdown:
             chunk = left[start : start + _LEFTOVER_CHUNK]
             if writer.spool is None or time_left(end) <= 0:
                 # Nowhere (or no time) to keep them: no point building them first.
-                self._lost_at_exit(len(left) - start, wait)
+                self._lost_at_exit(left[start:], wait)
                 return
             ops: list[Operation] = []
             letters: list[DeadLetterRow] = []
@@ -160,12 +165,15 @@ class Shutdown:
                 if op is not None:
                     ops.append(op)
             writer.dead_letters(letters, wait=time_left(end))
-            if ops and not writer.store(ops, wait=time_left(end), open_file=True, untaken=True):
-                self._lost_at_exit(len(ops), wait)
+            if ops and writer.store(ops, wait=time_left(end), open_file=True, untaken=True):
+                self._sender.resolve_all(ops, _SPOOLED)
+            elif ops:
+                self._lost_at_exit(ops, wait)
 
-    def _lost_at_exit(self, count: int, wait: float) -> None:
-        why = f"{count} events were still queued when shutdown's {wait:g}s ran out"
-        self._ledger.dropped(count, why)
+    def _lost_at_exit(self, items: Sequence[Snapshot | Direct | Operation], wait: float) -> None:
+        why = f"{len(items)} events were still queued when shutdown's {wait:g}s ran out"
+        self._ledger.dropped(len(items), why)
+        self._sender.resolve_all(items, Outcome("dropped", "shutdown", None, why))
 
     def _rescue_in_flight(self, thread: threading.Thread, end: float) -> None:
         """The thread is still at work past the deadline: make sure its batch is on disk.
@@ -198,3 +206,4 @@ class Shutdown:
         fresh = [op for op in ops if op.id not in self._ledger.rescued]
         if self._writer.store(fresh, wait=wait, open_file=True):
             self._ledger.rescued_batch(fresh)
+            self._sender.resolve_all(fresh, _SPOOLED)
