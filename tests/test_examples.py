@@ -47,6 +47,8 @@ class TestDemo:
         ("stdlib_app.py", "'name': 'plan_changed'"),
         ("structlog_app.py", "rejected: plan_changed schema_mismatch"),
         ("dictconfig_app.py", "'name': 'order_placed'"),
+        ("webhook_app.py", "upgrade: {'events': ['sent', 'sent'], 'email': "),
+        ("webhook_app.py", "transactional: {'type': 'email'"),
     ],
 )
 def test_examples_run_against_the_emulator(example: str, expected: str) -> None:

@@ -71,9 +71,7 @@ def delete(person: Person, /) -> Receipt:
     return get_bridge().delete(person)
 
 
-def add_device(
-    person: Person, token: str, /, platform: str = "ios", **attributes: Any
-) -> Receipt:
+def add_device(person: Person, token: str, /, platform: str = "ios", **attributes: Any) -> Receipt:
     """Add a push device; see :meth:`Bridge.add_device`."""
     return get_bridge().add_device(person, token, platform=platform, **attributes)
 
