@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -14,9 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from pydantic import Field
 from ulid import ULID
 
 import customerio_logging as cio
+from customerio_logging import _receipt
 from customerio_logging.exceptions import DeliveryError
 from customerio_logging.testing import FaultPlan, MockTransport, Response, TrackAPIEmulator
 
@@ -24,6 +27,7 @@ from .helpers import (
     GatedTransport,
     balanced,
     closed_port_url,
+    in_fork,
     program,
     run_python,
     spool_pending,
@@ -182,6 +186,149 @@ class TestWireShape:
         receipt = bridge.track("u1", "signed_up", plan="pro")
         assert receipt.result(5.0).status == "sent"
         assert _wire(emulator, receipt)["attributes"] == {"plan": "pro"}
+
+
+class Paid(cio.Event, name="order_paid"):
+    amount: float
+    customer_id: str  # a payment provider's id: data, not the person
+
+
+class Aliased(cio.Event, name="aliased"):
+    plan_name: str = Field(alias="planName")
+
+
+# (a direct call whose data has keys a log call reads as the person or the action, and
+# the identifiers, action and attributes the Track API must get)
+DATA_STAYS_DATA: list[tuple[str, Any, dict[str, Any]]] = [
+    (
+        "customer_id attribute",
+        lambda: cio.track("u1", "order_paid", amount=3, customer_id="cus_9"),
+        {
+            "identifiers": {"id": "u1"},
+            "action": "event",
+            "attributes": {"amount": 3, "customer_id": "cus_9"},
+        },
+    ),
+    (
+        "typed customer_id, person by email",
+        lambda: cio.track({"email": "a@example.com"}, Paid(amount=3, customer_id="cus_9")),
+        {
+            "identifiers": {"email": "a@example.com"},
+            "action": "event",
+            "attributes": {"amount": 3.0, "customer_id": "cus_9"},
+        },
+    ),
+    (
+        "cio_action attribute",
+        lambda: cio.track("u1", "imported", cio_action="delete"),
+        {"identifiers": {"id": "u1"}, "action": "event", "attributes": {"cio_action": "delete"}},
+    ),
+    (
+        "anonymous with user_id attribute",
+        lambda: cio.track_anonymous("anon-7", "viewed", user_id="u1"),
+        {
+            "identifiers": {"anonymous_id": "anon-7"},
+            "action": "event",
+            "attributes": {"user_id": "u1"},
+        },
+    ),
+    (
+        "identify by cio_id, new email",
+        lambda: cio.identify({"cio_id": "c1"}, email="new@example.com"),
+        {
+            "identifiers": {"cio_id": "c1"},
+            "action": "identify",
+            "attributes": {"email": "new@example.com"},
+        },
+    ),
+    (
+        "identify by email, new email",
+        lambda: cio.identify({"email": "old@example.com"}, email="new@example.com"),
+        {
+            "identifiers": {"email": "old@example.com"},
+            "action": "identify",
+            "attributes": {"email": "new@example.com"},
+        },
+    ),
+    (
+        "an aliased field, not declared",
+        lambda: cio.track("u1", Aliased(planName="pro")),
+        {"identifiers": {"id": "u1"}, "action": "event", "attributes": {"planName": "pro"}},
+    ),
+]
+
+
+class TestDataStaysData:
+    """The person and the action are the call's arguments: before the fix, data keys a
+    log call reads as the person or the action overrode them (cio_action="delete"
+    deleted the person; customer_id= was dropped or became the person)."""
+
+    @pytest.mark.parametrize(
+        ("label", "call", "expected"), DATA_STAYS_DATA, ids=[c[0] for c in DATA_STAYS_DATA]
+    )
+    def test_the_person_and_action_are_the_calls(
+        self,
+        settings: dict[str, Any],
+        emulator: TrackAPIEmulator,
+        label: str,
+        call: Any,
+        expected: dict[str, Any],
+    ) -> None:
+        cio.configure(**settings)
+        receipt = call()
+        assert receipt.result(5.0) == cio.Outcome("sent")
+        (op,) = emulator.operations
+        assert {key: op.get(key) for key in expected} == expected
+
+    def test_an_unknown_event_warning_names_events_only(
+        self,
+        settings: dict[str, Any],
+        emulator: TrackAPIEmulator,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        cio.configure(**settings, events=[PlanChanged], unknown_events="warn")
+        with caplog.at_level(logging.WARNING, logger="customerio_logging"):
+            cio.page("u1", "/pricing").result(5.0)
+            cio.track("u1", "not_declared").result(5.0)
+        assert "/pricing" not in caplog.text
+        assert "'not_declared' is not declared" in caplog.text
+
+
+class TestFork:
+    def test_a_child_forked_while_a_receipt_resolves_still_resolves_its_own(
+        self, settings: dict[str, Any]
+    ) -> None:
+        # Before the fix the receipts' one lock, held by a parent thread at the fork,
+        # stayed held in the child: result(2.0) there hung for ever.
+        cio.configure(**settings)
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with _receipt._lock:
+                held.set()
+                release.wait(10.0)
+
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+        assert held.wait(5.0)
+        try:
+            code, status = in_fork(
+                lambda: cio.track("u1", "in_child").result(2.0).status, timeout=10.0
+            )
+        finally:
+            release.set()
+            holder.join(5.0)
+        assert (code, status) == (0, "sent")
+
+    def test_strict_after_a_fork_that_bypassed_the_hooks_still_resolves(
+        self, settings: dict[str, Any]
+    ) -> None:
+        # Before the fix the strict call registered its receipt, then the submit's
+        # fork check reset the sender (and its receipts): it never resolved.
+        bridge = cio.configure(**settings, strict=True)
+        bridge.track("u1", "warm").result(5.0)
+        bridge._pid = -1  # as in a child forked without os.fork's hooks
+        assert bridge.track("u1", "after").result(5.0).status == "sent"
 
 
 class TestOutcomes:

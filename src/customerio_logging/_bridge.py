@@ -10,12 +10,13 @@ from typing import Any
 from ._capture import Snapshot
 from ._config import Settings
 from ._delivery import official_client
-from ._direct import Direct, DirectCalls
+from ._direct import Direct, DirectCalls, Target
 from ._dispatch import Dispatcher
 from ._ledger import DeadLetter, Ledger, Stats
 from ._lifecycle import cover_multiprocessing_exit
 from ._ownlog import UnknownEventWarnings, quiet_http_logs_on_dispatch_thread
 from ._receipt import Outcome, Receipt
+from ._receipt import after_fork_in_child as receipt_after_fork
 from ._schema import Taxonomy
 from ._sending import Sender
 from ._shutdown import Shutdown
@@ -155,16 +156,18 @@ class Bridge(DirectCalls):
         self._dropped(capture, f"event dropped: {self._why_not_queued()}")
         return False
 
-    def submit_direct(self, snapshot: Snapshot) -> Receipt:
-        """Queue a direct call's snapshot (see ``DirectCalls``); its receipt.
+    def submit_direct(self, snapshot: Snapshot, target: Target) -> Receipt:
+        """Queue a direct call's snapshot and target (see ``DirectCalls``); its receipt.
 
         Raises:
             InvalidEventError: With ``strict=True`` only: it cannot be sent.
         """
-        direct = Direct(snapshot, Receipt(new_ulid(snapshot.created)))
+        direct = Direct(snapshot, Receipt(new_ulid(snapshot.created)), target)
         if not self._strict:
             self.submit(direct)
             return direct.receipt
+        if self._pid != os.getpid():  # first: adopting resets the receipts built so far
+            self._adopt_after_fork()
         if self._warn_unknown:
             self._warn_if_unknown(direct)
         self.submit(self._sender.build_or_raise(direct))
@@ -207,7 +210,7 @@ class Bridge(DirectCalls):
 
     def _warn_if_unknown(self, item: Snapshot | Direct | Operation) -> None:
         if isinstance(item, Direct):
-            self._unknown.check(item.snapshot)
+            self._unknown.check(item.snapshot, item.target.action)
         elif not isinstance(item, Operation):  # strict: checked before it was built
             self._unknown.check(item)
 
@@ -314,8 +317,10 @@ class Bridge(DirectCalls):
         """The first submit in a forked child: reset if no fork hook did, start the thread."""
         if self._pid != 0:
             # A fork that bypassed os.fork's hooks; theirs did not run either, so the
-            # ids' random part must be reseeded too, lest the child repeat the parent's.
+            # ids' random part must be reseeded too, lest the child repeat the parent's,
+            # and the receipts' lock made new.
             reseed_ulids()
+            receipt_after_fork()
             self.at_fork_reinit()
         self._pid = os.getpid()
         if self._restart:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ._capture import ACTION, Snapshot, direct_snapshot
+from ._capture import Snapshot, direct_snapshot
 from ._receipt import Receipt
 from ._schema import Event, UserAttributes
 
-__all__ = ["Direct", "DirectCalls", "Person"]
+__all__ = ["Direct", "DirectCalls", "Person", "Target"]
 
 Person = str | int | Mapping[str, str | int]
 """Who: a user id (an int becomes a string), or ``{"id": ...}``, ``{"email": ...}`` or
@@ -19,11 +19,24 @@ Person = str | int | Mapping[str, str | int]
 _PERSON_KEYS = {"id": "user_id", "email": "email", "cio_id": "cio_id"}
 
 
+class Target(NamedTuple):
+    """What a direct call does, and to whom: kept apart from its data, so that an
+    attribute named ``customer_id``, ``email`` or ``cio_action`` stays data (a log call
+    reads those keys as the person or the action)."""
+
+    action: str
+    person: dict[str, Any] | None
+    """The identifier fields a log call would carry (``{"user_id": ...}``,
+    ``{"anonymous_id": ...}``); None for ``merge``, whose sides are its data."""
+
+
 class Direct(NamedTuple):
-    """A direct call as queued: its snapshot, and the receipt its outcome resolves."""
+    """A direct call as queued: its snapshot, its target, and the receipt its outcome
+    resolves."""
 
     snapshot: Snapshot
     receipt: Receipt
+    target: Target
 
 
 def _who(person: Person) -> dict[str, Any]:
@@ -40,7 +53,8 @@ def _data(event: Event | UserAttributes | Mapping[str, Any] | None) -> dict[str,
         return {}
     if isinstance(event, Mapping):
         return dict(event)
-    return event.model_dump()
+    # By alias, as a declared event's validation dumps it (and as it validates it again).
+    return event.model_dump(by_alias=True)
 
 
 class DirectCalls:
@@ -50,8 +64,8 @@ class DirectCalls:
     event goes through the same queue, batching, retries, rate limit and spool as a
     log call's."""
 
-    def submit_direct(self, snapshot: Snapshot) -> Receipt:  # pragma: no cover - Bridge's
-        raise NotImplementedError
+    def submit_direct(self, snapshot: Snapshot, target: Target) -> Receipt:  # pragma: no cover
+        raise NotImplementedError  # the Bridge's
 
     def track(self, person: Person, event: Event | str, /, **attributes: Any) -> Receipt:
         """Track an event: a declared :class:`Event` instance, or a name and its data.
@@ -66,7 +80,7 @@ class DirectCalls:
             fields = {**_data(event), **attributes}
         else:
             name, fields = event, dict(attributes)
-        return self.submit_direct(direct_snapshot(name, {**fields, **_who(person)}))
+        return self.submit_direct(direct_snapshot(name, fields), Target("event", _who(person)))
 
     def track_anonymous(
         self, anonymous_id: str, event: Event | str, /, **attributes: Any
@@ -77,7 +91,8 @@ class DirectCalls:
             fields = {**_data(event), **attributes}
         else:
             name, fields = event, dict(attributes)
-        return self.submit_direct(direct_snapshot(name, {**fields, "anonymous_id": anonymous_id}))
+        person = {"anonymous_id": anonymous_id}
+        return self.submit_direct(direct_snapshot(name, fields), Target("event", person))
 
     def identify(
         self,
@@ -88,18 +103,17 @@ class DirectCalls:
     ) -> Receipt:
         """Create or update a person with ``attributes`` (a ``UserAttributes`` model or a
         mapping) and ``more``."""
-        fields = {**_data(attributes), **more, **_who(person), ACTION: "identify"}
-        return self.submit_direct(direct_snapshot(True, fields))
+        fields = {**_data(attributes), **more}
+        return self.submit_direct(direct_snapshot(True, fields), Target("identify", _who(person)))
 
     def page(self, person: Person, url: str, /, **attributes: Any) -> Receipt:
         """A page view: ``url`` is the page's name."""
-        fields = {**attributes, **_who(person), ACTION: "page"}
-        return self.submit_direct(direct_snapshot(url, fields))
+        return self.submit_direct(direct_snapshot(url, attributes), Target("page", _who(person)))
 
     def screen(self, person: Person, name: str, /, **attributes: Any) -> Receipt:
         """A mobile screen view named ``name``."""
-        fields = {**attributes, **_who(person), ACTION: "screen"}
-        return self.submit_direct(direct_snapshot(name, fields))
+        target = Target("screen", _who(person))
+        return self.submit_direct(direct_snapshot(name, attributes), target)
 
     def suppress(self, person: Person, /) -> Receipt:
         """Suppress the person: Customer.io deletes them and ignores their identifier."""
@@ -118,28 +132,23 @@ class DirectCalls:
     ) -> Receipt:
         """Add (or update) a push device: ``platform`` is ``ios`` or ``android``;
         ``last_used`` (a datetime or Unix seconds) defaults to now."""
-        fields = {
-            **attributes,
-            **_who(person),
-            ACTION: "add_device",
-            "device_token": token,
-            "platform": platform,
-        }
-        return self.submit_direct(direct_snapshot(True, fields))
+        fields = {**attributes, "device_token": token, "platform": platform}
+        return self.submit_direct(direct_snapshot(True, fields), Target("add_device", _who(person)))
 
     def delete_device(self, person: Person, token: str, /) -> Receipt:
         """Remove a push device."""
-        fields = {**_who(person), ACTION: "delete_device", "device_token": token}
-        return self.submit_direct(direct_snapshot(True, fields))
+        fields = {"device_token": token}
+        target = Target("delete_device", _who(person))
+        return self.submit_direct(direct_snapshot(True, fields), target)
 
     def merge(self, *, primary: Person, secondary: Person) -> Receipt:
         """Merge ``secondary`` into ``primary`` (each ``{"id"|"email"|"cio_id": ...}``,
         or a user id); the secondary person is deleted."""
-        fields = {ACTION: "merge", "primary": _side(primary), "secondary": _side(secondary)}
-        return self.submit_direct(direct_snapshot(True, fields))
+        fields = {"primary": _side(primary), "secondary": _side(secondary)}
+        return self.submit_direct(direct_snapshot(True, fields), Target("merge", None))
 
     def _bare(self, person: Person, action: str) -> Receipt:
-        return self.submit_direct(direct_snapshot(True, {**_who(person), ACTION: action}))
+        return self.submit_direct(direct_snapshot(True, {}), Target(action, _who(person)))
 
 
 def _side(person: Person) -> Any:

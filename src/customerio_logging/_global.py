@@ -7,7 +7,7 @@ import contextlib
 import threading
 from typing import Any
 
-from . import _app_api, _lifecycle, _storage, _watchdog
+from . import _app_api, _lifecycle, _receipt, _storage, _watchdog
 from ._bridge import Bridge
 from ._capture import Snapshot
 from ._config import Settings
@@ -318,9 +318,10 @@ def _install_process_hooks() -> None:
     Around ``os.fork()``: before it, the spool waits (bounded) for a call in progress so
     that the child gets no half-held lock; in the child, the parent's request watchdog
     is forgotten, the ids get new randomness (a child must never repeat its parent's),
-    the spools' locks and connections become the child's, the App API client is
-    forgotten (the child's first use builds its own), and last the bridge is made the
-    child's own (its first tagged call starts its thread). A hook that raises is
+    the receipts' lock is new, the spools' locks and connections become the child's,
+    the App API client is forgotten (the child's first use builds its own), and last
+    the bridge is made the child's own (its first tagged call starts its thread). A
+    hook that raises is
     reported on stderr; the next one still runs.
     """
     _lifecycle.install_exit_hook(_flush_at_exit)
@@ -330,6 +331,7 @@ def _install_process_hooks() -> None:
         after_in_child=[
             _watchdog.forget_after_fork,
             reseed_ulids,
+            _receipt.after_fork_in_child,
             _storage.after_fork_in_child,
             _app_api.after_fork_in_child,
             _bridge_after_fork_in_child,

@@ -7,6 +7,7 @@ Runs on the dispatch thread. :func:`build_operation` returns an encoded
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from ._capture import ACTION, TAG, USER_ID_KEYS, Snapshot, UnreadableTag
@@ -45,19 +46,30 @@ from .exceptions import InvalidEventError
 
 __all__ = ["build_operation"]
 
+Target = tuple[str, Mapping[str, Any] | None]
+"""A direct call's action and person (see ``_direct.Target``)."""
 _SHORT_IDENTIFIER = MAX_IDENTIFIER_BYTES // 4  # UTF-8 takes at most 4 bytes a character
 
 
-def build_operation(snapshot: Snapshot, taxonomy: Taxonomy, op_id: str | None = None) -> Operation:
+def build_operation(
+    snapshot: Snapshot,
+    taxonomy: Taxonomy,
+    op_id: str | None = None,
+    target: Target | None = None,
+) -> Operation:
     """Turn a snapshot into an encoded Track API operation, its id ``op_id`` (a new ULID
     when None: a direct call's receipt knows its id before the operation is built).
+
+    ``target``: a direct call's action and person (see ``_direct.Target``), given apart
+    from its data; None for a log call, whose fields name them (``cio_action``,
+    ``user_id``, ...).
 
     Raises:
         InvalidEventError: The snapshot cannot become a valid operation; ``reason`` and
             ``field`` say why.
     """
     try:
-        return _build_operation(snapshot, taxonomy, op_id)
+        return _build_operation(snapshot, taxonomy, op_id, target)
     except UnicodeEncodeError:
         # A str holding a lone surrogate has no UTF-8 form. The error's own text quotes
         # the character: payload, so it is not repeated here.
@@ -68,7 +80,9 @@ def build_operation(snapshot: Snapshot, taxonomy: Taxonomy, op_id: str | None = 
         ) from None
 
 
-def _build_operation(snapshot: Snapshot, taxonomy: Taxonomy, op_id: str | None) -> Operation:
+def _build_operation(
+    snapshot: Snapshot, taxonomy: Taxonomy, op_id: str | None, target: Target | None
+) -> Operation:
     if type(snapshot.tag) is UnreadableTag:
         raise InvalidEventError(
             f"cio_event must be True or the event name; it is a {snapshot.tag.kind}, whose "
@@ -77,7 +91,7 @@ def _build_operation(snapshot: Snapshot, taxonomy: Taxonomy, op_id: str | None) 
             field=TAG,
         )
     fields = dict(snapshot.fields)
-    action = fields.pop(ACTION, "event")
+    action, person = (fields.pop(ACTION, "event"), None) if target is None else target
     if action not in PERSON_ACTIONS:
         # Quote a short prefix only: enough to spot a typo, never a payload.
         shown = repr(action[:20]) if isinstance(action, str) else type(action).__name__
@@ -97,7 +111,8 @@ def _build_operation(snapshot: Snapshot, taxonomy: Taxonomy, op_id: str | None) 
         op["secondary"] = _merge_side(fields.pop("secondary", None), "secondary")
         return _finish(op, op_id, action)
 
-    identifiers = _identifiers(fields, anonymous_ok=action in NAMED_ACTIONS)
+    who = fields if person is None else dict(person)
+    identifiers = _identifiers(who, anonymous_ok=action in NAMED_ACTIONS)
     if action in NAMED_ACTIONS:
         name = _event_name(snapshot)
         if action == "event":

@@ -72,8 +72,9 @@ class UnknownEventWarnings:
         self._taxonomy = taxonomy
         self.warned: set[str] = set()
 
-    def check(self, snapshot: Snapshot) -> None:
-        """Warn if ``snapshot`` is an event whose name was neither declared nor warned of."""
+    def check(self, snapshot: Snapshot, action: str | None = None) -> None:
+        """Warn if ``snapshot`` is an event whose name was neither declared nor warned of
+        (``action``: a direct call's, given apart from its fields)."""
         # Here on the app's thread rather than on the dispatch thread: that thread never
         # logs, so it never waits for logging's locks (see CustomerIOHandler.flush).
         # The names remembered are bounded: a longer one is invalid anyway (name_too_long),
@@ -82,7 +83,8 @@ class UnknownEventWarnings:
         if not isinstance(name, str) or len(self.warned) >= UNKNOWN_NAMES_KEPT:
             return
         name = name.strip()
-        action = snapshot.fields.get(ACTION, "event")
+        if action is None:
+            action = snapshot.fields.get(ACTION, "event")
         if (
             len(name) <= MAX_NAME_BYTES
             and isinstance(action, str)

@@ -8,13 +8,20 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any, Literal, NamedTuple
 
-__all__ = ["Outcome", "Receipt", "Status"]
+__all__ = ["Outcome", "Receipt", "Status", "after_fork_in_child"]
 
 Status = Literal["sent", "spooled", "dead_lettered", "invalid", "failed", "dropped"]
 
 # One lock for every receipt: taken only to resolve one and by those who wait or add a
 # callback, each a few attribute reads; a receipt nobody looks at owns no lock or event.
 _lock = threading.Lock()
+
+
+def after_fork_in_child() -> None:
+    """In a forked child: a new lock (a parent thread resolving a receipt may have held
+    it at the fork; held for ever here, every receipt's resolve and wait would hang)."""
+    global _lock
+    _lock = threading.Lock()
 
 
 class Outcome(NamedTuple):

@@ -132,7 +132,7 @@ class Sender:
             InvalidEventError: It cannot become a valid operation (nothing is counted:
                 the call raised instead).
         """
-        op = build_operation(direct.snapshot, self._taxonomy, direct.receipt.id)
+        op = build_operation(direct.snapshot, self._taxonomy, direct.receipt.id, direct.target)
         self._receipts[op.id] = direct.receipt
         return op
 
@@ -145,13 +145,14 @@ class Sender:
     ) -> Operation | None:
         if isinstance(item, Operation):
             return item  # built on the app's thread already (durability="disk")
-        receipt = None
+        receipt = target = None
         if isinstance(item, Direct):
-            snapshot, receipt = item.snapshot, item.receipt
+            snapshot, receipt, target = item
         else:
             snapshot = item
         try:
-            op = build_operation(snapshot, self._taxonomy, None if receipt is None else receipt.id)
+            op_id = None if receipt is None else receipt.id
+            op = build_operation(snapshot, self._taxonomy, op_id, target)
         except InvalidEventError as exc:
             why = str(exc)
             text = self._reject(snapshot, exc.reason, exc.field, why, here=here, letters=letters)
