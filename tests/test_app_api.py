@@ -349,3 +349,33 @@ class TestReset:
     def test_reset_without_anything_is_harmless(self) -> None:
         cio.reset()
         cio.reset()
+
+
+class TestNoSecretInTheErrorChain:
+    def test_a_failed_send_chains_no_http_exception_holding_the_key_or_payload(self) -> None:
+        key, payload = "sekrit-app-key-123", "payload-marker@example.com"
+        cio.configure(
+            site_id="s",
+            api_key="k",
+            spool_path=False,
+            app_api_key=key,
+            app_url=closed_port_url(),
+            max_retries=1,
+            retry_base_delay=0.01,
+            retry_max_delay=0.02,
+            install_signal_handlers=False,
+        )
+        with pytest.raises(cio.DeliveryError) as caught:
+            cio.send_email(transactional_message_id=3, to=payload, identifiers={"id": "u1"})
+        chain: list[BaseException] = []
+        error: BaseException | None = caught.value
+        while error is not None:
+            chain.append(error)
+            error = error.__cause__ or error.__context__
+        for link in chain:
+            request = getattr(link, "request", None)
+            blob = repr(vars(link)) + repr(getattr(request, "headers", ""))
+            blob += repr(getattr(request, "body", ""))
+            assert key not in blob, type(link)
+            assert payload not in blob, type(link)
+        assert [type(link) for link in chain] == [cio.DeliveryError]

@@ -126,10 +126,13 @@ def _send(kind: str, path: str, request: Any) -> dict[str, Any]:
         retry_status=lambda status: status in _SAFE_STATUSES,
         retry_error=lambda error: isinstance(error, _NotSentError),
     )
+    failure: DeliveryError | None = None
     try:
         response, _ = policy.run(attempt)
     except DeliveryError as exc:
-        raise DeliveryError(f"{exc}{_after(attempts)}", status_code=exc.status_code) from exc
+        failure = DeliveryError(f"{exc}{_after(attempts)}", status_code=exc.status_code)
+    if failure is not None:
+        raise failure
     if not 200 <= response.status < 300:
         secret = settings.app_api_key or ""
         raise DeliveryError(
@@ -149,6 +152,9 @@ def _post(app: _app_api.AppClient, url: str, body: bytes) -> Response:
 
     session = _app_api.session(app.client)
     host = urlsplit(url).netloc
+    # The HTTP library's exception is not chained to ours: its request holds the key (in
+    # the Authorization header) and the payload, which error trackers would serialise.
+    error: DeliveryError | None = None
     with app.deadlines.request() as watch:
         try:
             reply = session.post(
@@ -171,8 +177,11 @@ def _post(app: _app_api.AppClient, url: str, body: bytes) -> Response:
         ) as exc:
             # requests' messages name the URL, never the body or the headers.
             if not watch.expired and _never_connected(exc):
-                raise _NotSentError(f"could not connect to {host}: {type(exc).__name__}") from exc
-            raise DeliveryError(_no_answer(host, watch.expired, watch.limit, exc)) from exc
+                error = _NotSentError(f"could not connect to {host}: {type(exc).__name__}")
+            else:
+                error = DeliveryError(_no_answer(host, watch.expired, watch.limit, exc))
+    if error is not None:
+        raise error
     if watch.expired:
         raise DeliveryError(_no_answer(host, True, watch.limit, None))
     return Response(reply.status_code, dict(reply.headers), answer)
