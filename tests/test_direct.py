@@ -613,3 +613,70 @@ class TestSeparateProgram:
         outcomes = json.loads(result.stdout.splitlines()[-1])
         assert {o[0] for o in outcomes.values()} == {"spooled"}
         assert spool_pending(tmp_path / "spool.db") == len(outcomes)
+
+
+_HOLD_SPOOL = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+sys.stdin.read()
+conn.rollback()
+"""
+
+
+class TestSettledLate:
+    def test_an_event_a_busy_spool_deferred_is_dropped_not_spooled_when_it_never_gets_written(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "spool.db"
+        bridge = cio.configure(
+            site_id="s",
+            api_key="k",
+            track_url=closed_port_url(),
+            spool_path=path,
+            max_retries=0,
+            flush_interval=0.05,
+            install_signal_handlers=False,
+        )
+        assert bridge.spool is not None
+        bridge.spool.prepare()
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_SPOOL, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "held"
+            receipt = cio.track("u1", "signed_up")
+            deadline = time.monotonic() + 10
+            while cio.stats().deferred == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert cio.stats().deferred == 1  # the failed batch waits in memory for the spool
+            assert not receipt.done()  # not on disk yet: not "spooled"
+            cio.shutdown(0.5)  # the spool is still held: the event is lost, and said so
+        finally:
+            assert holder.stdin is not None
+            holder.stdin.close()
+            holder.wait(10)
+        outcome = receipt.result(0)
+        assert (outcome.status, outcome.reason) == ("dropped", "spool_busy")
+        assert cio.stats().dropped == 1
+
+    def test_a_callback_that_exits_does_not_stop_the_pipeline(self) -> None:
+        cio.configure(
+            site_id="s",
+            api_key="k",
+            transport=MockTransport(),
+            spool_path=False,
+            flush_interval=0.01,
+            install_signal_handlers=False,
+        )
+        first = cio.track("u1", "a")
+        first.add_done_callback(lambda r: sys.exit(1))
+        assert first.result(5.0).status == "sent"
+        assert cio.track("u1", "b").result(5.0).status == "sent"  # the thread lives on
+        assert cio.get_bridge().thread is not None
+        assert cio.get_bridge().thread.is_alive()

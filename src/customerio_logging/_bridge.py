@@ -74,6 +74,7 @@ class Bridge(DirectCalls):
             idle=None if spool is None else sender.replay_round,
             on_start=self.open_spool if self._durable else None,
         )
+        self._writer.settled_later = sender.deferred_settled
         self._shutdown_lock = threading.RLock()  # reentrant for the SIGTERM handler
         # The process whose state this is; 0 once a fork hook reset it for a child
         # whose thread is still to start (see submit).
@@ -190,8 +191,10 @@ class Bridge(DirectCalls):
 
     def _keep_unqueued(self, op: Operation) -> bool:
         """Spool an event the queue did not take (counted spooled, or dropped)."""
-        if self._writer.for_log_call(op, lease=False):
-            self._sender.resolve(op.id, Outcome("spooled"))
+        kept = self._writer.for_log_call(op, lease=False)
+        if kept:
+            if kept == "written":  # a deferred one is settled when written, or lost
+                self._sender.resolve(op.id, Outcome("spooled"))
             return True
         self._dropped(op, f"event dropped: {self._why_not_queued()} and the spool is unusable")
         return False

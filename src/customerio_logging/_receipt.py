@@ -139,8 +139,9 @@ class Receipt:
 
 
 def _call(fn: Callable[[Receipt], object], receipt: Receipt) -> None:
-    # The app's callback must not stop the pipeline (it runs on the dispatch thread).
-    with contextlib.suppress(Exception):
+    # The app's callback must not stop the pipeline (it runs on the dispatch thread): not
+    # even by sys.exit(), which would end that thread.
+    with contextlib.suppress(Exception, SystemExit):
         fn(receipt)
 
 

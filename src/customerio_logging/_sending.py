@@ -25,7 +25,7 @@ from ._retry import RetryPolicy
 from ._schema import Taxonomy
 from ._storage import CALLER_WAIT, DeadLetterRow
 from ._wire import Operation, shorten
-from ._writer import SpoolWriter
+from ._writer import Kept, SpoolWriter
 from .exceptions import InvalidEventError
 
 __all__ = ["InFlight", "Sender"]
@@ -234,9 +234,12 @@ class Sender:
             report = DeliveryReport(failed=[(op, failure) for op in ops], error=error)
         with in_flight.lock:
             try:
-                self._settle(report)
+                settled = self._settle(report)
             finally:
                 in_flight.ops = None
+        if self._receipts:
+            # Outside the lock: an app's receipt callback runs here (rule 8).
+            self._resolve_batch(report, *settled)
 
     def _check_sigterm(self) -> None:
         """Queue the warning, once per process, if SIGTERM will skip our flush; the next
@@ -246,8 +249,11 @@ class Sender:
             self._watch_sigterm = False
             self._ledger.warn_later(hint)
 
-    def _settle(self, report: DeliveryReport) -> None:
-        """Settle a fresh batch: sent, dead-lettered (refused for good), or spooled."""
+    def _settle(
+        self, report: DeliveryReport
+    ) -> tuple[list[tuple[Operation, Failure]], list[tuple[Operation, Failure]], Kept | None]:
+        """Settle a fresh batch: sent, dead-lettered (refused for good), or spooled; what
+        its receipts need (refused, unsent, how the rest was kept)."""
         refused = [(op, f) for op, f in report.failed if f.permanent]
         unsent = [(op, f) for op, f in report.failed if not f.permanent]
         waiting = [op for op, _ in unsent] + report.dropped
@@ -259,9 +265,7 @@ class Sender:
         if self._durable or rescued:
             self._writer.ack([op.id for op in report.sent])
         self._writer.dead_letters(dead_letter_rows(refused))
-        self._ledger.settled(report, refused=refused, unsent=unsent, stored=stored)
-        if self._receipts:
-            self._resolve_batch(report, refused, unsent, stored)
+        self._ledger.settled(report, refused=refused, unsent=unsent, stored=stored is not None)
         if waiting or unsent:
             self.fresh_failing = True
             self._schedule_idle(_replay.MIN_BACKOFF)
@@ -270,25 +274,37 @@ class Sender:
             self.fresh_failing = False
             self.replayer.retry_soon()
             self._schedule_idle(0.0)
+        return refused, unsent, stored
 
     def _resolve_batch(
         self,
         report: DeliveryReport,
         refused: list[tuple[Operation, Failure]],
         unsent: list[tuple[Operation, Failure]],
-        stored: bool,
+        stored: Kept | None,
     ) -> None:
-        """Settle the receipts of a batch's direct calls, as the ledger counted them."""
+        """Settle the receipts of a batch's direct calls, as the ledger counted them. What
+        a busy spool deferred is settled when it is written or lost (``deferred_settled``)."""
         resolve = self.resolve
         for op in report.sent:
             resolve(op.id, _SENT)
         for op, f in refused:
             resolve(op.id, Outcome("dead_lettered", f.reason, f.field, f.message))
+        if stored == "deferred":
+            return
         for op, f in unsent:
             resolve(op.id, _SPOOLED if stored else Outcome("failed", f.reason, f.field, f.message))
         why = report.error or "the shutdown deadline passed before it was sent"
         for op in report.dropped:
             resolve(op.id, _SPOOLED if stored else Outcome("dropped", "shutdown", None, why))
+
+    def deferred_settled(self, ops: list[Operation], written: bool) -> None:
+        """Operations a busy spool had deferred are on disk now, or lost: their receipts."""
+        if not self._receipts:
+            return
+        lost = Outcome("dropped", "spool_busy", None, "the spool stayed busy until shutdown")
+        for op in ops:
+            self.resolve(op.id, _SPOOLED if written else lost)
 
     def replay_round(self) -> float:
         """The dispatch thread's idle work: one replay round; seconds until the next."""

@@ -7,7 +7,7 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from ._ledger import DEAD_LETTERS_KEPT, Ledger
 from ._storage import CALLER_WAIT, DeadLetterRow, SpoolBusyError, SpoolUnavailableError, Storage
@@ -18,6 +18,9 @@ __all__ = ["SpoolWriter"]
 T = TypeVar("T")
 
 _UNWRITTEN_WAIT = 1.0  # seconds the thread waits for a log call writing deferred events
+
+Kept = Literal["written", "deferred"]
+"""How ``store`` kept operations: on disk now, or in memory until the spool takes them."""
 
 
 def take_all(items: deque[T]) -> list[T]:
@@ -61,6 +64,8 @@ class SpoolWriter:
         self._max_queue_size = max_queue_size
         self._max_spool_bytes = max_spool_bytes
         self._closed = closed
+        self.settled_later: Callable[[list[Operation], bool], None] = _nothing
+        """Told of deferred operations once written (True) or lost (False): receipts."""
         self._at_fork_reinit()
 
     def _at_fork_reinit(self) -> None:
@@ -108,7 +113,7 @@ class SpoolWriter:
         if self.spool is not None:
             self.spool.close()
 
-    def for_log_call(self, op: Operation, *, lease: bool) -> bool:
+    def for_log_call(self, op: Operation, *, lease: bool) -> Kept | None:
         """Spool ``op`` for a log call, which waits at most ``CALLER_WAIT`` for the spool.
 
         A spool that stays busy longer (another process writing, or a signal handler
@@ -118,7 +123,7 @@ class SpoolWriter:
         writes itself, with the spool's ordinary waits.
 
         Returns:
-            False when the spool is off or unusable: nothing was kept.
+            How it was kept (see :meth:`store`); None when the spool is off or unusable.
         """
         closed = self._closed()
         wait = None if closed else CALLER_WAIT
@@ -137,8 +142,9 @@ class SpoolWriter:
         open_file: bool | None = None,
         defer: bool = False,
         untaken: bool = False,
-    ) -> bool:
-        """Write ``ops`` to the spool; False when there is none or it cannot be used.
+    ) -> Kept | None:
+        """Write ``ops`` to the spool: ``"written"``, or ``"deferred"`` (kept in memory
+        for a busy spool, see ``defer``); None when there is none or it cannot be used.
 
         Args:
             ops: The operations.
@@ -148,27 +154,27 @@ class SpoolWriter:
             open_file: Open the spool if need be (see ``Storage.add``).
             defer: When the spool stays busy, keep them in memory instead, to be
                 written by a later try (counted ``deferred``, waiting in
-                ``queue_depth``); True then too. Not once shutdown began: no later
-                try would come.
+                ``queue_depth``; ``settled_later`` hears when they are written or
+                lost). Not once shutdown began: no later try would come.
             untaken: They never went through the queue: counted in ``enqueued`` here.
         """
         spool = self.spool
         if spool is None or not ops:
-            return False
+            return None
         try:
             evicted = spool.add(ops, lease=lease, wait=wait, open_file=open_file)
         except SpoolBusyError as exc:
             if defer and not self._closed() and self._defer(ops, lease, untaken):
-                return True
+                return "deferred"
             self.problem(exc)
-            return False
+            return None
         except SpoolUnavailableError as exc:
             self.problem(exc)
-            return False
+            return None
         self._ledger.evicted(evicted, self._max_spool_bytes)
         if not lease:
             self._ledger.spooled(len(ops), untaken=untaken)
-        return True
+        return "written"
 
     def _defer(self, ops: list[Operation], lease: bool, untaken: bool) -> bool:
         """Keep ``ops`` in memory until the spool can take them; False when that memory
@@ -240,19 +246,24 @@ class SpoolWriter:
         except SpoolUnavailableError as exc:
             self.problem(exc)
             ledger.written_late(len(unqueued), lost=True)
+            self.settled_later(unqueued, False)
             return []
         ledger.written_late(len(unqueued), lost=False)
+        if unqueued:
+            self.settled_later(unqueued, True)
         return []
 
     def drop_deferred(self, wait: float) -> None:
         """At shutdown: what a busy spool still could not take is lost, and counted."""
-        lost = sum(not lease for _, lease in take_all(self._unwritten))
+        lost = [op for op, lease in take_all(self._unwritten) if not lease]
         self._letters_unwritten.clear()  # still in dead_letters(), in memory
         if lost:
-            self._ledger.written_late(lost, lost=True)
+            self._ledger.written_late(len(lost), lost=True)
             self._ledger.problem(
-                f"{lost} events were dropped: the spool stayed busy through shutdown's {wait:g}s"
+                f"{len(lost)} events were dropped: the spool stayed busy through shutdown's "
+                f"{wait:g}s"
             )
+            self.settled_later(lost, False)
 
     def dead_letters(
         self,
@@ -295,3 +306,7 @@ class SpoolWriter:
                 f"again every minute)"
             )
         self._ledger.problem(message, warning=warning)
+
+
+def _nothing(ops: list[Operation], written: bool) -> None:
+    """No one to tell (no direct calls' receipts to settle)."""
