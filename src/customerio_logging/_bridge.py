@@ -201,10 +201,8 @@ class Bridge(DirectCalls):
 
     def _dropped(self, item: Snapshot | Direct | Operation, why: str) -> None:
         self._ledger.dropped(1, why)
-        if isinstance(item, Direct):
-            item.receipt.resolve(Outcome("dropped", "queue", None, why))
-        elif isinstance(item, Operation):
-            self._sender.resolve(item.id, Outcome("dropped", "queue", None, why))
+        reason = "shutdown" if self._dispatcher.closed else "queue"
+        self._sender.resolve_all([item], Outcome("dropped", reason, None, why))
 
     def _why_not_queued(self) -> str:
         if self._dispatcher.closed:
