@@ -590,3 +590,39 @@ def credentials(emulator: TrackAPIEmulator, *, api_key: str | None = None) -> li
 
 def replay_args(emulator: TrackAPIEmulator, path: Path, *extra: str) -> list[str]:
     return ["spool", "replay", "--spool-path", str(path), *credentials(emulator), *extra]
+
+
+# -- a spool another process holds -------------------------------------------------
+
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+sys.stdin.read()
+conn.rollback()
+"""
+
+
+def hold_write_lock(path: Path) -> subprocess.Popen[str]:
+    """Another process, holding the spool's write lock until its stdin closes."""
+    holder = start_python("-c", _HOLD_WRITE_LOCK, path, stdin=True)
+    assert read_line(holder).strip() == "held"
+    return holder
+
+
+def let_go(holder: subprocess.Popen[str]) -> None:
+    """The holder gives the write lock back and ends."""
+    assert holder.stdin is not None
+    holder.stdin.close()
+    holder.wait(10)
+
+
+@contextlib.contextmanager
+def write_locked(path: Path) -> Iterator[None]:
+    """Another process holds the spool's write lock until the block ends."""
+    holder = hold_write_lock(path)
+    try:
+        yield
+    finally:
+        let_go(holder)

@@ -31,6 +31,8 @@ from .helpers import (
     program,
     run_python,
     spool_pending,
+    wait_until,
+    write_locked,
 )
 
 
@@ -615,16 +617,6 @@ class TestSeparateProgram:
         assert spool_pending(tmp_path / "spool.db") == len(outcomes)
 
 
-_HOLD_SPOOL = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")
-print("held", flush=True)
-sys.stdin.read()
-conn.rollback()
-"""
-
-
 class TestSettledLate:
     def test_an_event_a_busy_spool_deferred_is_dropped_not_spooled_when_it_never_gets_written(
         self, tmp_path: Path
@@ -641,26 +633,11 @@ class TestSettledLate:
         )
         assert bridge.spool is not None
         bridge.spool.prepare()
-        holder = subprocess.Popen(
-            [sys.executable, "-c", _HOLD_SPOOL, str(path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert holder.stdout is not None
-            assert holder.stdout.readline().strip() == "held"
+        with write_locked(path):
             receipt = cio.track("u1", "signed_up")
-            deadline = time.monotonic() + 10
-            while cio.stats().deferred == 0 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert cio.stats().deferred == 1  # the failed batch waits in memory for the spool
+            assert wait_until(lambda: cio.stats().deferred == 1, 10.0)  # waits in memory
             assert not receipt.done()  # not on disk yet: not "spooled"
             cio.shutdown(0.5)  # the spool is still held: the event is lost, and said so
-        finally:
-            assert holder.stdin is not None
-            holder.stdin.close()
-            holder.wait(10)
         outcome = receipt.result(0)
         assert (outcome.status, outcome.reason) == ("dropped", "spool_busy")
         assert cio.stats().dropped == 1

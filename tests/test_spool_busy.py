@@ -8,8 +8,6 @@ import logging
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,47 +21,16 @@ from .helpers import (
     balanced,
     children,
     closed_port_url,
+    hold_write_lock,
+    let_go,
     program,
     read_line,
     run_python,
     spool_pending,
-    start_python,
     unreachable_api,
     wait_until,
+    write_locked,
 )
-
-HOLD = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")
-print("held", flush=True)
-sys.stdin.read()
-conn.rollback()
-"""
-
-
-def _hold_write_lock(path: Path) -> subprocess.Popen[str]:
-    """Another process, holding the spool's write lock until its stdin closes."""
-    holder = start_python("-c", HOLD, path, stdin=True)
-    assert read_line(holder).strip() == "held"
-    return holder
-
-
-def _let_go(holder: subprocess.Popen[str]) -> None:
-    """The holder gives the write lock back and ends."""
-    assert holder.stdin is not None
-    holder.stdin.close()
-    holder.wait(10)
-
-
-@contextmanager
-def _write_locked(path: Path) -> Iterator[None]:
-    """Another process holds the spool's write lock until the block ends."""
-    holder = _hold_write_lock(path)
-    try:
-        yield
-    finally:
-        _let_go(holder)
 
 
 def _log_timed(log: object, count: int, prefix: str) -> float:
@@ -102,7 +69,7 @@ class TestSpoolLockedByAnotherProcess:
         log.propagate = False
         log.setLevel(logging.INFO)
         log.addHandler(cio.CustomerIOHandler(bridge=bridge))
-        with _write_locked(path):
+        with write_locked(path):
             slowest = _log_timed(log, 60, "u")
             stats = bridge.stats()
             assert stats.deferred > 0, stats
@@ -164,7 +131,7 @@ class TestExitWithABusySpool:
         log = _logger(bridge, f"exit-{invalid}")
         count = 5 if invalid else 10_000
         extra: dict[str, object] = {"cio_event": True}
-        with _write_locked(path):
+        with write_locked(path):
             for i in range(count):
                 log.info("job_done", extra=extra if invalid else {**extra, "user_id": f"u{i}"})
             started = time.monotonic()
@@ -191,7 +158,7 @@ class TestLogCallsNeverWaitLong:
         path = tmp_path / "spool.sqlite3"
         bridge = _bridge(path, durability="disk")
         log = _logger(bridge, "invalid")
-        with _write_locked(path):
+        with write_locked(path):
             slowest = _log_timed_extra(log, {"cio_event": True})  # names no person
         assert slowest < CALLER_WAIT + 0.5, slowest
         assert bridge.stats().invalid == 1
@@ -235,7 +202,7 @@ class TestReservationsNeverOutliveTheirEvent:
             def send(self, body: bytes) -> Response:
                 for process in holder:
                     if process.poll() is None:
-                        _let_go(process)
+                        let_go(process)
                 return Response(status, {}, b"")
 
             def close(self) -> None:
@@ -243,7 +210,7 @@ class TestReservationsNeverOutliveTheirEvent:
 
         bridge = _bridge(path, durability="disk", transport=FreesTheSpool(), flush_interval=0.05)
         log = _logger(bridge, f"reservation-{status}")
-        holder.append(_hold_write_lock(path))
+        holder.append(hold_write_lock(path))
         log.info("job_done", extra={"cio_event": True, "user_id": "u1"})
         assert bridge.stats().deferred == 1
         sent = wait_until(
