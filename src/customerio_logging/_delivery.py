@@ -22,15 +22,17 @@ if TYPE_CHECKING:
     from ._retry import RetryPolicy
 
 __all__ = [
+    "JSON_HEADERS",
     "Delivery",
     "DeliveryReport",
     "Failure",
     "SessionTransport",
     "official_client",
+    "read_answer",
     "transport_for",
 ]
 
-_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
 class SessionTransport:
@@ -97,13 +99,13 @@ class SessionTransport:
                 reply = session.post(
                     self._url,
                     data=body,
-                    headers=_HEADERS,
+                    headers=JSON_HEADERS,
                     timeout=left,
                     allow_redirects=False,
                     stream=True,
                 )
                 try:
-                    answer = _read_answer(reply)
+                    answer = read_answer(reply)
                 finally:
                     reply.close()
             except (
@@ -148,17 +150,17 @@ _MAX_ANSWER_BYTES = 4 << 20
 _CHUNK_BYTES = 64 << 10
 
 
-def _read_answer(reply: requests.Response) -> bytes:
-    """The answer's body, at most ``_MAX_ANSWER_BYTES`` of it."""
+def read_answer(reply: requests.Response, limit: int = _MAX_ANSWER_BYTES) -> bytes:
+    """The answer's body, at most ``limit`` bytes of it (a streamed reply)."""
     chunks: list[bytes] = []
     size = 0
     for chunk in reply.iter_content(_CHUNK_BYTES):
         chunks.append(chunk)
         size += len(chunk)
-        if size >= _MAX_ANSWER_BYTES:
+        if size >= limit:
             # Not read to the end: closing the reply drops the connection.
             break
-    return b"".join(chunks)[:_MAX_ANSWER_BYTES]
+    return b"".join(chunks)[:limit]
 
 
 def official_client(settings: Settings) -> Any:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import _app_api
+from ._delivery import JSON_HEADERS, read_answer
 from ._global import app_client
 from ._pacing import Pacer
 from ._retry import RetryPolicy
@@ -16,13 +17,12 @@ from ._wire import Response, shorten, status_phrase
 from .exceptions import DeliveryError
 
 if TYPE_CHECKING:
-    import requests
+    pass
 
 __all__ = ["send_email", "send_push"]
 
 EMAIL_PATH = "/v1/send/email"
 PUSH_PATH = "/v1/send/push"
-_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 # 429 asks to come back later and 503 says the request was not handled: neither queued
 # a message. Any other failure may have (a 500 after the queueing, a 502 from a proxy).
 _SAFE_STATUSES = frozenset({429, 503})
@@ -160,13 +160,13 @@ def _post(app: _app_api.AppClient, url: str, body: bytes) -> Response:
             reply = session.post(
                 url,
                 data=body,
-                headers=_HEADERS,
+                headers=JSON_HEADERS,
                 timeout=max(0.001, watch.deadline - time.monotonic()),
                 allow_redirects=False,
                 stream=True,
             )
             try:
-                answer = _read(reply)
+                answer = read_answer(reply, _MAX_ANSWER_BYTES)
             finally:
                 reply.close()
         except (
@@ -207,17 +207,6 @@ def _no_answer(host: str, late: bool, limit: float, exc: BaseException | None) -
     if late:
         return f"no complete response from {host} within {limit:g}s"
     return f"no response from {host}: {type(exc).__name__}"
-
-
-def _read(reply: requests.Response) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in reply.iter_content(64 << 10):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= _MAX_ANSWER_BYTES:
-            break  # the rest unread: closing the reply drops the connection
-    return b"".join(chunks)[:_MAX_ANSWER_BYTES]
 
 
 def _answer(body: bytes) -> dict[str, Any]:
