@@ -57,6 +57,14 @@ def _data(event: Event | UserAttributes | Mapping[str, Any] | None) -> dict[str,
     return event.model_dump(by_alias=True)
 
 
+def _event(event: Event | str, attributes: dict[str, Any]) -> Snapshot:
+    """A tracked event's snapshot: a declared ``Event`` (its class names it; its fields
+    and ``attributes`` are the data), or a name and ``attributes``."""
+    if isinstance(event, Event):
+        return direct_snapshot(type(event).event_name or None, {**_data(event), **attributes})
+    return direct_snapshot(event, attributes)
+
+
 class DirectCalls:
     """The direct calls, as methods of the bridge (``cio.track(...)`` and friends call
     the process's bridge's). Each returns a :class:`Receipt` at once and never raises
@@ -75,24 +83,14 @@ class DirectCalls:
             event: The event: an ``Event`` (its class names it), or the event's name.
             **attributes: Data sent with it (beside an ``Event``'s own fields).
         """
-        if isinstance(event, Event):
-            name: object = type(event).event_name or None
-            fields = {**_data(event), **attributes}
-        else:
-            name, fields = event, dict(attributes)
-        return self.submit_direct(direct_snapshot(name, fields), Target("event", _who(person)))
+        return self.submit_direct(_event(event, attributes), Target("event", _who(person)))
 
     def track_anonymous(
         self, anonymous_id: str, event: Event | str, /, **attributes: Any
     ) -> Receipt:
         """Track an event for a visitor not yet identified (``anonymous_id``)."""
-        if isinstance(event, Event):
-            name: object = type(event).event_name or None
-            fields = {**_data(event), **attributes}
-        else:
-            name, fields = event, dict(attributes)
         person = {"anonymous_id": anonymous_id}
-        return self.submit_direct(direct_snapshot(name, fields), Target("event", person))
+        return self.submit_direct(_event(event, attributes), Target("event", person))
 
     def identify(
         self,
