@@ -22,17 +22,17 @@ if TYPE_CHECKING:
     from ._retry import RetryPolicy
 
 __all__ = [
-    "JSON_HEADERS",
     "Delivery",
     "DeliveryReport",
     "Failure",
     "SessionTransport",
+    "http_errors",
     "official_client",
-    "read_answer",
+    "post_once",
     "transport_for",
 ]
 
-JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
 class SessionTransport:
@@ -85,35 +85,14 @@ class SessionTransport:
 
     def send(self, body: bytes) -> Response:
         """POST ``body`` to ``/api/v2/batch``; see :class:`Transport`."""
-        import http.client
-
-        import requests
-        import urllib3
-
         session = self._http()
         with self._deadlines.request() as watch:
             left = watch.deadline - time.monotonic()
             if left <= 0:
                 raise self._late(watch)
             try:
-                reply = session.post(
-                    self._url,
-                    data=body,
-                    headers=JSON_HEADERS,
-                    timeout=left,
-                    allow_redirects=False,
-                    stream=True,
-                )
-                try:
-                    answer = read_answer(reply)
-                finally:
-                    reply.close()
-            except (
-                requests.RequestException,
-                urllib3.exceptions.HTTPError,
-                http.client.HTTPException,
-                OSError,
-            ) as exc:
+                response = post_once(session, self._url, body, timeout=left)
+            except http_errors() as exc:
                 if watch.expired or time.monotonic() >= watch.deadline:
                     raise self._late(watch) from exc
                 # requests' messages name the URL, never the body or the credentials.
@@ -123,7 +102,7 @@ class SessionTransport:
         if watch.expired:
             # Cut off just as it ended: whatever was read may be incomplete.
             raise self._late(watch)
-        return Response(reply.status_code, dict(reply.headers), answer)
+        return response
 
     def _late(self, watch: Watch) -> DeliveryError:
         if watch.cut:
@@ -150,7 +129,48 @@ _MAX_ANSWER_BYTES = 4 << 20
 _CHUNK_BYTES = 64 << 10
 
 
-def read_answer(reply: requests.Response, limit: int = _MAX_ANSWER_BYTES) -> bytes:
+def post_once(
+    session: requests.Session,
+    url: str,
+    body: bytes,
+    *,
+    timeout: float,
+    limit: int = _MAX_ANSWER_BYTES,
+) -> Response:
+    """POST a JSON ``body`` once (no redirect followed) and read the answer, at most
+    ``limit`` bytes of it. The HTTP library's errors (:func:`http_errors`) propagate."""
+    reply = session.post(
+        url,
+        data=body,
+        headers=_HEADERS,
+        timeout=timeout,
+        allow_redirects=False,
+        stream=True,
+    )
+    try:
+        answer = _read_answer(reply, limit)
+    finally:
+        reply.close()
+    return Response(reply.status_code, dict(reply.headers), answer)
+
+
+def http_errors() -> tuple[type[BaseException], ...]:
+    """What a request can raise when no complete answer came (imported when first needed:
+    the HTTP client is not loaded with the package)."""
+    import http.client
+
+    import requests
+    import urllib3
+
+    return (
+        requests.RequestException,
+        urllib3.exceptions.HTTPError,
+        http.client.HTTPException,
+        OSError,
+    )
+
+
+def _read_answer(reply: requests.Response, limit: int = _MAX_ANSWER_BYTES) -> bytes:
     """The answer's body, at most ``limit`` bytes of it (a streamed reply)."""
     chunks: list[bytes] = []
     size = 0

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import _app_api
-from ._delivery import JSON_HEADERS, read_answer
+from ._delivery import http_errors, post_once
 from ._global import app_client
 from ._pacing import Pacer
 from ._retry import RetryPolicy
@@ -145,11 +145,6 @@ def _send(kind: str, path: str, request: Any) -> dict[str, Any]:
 
 def _post(app: _app_api.AppClient, url: str, body: bytes) -> Response:
     """POST ``body`` once, under the request's deadline; see ``SessionTransport.send``."""
-    import http.client
-
-    import requests
-    import urllib3
-
     session = _app_api.session(app.client)
     host = urlsplit(url).netloc
     # The HTTP library's exception is not chained to ours: its request holds the key (in
@@ -157,24 +152,9 @@ def _post(app: _app_api.AppClient, url: str, body: bytes) -> Response:
     error: DeliveryError | None = None
     with app.deadlines.request() as watch:
         try:
-            reply = session.post(
-                url,
-                data=body,
-                headers=JSON_HEADERS,
-                timeout=max(0.001, watch.deadline - time.monotonic()),
-                allow_redirects=False,
-                stream=True,
-            )
-            try:
-                answer = read_answer(reply, _MAX_ANSWER_BYTES)
-            finally:
-                reply.close()
-        except (
-            requests.RequestException,
-            urllib3.exceptions.HTTPError,
-            http.client.HTTPException,
-            OSError,
-        ) as exc:
+            timeout = max(0.001, watch.deadline - time.monotonic())
+            response = post_once(session, url, body, timeout=timeout, limit=_MAX_ANSWER_BYTES)
+        except http_errors() as exc:
             # requests' messages name the URL, never the body or the headers.
             if not watch.expired and _never_connected(exc):
                 error = _NotSentError(f"could not connect to {host}: {type(exc).__name__}")
@@ -184,7 +164,7 @@ def _post(app: _app_api.AppClient, url: str, body: bytes) -> Response:
         raise error
     if watch.expired:
         raise DeliveryError(_no_answer(host, True, watch.limit, None))
-    return Response(reply.status_code, dict(reply.headers), answer)
+    return response
 
 
 def _never_connected(exc: BaseException) -> bool:
