@@ -56,6 +56,7 @@ class TestEnvVars:
             "spool_path": "CUSTOMERIO_SPOOL_PATH",
             "app_api_key": "CUSTOMERIO_APP_API_KEY",
             "app_url": "CUSTOMERIO_APP_URL",
+            "enabled": "CUSTOMERIO_ENABLED",
         }
 
     def test_the_documented_hosts(self) -> None:
@@ -112,10 +113,11 @@ class TestPrecedence:
         assert getattr(settings, name) == value
         # A region passed explicitly picks its own hosts over the environment's URLs.
         hosts = {"track_url", "app_url"} if name == "region" else {"track_url"}
-        for other in set(ENV_VARS) - {name, "region"} - hosts:
+        # CUSTOMERIO_ENABLED is a switch, not a text setting: see TestEnabled.
+        for other in set(ENV_VARS) - {name, "region", "enabled"} - hosts:
             assert getattr(settings, other) == self.ENV[ENV_VARS[other]]
 
-    @pytest.mark.parametrize("name", sorted(ENV_VARS))
+    @pytest.mark.parametrize("name", sorted(set(ENV_VARS) - {"enabled"}))
     def test_none_kwarg_means_not_given(self, name: str) -> None:
         settings = Settings.from_env(environ=self.ENV, **{name: None})
         assert getattr(settings, name) == self.ENV[ENV_VARS[name]]
@@ -675,3 +677,41 @@ class TestSecretNeverShown:
         while error is not None:
             assert SECRET not in str(error)
             error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+
+
+class TestEnabled:
+    @pytest.mark.parametrize("word", ["0", "false", "No", " off "])
+    def test_the_environment_switches_it_off_and_needs_no_credentials(self, word: str) -> None:
+        settings = Settings.from_env(environ={"CUSTOMERIO_ENABLED": word})
+        assert settings.enabled is False
+        assert settings.site_id == ""
+        assert settings.spool_file is None  # nothing is ever written
+
+    @pytest.mark.parametrize("word", ["1", "true", "YES", "on"])
+    def test_on_still_needs_credentials(self, word: str) -> None:
+        with pytest.raises(ConfigurationError, match="CUSTOMERIO_SITE_ID"):
+            Settings.from_env(environ={"CUSTOMERIO_ENABLED": word})
+
+    def test_an_unknown_word_is_a_clear_error(self) -> None:
+        with pytest.raises(ConfigurationError, match="CUSTOMERIO_ENABLED must be 1 or 0"):
+            Settings.from_env(environ={"CUSTOMERIO_ENABLED": "maybe"})
+
+    def test_the_keyword_beats_the_environment(self) -> None:
+        settings = Settings.from_env(environ={"CUSTOMERIO_ENABLED": "1"}, enabled=False)
+        assert settings.enabled is False
+
+    def test_off_still_checks_the_other_settings(self) -> None:
+        # A typo in CI's configuration is found in CI, not in production.
+        with pytest.raises(ConfigurationError, match="batch_size"):
+            Settings(enabled=False, batch_size=0)
+        with pytest.raises(ConfigurationError, match="api_key"):
+            Settings(enabled=False, api_key="with\nnewline")
+
+    def test_off_turns_the_spool_off_whatever_was_asked(self, tmp_path: Path) -> None:
+        settings = Settings(enabled=False, spool_path=tmp_path / "s.db", durability="disk")
+        assert settings.spool_file is None
+        assert settings.durability == "memory"
+
+    def test_on_error_must_be_callable(self) -> None:
+        with pytest.raises(ConfigurationError, match="on_error"):
+            Settings(site_id="s", api_key="k", on_error="print")  # type: ignore[arg-type]

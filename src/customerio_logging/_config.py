@@ -6,7 +6,7 @@ import dataclasses
 import ipaddress
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
+    from ._reasons import ErrorReport
     from ._schema import Event, UserAttributes
     from ._wire import Transport
 
@@ -48,6 +49,7 @@ ENV_VARS: Mapping[str, str] = {
     "spool_path": "CUSTOMERIO_SPOOL_PATH",
     "app_api_key": "CUSTOMERIO_APP_API_KEY",
     "app_url": "CUSTOMERIO_APP_URL",
+    "enabled": "CUSTOMERIO_ENABLED",
 }
 # A region passed explicitly picks its own hosts over these variables' URLs.
 _REGION_URL_SETTINGS = ("track_url", "app_url")
@@ -57,6 +59,10 @@ _UNKNOWN_EVENTS = ("allow", "warn", "reject")
 OnFull = Literal["drop", "spill"]
 Durability = Literal["memory", "disk"]
 _SPOOL_OFF = frozenset({"false", "off", "none", "no", "0"})
+_SWITCH_WORDS: Mapping[str, bool] = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
 _LOOPBACK_NAMES = frozenset({"localhost"})
 # Bounds of the time settings. A shorter wait is a busy loop (flush_interval=1e-6) or a
 # request that can only time out; a longer one never ends in practice (and past
@@ -84,7 +90,13 @@ class Settings:
     Attributes:
         site_id: The Track API site id (``CUSTOMERIO_SITE_ID``).
         api_key: The Track API key (``CUSTOMERIO_TRACK_API_KEY``). Never shown in a repr.
-            Both are sent by HTTP basic auth, so they must be Latin-1 text.
+            Both are sent by HTTP basic auth, so they must be Latin-1 text. Neither is
+            needed when ``enabled`` is False.
+        enabled: False (``CUSTOMERIO_ENABLED=0``) switches the library off, for dev
+            machines and CI: no thread, no network, no spool, no credentials needed;
+            tagged log calls cost what untagged ones cost and direct calls return
+            receipts already resolved as ``disabled``. The test fixtures (``cio_events``,
+            ``cio_bridge``) still capture while it is off.
         region: ``"us"`` or ``"eu"`` (``CUSTOMERIO_REGION``); picks the default ``track_url``
             and ``app_url``.
         track_url: Base URL of the Track API (``CUSTOMERIO_TRACK_URL``). ``http://`` is allowed
@@ -137,10 +149,15 @@ class Settings:
         strict: Direct calls (``cio.track(...)``) raise ``InvalidEventError`` at the call
             for an event that cannot be sent, instead of reporting it through the receipt
             and the counters. Log calls never raise.
+        on_error: Called with an :class:`ErrorReport` for every drop, dead letter and
+            delivery failure, on a thread of the library's (never the app's): a small,
+            secret-free description, for an app's own alerting. An exception it raises
+            is ignored.
     """
 
-    site_id: str
-    api_key: str = field(repr=False)
+    site_id: str = ""
+    api_key: str = field(default="", repr=False)
+    enabled: bool = True
     region: str = "us"
     track_url: str = ""
     app_api_key: str | None = field(default=None, repr=False)
@@ -166,14 +183,28 @@ class Settings:
     user_attributes: type[UserAttributes] | None = None
     transport: Transport | None = field(default=None, repr=False, compare=False)
     strict: bool = False
+    on_error: Callable[[ErrorReport], object] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
-        _require_text("site_id", self.site_id)
-        _require_text("api_key", self.api_key)
+        if not isinstance(self.enabled, bool):
+            raise ConfigurationError(
+                f"enabled must be True or False (or set {ENV_VARS['enabled']}=0 or 1)",
+                setting="enabled",
+                env_var=ENV_VARS["enabled"],
+            )
+        for name in ("site_id", "api_key"):
+            if self.enabled or getattr(self, name):  # switched off, none is needed
+                _require_text(name, getattr(self, name))
         if self.app_api_key is not None:
             _require_text("app_api_key", self.app_api_key)
         self._check_region()
         self._check_sizes_and_times()
+        if self.on_error is not None and not callable(self.on_error):
+            raise ConfigurationError(
+                "on_error must be a callable taking one ErrorReport", setting="on_error"
+            )
         for flag in ("install_signal_handlers", "strict"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigurationError(f"{flag} must be True or False", setting=flag)
@@ -185,6 +216,11 @@ class Settings:
             )
         object.__setattr__(self, "events", tuple(self.events))
         self._check_spool()
+        if not self.enabled:
+            # Switched off: nothing is ever written or sent, so no spool either.
+            object.__setattr__(self, "spool_path", False)
+            object.__setattr__(self, "on_full", "drop")
+            object.__setattr__(self, "durability", "memory")
 
     def _check_region(self) -> None:
         region = self.region.strip().lower() if isinstance(self.region, str) else self.region
@@ -311,35 +347,58 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
+        return cls(**_merged(overrides, env, known))
+
+
+def _merged(
+    overrides: Mapping[str, Any], env: Mapping[str, str], known: set[str]
+) -> dict[str, Any]:
+    """The settings ``from_env`` builds: ``overrides`` first, then ``env``'s variables."""
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown setting(s): {', '.join(unknown)}; known settings are "
+            f"{', '.join(sorted(known))}",
+            setting=unknown[0],
+        )
+    values = {name: value for name, value in overrides.items() if value is not None}
+    region_passed = "region" in values
+    for name, var in ENV_VARS.items():
+        if name in _REGION_URL_SETTINGS and region_passed:
+            continue  # a region passed explicitly picks its own host over the env's URL
+        if name not in values and env.get(var, "").strip():
+            values[name] = env[var].strip()
+    if "region" not in values and isinstance(values.get("track_url"), str):
+        # A track_url that is a region's own host says which region it is.
+        for region, url in REGION_URLS.items():
+            if values["track_url"].strip().rstrip("/") == url:
+                values["region"] = region
+    if isinstance(values.get("enabled"), str):
+        values["enabled"] = _switch(values["enabled"])
+    for name in ("site_id", "api_key"):
+        if values.get("enabled", True) is False:
+            break  # switched off: no credentials needed
+        if name not in values:
             raise ConfigurationError(
-                f"unknown setting(s): {', '.join(unknown)}; known settings are "
-                f"{', '.join(sorted(known))}",
-                setting=unknown[0],
+                f"{name} is not set: pass configure({name}=...) or set {ENV_VARS[name]}",
+                setting=name,
+                env_var=ENV_VARS[name],
             )
-        values = {name: value for name, value in overrides.items() if value is not None}
-        region_passed = "region" in values
-        for name, var in ENV_VARS.items():
-            if name in _REGION_URL_SETTINGS and region_passed:
-                continue  # a region passed explicitly picks its own host over the env's URL
-            if name not in values and env.get(var, "").strip():
-                values[name] = env[var].strip()
-        if "region" not in values and isinstance(values.get("track_url"), str):
-            # A track_url that is a region's own host says which region it is.
-            for region, url in REGION_URLS.items():
-                if values["track_url"].strip().rstrip("/") == url:
-                    values["region"] = region
-        for name in ("site_id", "api_key"):
-            if name not in values:
-                raise ConfigurationError(
-                    f"{name} is not set: pass configure({name}=...) or set {ENV_VARS[name]}",
-                    setting=name,
-                    env_var=ENV_VARS[name],
-                )
-        if isinstance(values.get("events"), Sequence | set | frozenset):
-            values["events"] = tuple(values["events"])
-        return cls(**values)
+    if isinstance(values.get("events"), Sequence | set | frozenset):
+        values["events"] = tuple(values["events"])
+    return values
+
+
+def _switch(text: str) -> bool:
+    """``CUSTOMERIO_ENABLED``'s value as a bool."""
+    value = _SWITCH_WORDS.get(text.strip().lower())
+    if value is None:
+        raise ConfigurationError(
+            f"{ENV_VARS['enabled']} must be 1 or 0 (true/false, yes/no, on/off), got {text!r}",
+            setting="enabled",
+            env_var=ENV_VARS["enabled"],
+        )
+    return value
 
 
 def _require_text(name: str, value: object) -> None:

@@ -3,9 +3,9 @@ checks (capture, schema, delivery), its dead letters and the Track API emulator.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal, NamedTuple
 
-__all__ = ["REASONS"]
+__all__ = ["REASONS", "ErrorReport"]
 
 # -- an operation's content: the library's checks and the emulator's give the same code
 MISSING_NAME: Final = "missing_name"
@@ -86,3 +86,24 @@ REASONS: Final[dict[str, str]] = {
     REJECTED: "refused by the API without a reason",
 }
 """Every reason code, with what it means."""
+
+
+class ErrorReport(NamedTuple):
+    """What ``on_error`` is told: one drop, dead letter or delivery failure (or several of
+    one kind at once), small and free of secrets and payloads.
+
+    Attributes:
+        kind: ``dropped`` (never queued or lost from memory: queue full, shut down,
+            no spool), ``dead_lettered`` (invalid, or refused by the API for good) or
+            ``failed`` (undeliverable now, and nowhere to keep it).
+        total: How many events this report is about.
+        reason: A reason code (see :data:`REASONS`), or None when there is none.
+        message: What happened, in words; never a payload or a secret.
+        name: The event's name when the report is about one event and it has one.
+    """
+
+    kind: Literal["dropped", "dead_lettered", "failed"]
+    total: int
+    reason: str | None
+    message: str
+    name: str | None = None
