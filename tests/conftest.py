@@ -25,6 +25,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
         "CUSTOMERIO_SPOOL_PATH",
         "CUSTOMERIO_APP_API_KEY",
         "CUSTOMERIO_APP_URL",
+        "CUSTOMERIO_ENABLED",
     ):
         monkeypatch.delenv(var, raising=False)
     # The default spool lives in the user's state directory: keep each test's apart,

@@ -129,6 +129,7 @@ class TestAppAPI:
     ) -> None:
         monkeypatch.setenv("CUSTOMERIO_SITE_ID", emulator.site_id)
         monkeypatch.setenv("CUSTOMERIO_TRACK_API_KEY", emulator.api_key)
+        monkeypatch.delenv("CUSTOMERIO_APP_API_KEY")  # the emulator fixture sets one
         if with_bridge:
             configure_app(emulator, app_api_key=None)
         for call in (cio.app_api, lambda: cio.send_email(**EMAIL)):

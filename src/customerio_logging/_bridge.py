@@ -7,6 +7,7 @@ import os
 import threading
 from typing import Any
 
+from . import _routing
 from ._capture import Snapshot
 from ._config import Settings
 from ._delivery import official_client
@@ -14,6 +15,7 @@ from ._direct import Direct, DirectCalls, Target
 from ._dispatch import Dispatcher
 from ._ledger import DeadLetter, Ledger, Stats
 from ._lifecycle import cover_multiprocessing_exit
+from ._overflow import Overflow
 from ._ownlog import UnknownEventWarnings, quiet_http_logs_on_dispatch_thread
 from ._receipt import Outcome, Receipt
 from ._receipt import after_fork_in_child as receipt_after_fork
@@ -25,6 +27,8 @@ from ._wire import Operation, new_ulid, reseed_ulids
 from ._writer import SpoolWriter
 
 __all__ = ["Bridge"]
+
+_DISABLED = Outcome("disabled", None, None, "customerio_logging is switched off (enabled=False)")
 
 
 class Bridge(DirectCalls):
@@ -45,6 +49,7 @@ class Bridge(DirectCalls):
         self._durable = settings.durability == "disk"
         self._spool_when_full = settings.on_full == "spill"
         self._strict = settings.strict
+        self._enabled = settings.enabled
         self._warn_unknown = bool(settings.events) and settings.unknown_events == "warn"
         self._unknown = UnknownEventWarnings(self._taxonomy)
         self._ledger = Ledger()
@@ -84,6 +89,13 @@ class Bridge(DirectCalls):
         self._shutdown = Shutdown(
             dispatcher=self._dispatcher, sender=sender, writer=self._writer, ledger=self._ledger
         )
+        self._overflow = Overflow(
+            dispatcher=self._dispatcher,
+            sender=sender,
+            writer=self._writer,
+            ledger=self._ledger,
+            max_queue_size=settings.max_queue_size,
+        )
 
     def __repr__(self) -> str:
         state = "shut down" if self._shut_down else "running"
@@ -114,7 +126,7 @@ class Bridge(DirectCalls):
         at most; until then, events wait in memory to be written (``deferred``).
         ``configure()`` opens it before it returns.
         """
-        if not self._shut_down:
+        if not self._shut_down and self._enabled:
             quiet_http_logs_on_dispatch_thread()
             cover_multiprocessing_exit()
             self._dispatcher.start()
@@ -133,12 +145,18 @@ class Bridge(DirectCalls):
     # -- the app's side ---------------------------------------------------------------
 
     def submit(self, capture: Snapshot | Direct | Operation) -> bool:
-        """Queue a captured event; O(1), never blocks, never raises.
+        """Queue a captured event; O(1), never blocks, never raises (but in a test
+        fixture's strict mode, which raises ``InvalidEventError`` for an invalid one).
 
         Returns:
             False when the event was dropped (queue full or bridge shut down); the drop
             is counted.
         """
+        if _routing.active or not self._enabled:
+            return self._routed(capture)
+        return self._queue(capture)
+
+    def _queue(self, capture: Snapshot | Direct | Operation) -> bool:
         if self._pid != os.getpid():
             self._adopt_after_fork()
         if self._ledger.has_warnings:
@@ -146,15 +164,13 @@ class Bridge(DirectCalls):
         if self._warn_unknown:
             self._warn_if_unknown(capture)
         if self._durable:
-            return self._submit_durably(capture)
+            return self._overflow.write_ahead(capture)
         if self._dispatcher.submit(capture):
             return True
         if self._spool_when_full or (self._writer.spool is not None and self._dispatcher.closed):
-            # Queue full, or logged after shutdown (an exit hook that ran after ours):
-            # the event waits on disk for the next replay.
-            op = self._sender.build_here(capture)
-            return op is not None and self._keep_unqueued(op)
-        self._dropped(capture, f"event dropped: {self._why_not_queued()}")
+            # Queue full, or logged after shutdown (an exit hook that ran after ours).
+            return self._overflow.spill(capture)
+        self._overflow.drop(capture)
         return False
 
     def submit_direct(self, snapshot: Snapshot, target: Target) -> Receipt:
@@ -164,50 +180,32 @@ class Bridge(DirectCalls):
             InvalidEventError: With ``strict=True`` only: it cannot be sent.
         """
         direct = Direct(snapshot, Receipt(new_ulid(snapshot.created)), target)
-        if not self._strict:
+        if self._strict and self._enabled and not _routing.active:
+            self._checked(direct)
+        else:
             self.submit(direct)
-            return direct.receipt
+        return direct.receipt
+
+    def _routed(self, item: Snapshot | Direct | Operation) -> bool:
+        """A call while a test fixture is active, or the bridge is switched off."""
+        tap = _routing.tap
+        if tap is not None:
+            return tap.take(item, self._taxonomy, strict=self._strict)
+        if not self._enabled:
+            if isinstance(item, Direct):
+                item.receipt.resolve(_DISABLED)
+            return True
+        return self._checked(item)  # a fixture's strict mode: checked as made
+
+    def _checked(self, item: Snapshot | Direct | Operation) -> bool:
+        """Build ``item`` now, raising ``InvalidEventError`` if it is invalid, and queue it."""
         if self._pid != os.getpid():  # first: adopting resets the receipts built so far
             self._adopt_after_fork()
         if self._warn_unknown:
-            self._warn_if_unknown(direct)
-        self.submit(self._sender.build_or_raise(direct))
-        return direct.receipt
-
-    def _submit_durably(self, capture: Snapshot | Direct | Operation) -> bool:
-        # durability="disk": on disk before the log call returns, reserved for this
-        # process's queue; if the process dies, replay (here or elsewhere) sends it.
-        op = self._sender.build_here(capture)
-        if op is None:
-            return False
-        if not self._dispatcher.full:
-            # Reserved first, queued then. Should the queue fill in between (another
-            # thread), the event goes to the spool released below; a reservation still
-            # waiting in memory then never takes the row back (see Storage.add).
-            self._writer.for_log_call(op, lease=True)
-            if self._dispatcher.submit(op):
-                return True
-        return self._keep_unqueued(op)
-
-    def _keep_unqueued(self, op: Operation) -> bool:
-        """Spool an event the queue did not take (counted spooled, or dropped)."""
-        kept = self._writer.for_log_call(op, lease=False)
-        if kept:
-            if kept == "written":  # a deferred one is settled when written, or lost
-                self._sender.resolve(op.id, Outcome("spooled"))
-            return True
-        self._dropped(op, f"event dropped: {self._why_not_queued()} and the spool is unusable")
-        return False
-
-    def _dropped(self, item: Snapshot | Direct | Operation, why: str) -> None:
-        self._ledger.dropped(1, why)
-        reason = "shutdown" if self._dispatcher.closed else "queue"
-        self._sender.resolve_all([item], Outcome("dropped", reason, None, why))
-
-    def _why_not_queued(self) -> str:
-        if self._dispatcher.closed:
-            return "the bridge is shut down"
-        return f"the queue is full (max_queue_size={self.settings.max_queue_size})"
+            self._warn_if_unknown(item)
+        if not isinstance(item, Operation):
+            item = self._sender.build_or_raise(item)
+        return self._queue(item)
 
     def _warn_if_unknown(self, item: Snapshot | Direct | Operation) -> None:
         if isinstance(item, Direct):
@@ -229,8 +227,9 @@ class Bridge(DirectCalls):
 
         Returns:
             True when every event queued before the call was delivered or spooled within
-            ``timeout``, and none was refused or failed meanwhile; ``stats()`` tells the
-            details.
+            ``timeout``, and none was refused or failed meanwhile (an invalid event is
+            not: see ``stats().invalid``, or the fixtures' strict mode); ``stats()``
+            tells the details.
         """
         if self._shut_down:
             # The exit hook, then logging.shutdown() calling every handler's flush: one

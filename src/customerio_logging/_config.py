@@ -27,6 +27,7 @@ __all__ = [
     "MIN_SECONDS",
     "REGION_URLS",
     "Settings",
+    "enabled_in_env",
     "is_loopback",
 ]
 
@@ -387,6 +388,13 @@ def _merged(
     if isinstance(values.get("events"), Sequence | set | frozenset):
         values["events"] = tuple(values["events"])
     return values
+
+
+def enabled_in_env(environ: Mapping[str, str] | None = None) -> bool:
+    """What ``CUSTOMERIO_ENABLED`` says (True when unset; a malformed value counts as on:
+    ``configure()`` is the one to report it)."""
+    text = (os.environ if environ is None else environ).get(ENV_VARS["enabled"], "")
+    return _SWITCH_WORDS.get(text.strip().lower(), True)
 
 
 def _switch(text: str) -> bool:

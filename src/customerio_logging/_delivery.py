@@ -26,6 +26,7 @@ __all__ = [
     "DeliveryReport",
     "Failure",
     "SessionTransport",
+    "SwitchedOff",
     "http_errors",
     "official_client",
     "post_once",
@@ -33,6 +34,21 @@ __all__ = [
 ]
 
 _HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+class SwitchedOff:
+    """The transport of a bridge switched off (``enabled=False``): it sends nothing."""
+
+    def send(self, body: bytes) -> Response:
+        """Refuse: a switched-off bridge has no way out.
+
+        Raises:
+            DeliveryError: Always.
+        """
+        raise DeliveryError("customerio_logging is switched off (enabled=False): nothing is sent")
+
+    def close(self) -> None:
+        """Nothing to close."""
 
 
 class SessionTransport:

@@ -7,10 +7,10 @@ import contextlib
 import threading
 from typing import Any
 
-from . import _app_api, _lifecycle, _receipt, _storage, _watchdog
+from . import _app_api, _lifecycle, _receipt, _routing, _storage, _watchdog
 from ._bridge import Bridge
 from ._capture import Snapshot
-from ._config import Settings
+from ._config import Settings, enabled_in_env
 from ._ledger import Stats
 from ._ownlog import warn
 from ._wire import reseed_ulids
@@ -29,6 +29,7 @@ __all__ = [
     "shutdown",
     "stats",
     "submit_capture",
+    "switched_off",
 ]
 
 _bridge: Bridge | None = None
@@ -51,22 +52,28 @@ def configure(**settings: Any) -> Bridge:
     with ``install_signal_handlers`` (the default), it also installs, once per process,
     a SIGTERM handler that delivers what is queued, then chains to the previous handler.
 
+    With ``enabled=False`` (or ``CUSTOMERIO_ENABLED=0``) nothing starts and nothing is
+    needed: no thread, no network, no credentials. While a test fixture is active
+    (``cio_events``, ``track_api_emulator``, ``cio_bridge``) it decides where the bridge
+    sends: never to a real workspace.
+
     Raises:
         ConfigurationError: A setting is missing or malformed.
     """
     global _bridge
-    new = Bridge(Settings.from_env(**settings))
+    new = Bridge(Settings.from_env(**_routing.pinned(settings)))
     # One configure at a time, so that none returns a bridge another has already
     # replaced and shut down.
     with _configure_lock:
         with _bridge_lock:
             old, _bridge = _bridge, new
+            _routing.set_process_bridge_off(not new.settings.enabled)
         if old is not None:
             old.shutdown()
         if new.settings.durability == "disk":
             new.open_spool()  # the first log call's event is on disk when it returns
         new.start()
-    if new.settings.install_signal_handlers:
+    if new.settings.install_signal_handlers and new.settings.enabled:
         _lifecycle.install_sigterm_handler(_on_sigterm)
     return new
 
@@ -120,7 +127,7 @@ def _bridge_from_env() -> Bridge:
     early: list[Snapshot] = []
     _building.early = early
     try:
-        built = Bridge(Settings.from_env())
+        built = Bridge(Settings.from_env(**_routing.pinned({})))
     except Exception as exc:
         for _ in early:
             note_lost(exc)
@@ -130,6 +137,7 @@ def _bridge_from_env() -> Bridge:
     with _bridge_lock:
         if _bridge is None:
             _bridge = built
+            _routing.set_process_bridge_off(not built.settings.enabled)
         bridge = _bridge
     bridge.start()
     for capture in early:
@@ -195,6 +203,15 @@ def stats() -> Stats:
     with _bridge_lock:
         dropped, error = _unconfigured
     return Stats(enqueued=dropped, dropped=dropped, last_error=error)
+
+
+def switched_off() -> bool:
+    """True when the library is switched off: the process's bridge is, or none is built
+    yet and ``CUSTOMERIO_ENABLED`` says so."""
+    bridge = _bridge
+    if bridge is not None:
+        return not bridge.settings.enabled
+    return not enabled_in_env()
 
 
 def note_lost(error: Exception) -> None:
@@ -263,6 +280,7 @@ def forget_bridge() -> Bridge | None:
     with _bridge_lock:
         old, _bridge = _bridge, None
         _unconfigured = (0, None)
+        _routing.set_process_bridge_off(False)
     return old
 
 

@@ -10,7 +10,7 @@ from typing import Any, Literal, NamedTuple
 
 __all__ = ["Outcome", "Receipt", "Status", "after_fork_in_child"]
 
-Status = Literal["sent", "spooled", "dead_lettered", "invalid", "failed", "dropped"]
+Status = Literal["sent", "spooled", "dead_lettered", "invalid", "failed", "dropped", "disabled"]
 
 # One lock for every receipt: taken only to resolve one and by those who wait or add a
 # callback, each a few attribute reads; a receipt nobody looks at owns no lock or event.
@@ -32,7 +32,8 @@ class Outcome(NamedTuple):
             it later), ``dead_lettered`` (the API refused it for good), ``invalid`` (it
             could not become a valid operation), ``failed`` (undeliverable now and no
             spool to keep it) or ``dropped`` (the queue was full, or the bridge shut
-            down, with no spool).
+            down, with no spool); ``disabled`` when the library is switched off
+            (``enabled=False``): nothing was sent, by design.
         reason: A short code for the last four (see the README's table), else None.
         field: The field at fault, when known.
         message: The explanation, in words; never a payload.
@@ -45,8 +46,9 @@ class Outcome(NamedTuple):
 
     @property
     def ok(self) -> bool:
-        """True when the operation was sent or waits on disk to be sent."""
-        return self.status in ("sent", "spooled")
+        """True when the operation was sent or waits on disk to be sent, or the library
+        is switched off (``disabled``: the app asked for nothing to be sent)."""
+        return self.status in ("sent", "spooled", "disabled")
 
 
 class Receipt:

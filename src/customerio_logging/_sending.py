@@ -11,7 +11,7 @@ from typing import Any
 from . import _replay
 from ._capture import Snapshot
 from ._config import Settings
-from ._delivery import Delivery, DeliveryReport, Failure, transport_for
+from ._delivery import Delivery, DeliveryReport, Failure, SwitchedOff, transport_for
 from ._direct import Direct
 from ._ledger import DeadLetter, Ledger
 from ._lifecycle import sigterm_hint
@@ -24,7 +24,7 @@ from ._replay import Replayer, dead_letter_rows
 from ._retry import RetryPolicy
 from ._schema import Taxonomy
 from ._storage import CALLER_WAIT, DeadLetterRow
-from ._wire import Operation, shorten
+from ._wire import Operation, Transport, shorten
 from ._writer import Kept, SpoolWriter
 from .exceptions import InvalidEventError
 
@@ -83,7 +83,12 @@ class Sender:
         """Build the way out: transport, rate limit, delivery and replay, and forget the
         batch in flight (when built, and in a forked child: the parent's stay its own)."""
         settings = self._settings
-        transport = settings.transport or transport_for(settings, client=self._client())
+        if settings.transport is not None:
+            transport: Transport = settings.transport
+        elif settings.enabled:
+            transport = transport_for(settings, client=self._client())
+        else:
+            transport = SwitchedOff()  # never used: a switched-off bridge queues nothing
         pacer = Pacer(settings.max_requests_per_second)
         problem = self._ledger.warn_problem
         policy = RetryPolicy.from_settings(settings, pacer=pacer)
@@ -125,15 +130,17 @@ class Sender:
         """
         return self._build(item, here=True, letters=letters)
 
-    def build_or_raise(self, direct: Direct) -> Operation:
-        """Build a direct call's operation now (``strict=True``).
+    def build_or_raise(self, item: Snapshot | Direct) -> Operation:
+        """Build a call's operation now (``strict=True``, or a test fixture's strict mode).
 
         Raises:
             InvalidEventError: It cannot become a valid operation (nothing is counted:
                 the call raised instead).
         """
-        op = build_operation(direct.snapshot, self._taxonomy, direct.receipt.id, direct.target)
-        self._receipts[op.id] = direct.receipt
+        if not isinstance(item, Direct):
+            return build_operation(item, self._taxonomy)
+        op = build_operation(item.snapshot, self._taxonomy, item.receipt.id, item.target)
+        self._receipts[op.id] = item.receipt
         return op
 
     def _build(

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from . import _app_api
 from ._delivery import http_errors, post_once
-from ._global import app_client
+from ._global import app_client, switched_off
 from ._pacing import Pacer
 from ._retry import RetryPolicy
 from ._wire import Response, shorten, status_phrase
@@ -53,7 +53,9 @@ def send_email(request: Any = None, /, **fields: Any) -> dict[str, Any]:
         **fields: The keyword arguments of ``customerio.SendEmailRequest``.
 
     Returns:
-        The API's JSON answer, e.g. ``{"delivery_id": "...", "queued_at": 1700000000}``.
+        The API's JSON answer, e.g. ``{"delivery_id": "...", "queued_at": 1700000000}``;
+        ``{"delivery_id": None, "queued_at": None, "disabled": True}`` when the library
+        is switched off (``enabled=False``): the request is checked, nothing is sent.
 
     Raises:
         ConfigurationError: No App API key is set; see :func:`app_api`.
@@ -102,6 +104,9 @@ def _request(request_type: type[Any], request: Any, fields: dict[str, Any]) -> A
 
 
 def _send(kind: str, path: str, request: Any) -> dict[str, Any]:
+    if switched_off():
+        # Checked (the request was built above, so a bad argument still raises), not sent.
+        return {"delivery_id": None, "queued_at": None, "disabled": True}
     app = app_client()
     settings = app.settings
     # The official client's own conversion (datetimes to Unix seconds, NaN to null), so

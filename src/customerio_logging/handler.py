@@ -6,9 +6,10 @@ import logging
 import weakref
 from typing import TYPE_CHECKING
 
+from . import _routing
 from ._capture import TAG, capture_record
 from ._global import current_bridge, note_lost, submit_capture
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, InvalidEventError
 
 if TYPE_CHECKING:
     from ._bridge import Bridge
@@ -27,8 +28,10 @@ class CustomerIOHandler(logging.Handler):
     Works from ``dictConfig`` with no arguments (``"class":
     "customerio_logging.CustomerIOHandler"``): the bridge is found, or built from the
     environment, on the first tagged record, never at construction. Untagged records
-    cost one attribute lookup and a type check. ``emit`` never raises into the app and
-    never blocks on the network.
+    cost one attribute lookup and a type check; so do tagged ones when the library is
+    switched off (``CUSTOMERIO_ENABLED=0``). ``emit`` never raises into the app (but
+    in a test fixture's strict mode, for an invalid event) and never blocks on the
+    network.
 
     Tag with ``extra``::
 
@@ -55,6 +58,8 @@ class CustomerIOHandler(logging.Handler):
                     return False
         except Exception:  # noqa: BLE001, S110 - a tag with no truth value (a numpy array):
             pass  # emit takes it, and the bridge counts it invalid
+        if _routing.muted and self._bridge is None:
+            return False  # switched off: a tagged record costs what an untagged one does
         return bool(super().handle(record))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -72,6 +77,8 @@ class CustomerIOHandler(logging.Handler):
                 self._bridge.submit(capture)
         except ConfigurationError as exc:
             note_lost(exc)
+        except InvalidEventError:
+            raise  # only a test fixture's strict mode raises it: the test fails at the call
         except Exception as exc:  # noqa: BLE001 - logging's contract: report, never raise
             note_lost(exc)
             self.handleError(record)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from . import _routing
 from ._capture import TAG, TakenByProcessor, capture_event_dict
 from ._global import note_lost, submit_capture
+from .exceptions import InvalidEventError
 
 if TYPE_CHECKING:
     from ._bridge import Bridge
@@ -30,7 +32,9 @@ class CustomerIOProcessor:
 
     The event dict passes through unchanged except ``cio_event``, which becomes the
     event's name as a marker string: a ``CustomerIOHandler`` further down the chain then
-    knows the event was taken and does not send it twice. Never raises into the log call.
+    knows the event was taken and does not send it twice. Never raises into the log call
+    (but in a test fixture's strict mode, for an invalid event). Switched off
+    (``CUSTOMERIO_ENABLED=0``), a tagged event dict costs what an untagged one does.
 
     Args:
         bridge: The bridge to use; the process's (``get_bridge()``) when None.
@@ -50,6 +54,15 @@ class CustomerIOProcessor:
                 return event_dict
         except Exception:  # noqa: BLE001, S110 - a tag with no truth value (a numpy array):
             pass  # taken below, and counted invalid by the bridge
+        if not _routing.muted or self._bridge is not None:  # muted: switched off, not taken
+            self._take(event_dict)
+        # Taken, whatever became of it (queued, or counted lost): a CustomerIOHandler
+        # further down must neither send nor count it again.
+        name = tag if isinstance(tag, str) else event_dict.get("event")
+        event_dict[TAG] = TakenByProcessor(name if isinstance(name, str) else "")
+        return event_dict
+
+    def _take(self, event_dict: MutableMapping[str, Any]) -> None:
         try:
             capture = capture_event_dict(event_dict)
             if capture is not None:
@@ -57,13 +70,10 @@ class CustomerIOProcessor:
                     submit_capture(capture)
                 else:
                     self._bridge.submit(capture)
+        except InvalidEventError:
+            raise  # only a test fixture's strict mode raises it: the test fails at the call
         except Exception as exc:  # noqa: BLE001 - a log call must never fail because of us
             note_lost(exc)
-        # Taken, whatever became of it (queued, or counted lost): a CustomerIOHandler
-        # further down must neither send nor count it again.
-        name = tag if isinstance(tag, str) else event_dict.get("event")
-        event_dict[TAG] = TakenByProcessor(name if isinstance(name, str) else "")
-        return event_dict
 
     def __repr__(self) -> str:
         return "CustomerIOProcessor()"

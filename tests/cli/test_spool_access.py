@@ -37,8 +37,11 @@ class TestSpoolCommandsKeepTheKeySecret:
         command: list[str],
         code: int,
         capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        # The file the settings name, found from the credentials as the app finds it.
+        # The file the settings name, found from the credentials as the app finds it
+        # (not the temporary spool the emulator fixture's environment names).
+        monkeypatch.delenv("CUSTOMERIO_SPOOL_PATH")
         path = default_spool_path(emulator.site_id, emulator.url)
         fill_spool(path, [valid_operation()], [letter_for(valid_operation()), letter_for(None)])
         assert main([*command, *credentials(emulator)]) == code

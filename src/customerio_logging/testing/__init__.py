@@ -8,11 +8,29 @@ A ``FaultPlan`` makes it fail on purpose, reproducibly: scripted statuses, a fai
 dropped connections, a rate limit with ``Retry-After``, slow answers, a lower 413 threshold
 and chosen operations refused in a 207. ``MockTransport`` (with ``Response``) answers the
 bridge's batches without any server: ``configure(transport=MockTransport())``.
+``capture_events()`` (the ``cio_events`` fixture) keeps every operation the code under test
+makes in memory, as it is made, with ``assert_sent``.
 """
 
 from customerio_logging._wire import Response
+from customerio_logging.testing._events import (
+    CapturedEvent,
+    CapturedEvents,
+    InvalidCall,
+    capture_events,
+)
 from customerio_logging.testing._faults import FaultPlan
 from customerio_logging.testing._mock import MockTransport
 from customerio_logging.testing._server import RecordedRequest, TrackAPIEmulator
 
-__all__ = ["FaultPlan", "MockTransport", "RecordedRequest", "Response", "TrackAPIEmulator"]
+__all__ = [
+    "CapturedEvent",
+    "CapturedEvents",
+    "FaultPlan",
+    "InvalidCall",
+    "MockTransport",
+    "RecordedRequest",
+    "Response",
+    "TrackAPIEmulator",
+    "capture_events",
+]

@@ -1,0 +1,188 @@
+"""Where calls go when not to the network: nowhere (the library is switched off), or to a
+test fixture, which also pins where any ``configure()`` made meanwhile may send."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+from ._config import ENV_VARS, is_loopback
+
+if TYPE_CHECKING:
+    from ._capture import Snapshot
+    from ._direct import Direct
+    from ._schema import Taxonomy
+    from ._wire import Operation
+
+__all__ = [
+    "Pin",
+    "Tap",
+    "active",
+    "environment_urls",
+    "innermost_pin",
+    "is_loopback_url",
+    "muted",
+    "pinned",
+    "set_process_bridge_off",
+    "tapped",
+]
+
+
+class Tap(Protocol):
+    """Takes every call a bridge is handed, in its place (``cio_events``)."""
+
+    def take(
+        self, item: Snapshot | Direct | Operation, taxonomy: Taxonomy, *, strict: bool
+    ) -> bool:
+        """Keep ``item`` as the bridge would send it; False when it is invalid.
+
+        Args:
+            item: The call, as the bridge was handed it.
+            taxonomy: The bridge's event schema, to validate with.
+            strict: The bridge's own ``strict`` setting (for direct calls).
+
+        Raises:
+            InvalidEventError: ``item`` is invalid and the tap or ``strict`` says raise.
+        """
+        ...
+
+
+def environment_urls() -> frozenset[str]:
+    """The Track and App API addresses the environment names now."""
+    urls = (os.environ.get(ENV_VARS[key], "") for key in ("track_url", "app_url"))
+    return frozenset(_same(url) for url in urls if url.strip())
+
+
+def _same(url: str) -> str:
+    return url.strip().rstrip("/")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pin:
+    """What a fixture imposes on every ``configure()`` while it is active.
+
+    Attributes:
+        destination: ``track_url``, ``site_id``, ``api_key``, ``app_url`` and
+            ``app_api_key``: where to send instead of any address that is not an explicit
+            loopback URL of the test's own (a real workspace is never reached).
+        defaults: Settings used when the call does not give them.
+        forced: Settings used whatever the call gives.
+        check_at_call: Validate each call as it is made and raise ``InvalidEventError``
+            there (log calls included), rather than on the dispatch thread.
+        foreign: Addresses never kept, loopback or not: the environment's before the
+            fixture (see :func:`environment_urls`), which an app may have read already.
+    """
+
+    destination: Mapping[str, str]
+    foreign: frozenset[str] = field(default_factory=environment_urls)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    forced: Mapping[str, Any] = field(default_factory=dict)
+    check_at_call: bool = False
+
+
+# Read on every call: plain module attributes, set only by the functions below.
+tap: Tap | None = None
+check_at_call = False
+active = False
+"""A tap is set or calls are checked as made: ``Bridge.submit``'s one test of this module."""
+muted = False
+"""The process's bridge is switched off and nothing taps: tagged calls return at once."""
+
+_lock = threading.Lock()
+_pins: list[Pin] = []  # the innermost fixture's last
+_taps: list[Tap] = []
+_process_bridge_off = False
+
+
+def _update() -> None:
+    global tap, check_at_call, active, muted
+    tap = _taps[-1] if _taps else None
+    check_at_call = bool(_pins) and _pins[-1].check_at_call
+    active = tap is not None or check_at_call
+    muted = _process_bridge_off and tap is None
+
+
+def set_process_bridge_off(off: bool) -> None:
+    """Say whether the process's bridge (the one ``configure()`` built) is switched off."""
+    global _process_bridge_off
+    with _lock:
+        _process_bridge_off = off
+        _update()
+
+
+@contextlib.contextmanager
+def tapped(pin: Pin, tap_with: Tap | None = None) -> Iterator[None]:
+    """Impose ``pin`` on every ``configure()``, and hand every call to ``tap_with`` if
+    given, until the block ends; nested blocks win over outer ones."""
+    with _lock:
+        _pins.append(pin)
+        if tap_with is not None:
+            _taps.append(tap_with)
+        _update()
+    try:
+        yield
+    finally:
+        with _lock:
+            _pins.remove(pin)
+            if tap_with is not None:
+                _taps.remove(tap_with)
+            _update()
+
+
+def innermost_pin() -> Pin:
+    """The pin of the innermost fixture.
+
+    Raises:
+        LookupError: No fixture is active.
+    """
+    with _lock:
+        if not _pins:
+            raise LookupError("no customerio_logging fixture is active")
+        return _pins[-1]
+
+
+def pinned(given: Mapping[str, Any]) -> dict[str, Any]:
+    """``configure()``'s keyword arguments as the innermost pin rewrites them.
+
+    A loopback address the call gives, or one other than the pin's the environment gives
+    (a test's own local server), is kept with the credentials given, unless it is one of
+    the pin's ``foreign``; any other (none, a region's host, a real one, the environment's
+    before the fixture) becomes the pin's, with the pin's credentials.
+    """
+    with _lock:
+        pin = _pins[-1] if _pins else None
+    if pin is None:
+        return dict(given)
+    values = {key: value for key, value in given.items() if value is not None}
+    for key, value in pin.defaults.items():
+        values.setdefault(key, value)
+    values.update(pin.forced)
+    for url_key, secrets in (("track_url", ("site_id", "api_key")), ("app_url", ("app_api_key",))):
+        ours = pin.destination[url_key]
+        explicit = values.get(url_key)
+        url = explicit or os.environ.get(ENV_VARS[url_key], "")
+        # The pin's own address given explicitly comes with the test's own credentials.
+        if not (
+            isinstance(url, str)
+            and is_loopback_url(url)
+            and _same(url) not in pin.foreign
+            and (explicit is not None or _same(url) != ours)
+        ):
+            values[url_key] = ours
+            values.update({secret: pin.destination[secret] for secret in secrets})
+    values.pop("region", None)  # a region names real hosts; the pin's are set above
+    return values
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for a URL whose host never leaves this machine."""
+    try:
+        host = urlsplit(url.strip()).hostname
+    except ValueError:
+        return False
+    return host is not None and is_loopback(host)
