@@ -13,6 +13,7 @@ bridge's batches without any server: ``configure(transport=MockTransport())``.
 from customerio_logging._wire import Response
 from customerio_logging.testing._faults import FaultPlan
 from customerio_logging.testing._mock import MockTransport
-from customerio_logging.testing._server import RecordedRequest, TrackAPIEmulator
+from customerio_logging.testing._recorder import RecordedRequest
+from customerio_logging.testing._server import TrackAPIEmulator
 
 __all__ = ["FaultPlan", "MockTransport", "RecordedRequest", "Response", "TrackAPIEmulator"]
