@@ -20,6 +20,7 @@ __all__ = [
     "credentials_parent",
     "exit_codes",
     "positive_seconds",
+    "usage_error",
 ]
 
 Command = Callable[[argparse.Namespace], int]
@@ -100,6 +101,14 @@ def _print_help(parser: argparse.ArgumentParser) -> Command:
         return 2
 
     return run
+
+
+def usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """Print ``message`` as argparse prints a usage error (the usage line, then ``prog:
+    error: message``) for a check it cannot make while parsing; returns its exit code, 2."""
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def credentials_parent() -> argparse.ArgumentParser:

@@ -21,7 +21,8 @@ from customerio_logging.testing._events import (
 )
 from customerio_logging.testing._faults import FaultPlan
 from customerio_logging.testing._mock import MockTransport
-from customerio_logging.testing._server import RecordedRequest, TrackAPIEmulator
+from customerio_logging.testing._recorder import RecordedRequest
+from customerio_logging.testing._server import TrackAPIEmulator
 
 __all__ = [
     "CapturedEvent",
