@@ -20,10 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, field_serializer
 
-from customerio_logging._capture import capture_event_dict, capture_record
+from customerio_logging._capture import UnreadableTag, capture_event_dict, capture_record
 from customerio_logging._limits import MAX_OPERATION_BYTES
 from customerio_logging._operation import build_operation
 from customerio_logging._schema import Event, Taxonomy
+from customerio_logging._values import with_article
 from customerio_logging.exceptions import InvalidEventError
 
 from .helpers import (
@@ -222,6 +223,81 @@ class TestValues:
         assert error.reason == "too_deep"
         assert error.field is not None
         assert error.field.startswith("attributes.deep")
+
+
+class TestWithArticle:
+    @pytest.mark.parametrize(
+        ("noun", "expected"),
+        [
+            ("object", "an object"),
+            ("int", "an int"),
+            ("Enum", "an Enum"),
+            ("IntEnum", "an IntEnum"),
+            ("OrderedDict", "an OrderedDict"),
+            ("UnboundLocalError", "an UnboundLocalError"),
+            ("list", "a list"),
+            ("str", "a str"),
+            ("datetime", "a datetime"),
+            ("Decimal", "a Decimal"),
+            ("hybrid", "a hybrid"),
+            # Said "you" or "w": a consonant sound.
+            ("UUID", "a UUID"),
+            ("uuid", "a uuid"),
+            ("Union", "a Union"),
+            ("UserDict", "a UserDict"),
+            ("uint8", "a uint8"),
+            ("one-off", "a one-off"),
+            # Acronyms, said letter by letter.
+            ("HTTPResponse", "an HTTPResponse"),
+            ("SSLContext", "an SSLContext"),
+            ("OSError", "an OSError"),
+            ("MD5", "an MD5"),
+            ("JSONDecoder", "a JSONDecoder"),
+            ("X", "an X"),
+            ("T", "a T"),
+            # A small consonant before another: said as its letter.
+            ("ndarray", "an ndarray"),
+            ("mmap", "an mmap"),
+            ("mypy", "a mypy"),
+            # A private name is said without its underscores.
+            ("_Entry", "an _Entry"),
+            ("_Sentinel", "a _Sentinel"),
+        ],
+    )
+    def test_the_article_follows_how_the_name_is_said(self, noun: str, expected: str) -> None:
+        assert with_article(noun) == expected
+
+    @pytest.mark.parametrize(
+        ("name", "said"),
+        [
+            ("object", "an object"),
+            ("Interval", "an Interval"),
+            ("HTTPResponse", "an HTTPResponse"),
+            ("UUIDish", "a UUIDish"),
+            ("Money", "a Money"),
+        ],
+    )
+    def test_a_value_without_a_json_form(self, name: str, said: str) -> None:
+        # The report: "when is a object".
+        value = object() if name == "object" else type(name, (), {})()
+        error = invalid(cap(user_id="u", when=value))
+        assert str(error).startswith(f"when is {said}, which has no JSON form; log a str")
+
+    @pytest.mark.parametrize(
+        ("key", "said"),
+        [((1, 2), "a tuple"), (object(), "an object"), (frozenset(), "a frozenset")],
+    )
+    def test_a_key_that_is_not_a_string(self, key: object, said: str) -> None:
+        error = invalid(cap(user_id="u", lookup={key: 1}))
+        assert str(error) == f"lookup has {said} key; JSON object keys are strings"
+
+    def test_a_tag_whose_truth_cannot_be_tested(self) -> None:
+        array = type("ndarray", (), {})()  # named as numpy names its arrays
+        error = invalid(cap(UnreadableTag(array), user_id="u"))
+        assert str(error) == (
+            "cio_event must be True or the event name; it is an ndarray, whose truth value "
+            "cannot be tested"
+        )
 
 
 class TestCycles:

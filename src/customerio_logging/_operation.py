@@ -40,7 +40,7 @@ from ._reasons import (
     UNSUPPORTED_VALUE,
 )
 from ._schema import Taxonomy
-from ._values import coerce, coerce_data, encode, encode_text, quote
+from ._values import coerce, coerce_data, encode, encode_text, quote, with_article
 from ._wire import Operation, new_ulid
 from .exceptions import InvalidEventError
 
@@ -85,8 +85,8 @@ def _build_operation(
 ) -> Operation:
     if type(snapshot.tag) is UnreadableTag:
         raise InvalidEventError(
-            f"cio_event must be True or the event name; it is a {snapshot.tag.kind}, whose "
-            f"truth value cannot be tested",
+            "cio_event must be True or the event name; it is "
+            f"{with_article(snapshot.tag.kind)}, whose truth value cannot be tested",
             reason=INVALID_TAG,
             field=TAG,
         )

@@ -42,6 +42,7 @@ __all__ = [
     "quote",
     "too_many_digits",
     "too_many_items",
+    "with_article",
 ]
 
 MAX_DEPTH = 32
@@ -82,6 +83,47 @@ class BoundedIterable:
         yield from itertools.islice(items, MAX_ITEMS)
         for _ in itertools.islice(items, 1):
             raise ValueError(too_many_items())
+
+
+# How the first letters of a name are said, for with_article. Letters whose names start
+# with a vowel sound: "an HTTPResponse", "an SSLContext", "an MD5".
+_AN_LETTERS = frozenset("AEFHILMNORSX")
+# A vowel said as "you" or "w": "a UUID" spelt small, "a Union", "a UserDict", "a uint8".
+_SAID_YOU_OR_W = ("uu", "uni", "use", "usu", "uti", "uint", "url", "uri", "eu", "one", "once")
+# A small consonant that no English word starts with before another one: said as its
+# letter ("an ndarray", "an mmap", "an xml..."), as the acronyms above.
+_SPELT = frozenset("hlmnx")
+_VOWELS = frozenset("aeiouAEIOU")
+
+
+def with_article(noun: str) -> str:
+    """``noun`` after "a" or "an", chosen by how it is said: ``with_article("object")`` is
+    ``"an object"``.
+
+    For the names messages quote (types, words), decided by their first letters:
+
+    - An acronym (two capitals first, or one capital alone) is said letter by letter:
+      "an HTTPResponse", "an SSLContext", "an OSError", but "a UUID", "a JSONDecoder".
+    - A word starting with a vowel takes "an" ("an object", "an int", "an Enum"), unless
+      the vowel is said "you" or "w": "a Union", "a UserDict", "a uint8", "a one-off".
+    - A word starting with h, l, m, n or x and another consonant is said letter by
+      letter: "an ndarray", "an mmap"; any other takes "a" ("a str", "a datetime").
+
+    Leading underscores are skipped. A silent h ("an hour") is not detected: type names
+    rarely start with one.
+    """
+    return f"{'an' if _vowel_sound(noun.lstrip('_')) else 'a'} {noun}"
+
+
+def _vowel_sound(said: str) -> bool:
+    first, second = said[:1], said[1:2]
+    if first.isupper() and (not second or second.isupper()):
+        return first in _AN_LETTERS  # an acronym
+    if said.lower().startswith(_SAID_YOU_OR_W):
+        return False
+    if first in _VOWELS:
+        return True
+    return first in _SPELT and second.isalpha() and second.lower() not in "aeiouy"
 
 
 def too_many_items() -> str:
@@ -199,8 +241,8 @@ def _coerce_object(value: Any, path: str, depth: int, budget: list[int]) -> Any:
         value = value.value
     raise _unsupported(
         path,
-        f"is a {type(value).__qualname__}, which has no JSON form; log a str, number, "
-        f"bool, list, dict, datetime, Decimal, UUID, Enum or a pydantic model",
+        f"is {with_article(type(value).__qualname__)}, which has no JSON form; log a str, "
+        "number, bool, list, dict, datetime, Decimal, UUID, Enum or a pydantic model",
     )
 
 
@@ -316,7 +358,7 @@ def _key(key: object, path: str) -> str:
     if isinstance(key, int | float) or key is None:
         return json.dumps(key)
     raise InvalidEventError(
-        f"{path} has a {type(key).__qualname__} key; JSON object keys are strings",
+        f"{path} has {with_article(type(key).__qualname__)} key; JSON object keys are strings",
         reason=UNSUPPORTED_VALUE,
         field=f"attributes.{path}",
     )

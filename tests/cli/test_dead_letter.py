@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import re
+import signal
 import stat
+import struct
+import subprocess
+import sys
+import termios
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +21,17 @@ from customerio_logging._storage import DeadLetterRow
 from customerio_logging.cli import main
 from customerio_logging.testing import TrackAPIEmulator
 
-from ..helpers import fill_spool, letter_for, read_spool, replay_args, valid_operation
+from ..helpers import (
+    fill_spool,
+    letter_for,
+    python_env,
+    read_spool,
+    replay_args,
+    run_python,
+    valid_operation,
+    wait_until,
+)
+from .conftest import progress_counts
 
 
 def _table_seqs(out: str) -> list[int]:
@@ -190,3 +209,93 @@ class TestDeadLetterRequeue:
         assert main([*args, "--yes"]) == 0
         assert "deleted 1 dead letter" in capsys.readouterr().out
         assert [letter.reason for letter in read_spool(spool_path)[1]] == ["http_400"]
+
+
+REQUEUED = 3000
+"""Dead letters in a long requeue: six batches of 500."""
+
+
+def _requeue_command(path: Path) -> list[str]:
+    """What follows the interpreter in a child that requeues every dead letter."""
+    return ["-m", "customerio_logging", "dead-letter", "requeue", "--all", f"--spool-path={path}"]
+
+
+def _unread(fd: int) -> int:
+    """Bytes waiting in the pipe whose reading end is ``fd``."""
+    count: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+    return count
+
+
+class TestDeadLetterRequeueProgress:
+    """A long requeue as a person, or a log, sees it; and Ctrl-C. In processes of their own."""
+
+    @pytest.fixture(autouse=True)
+    def _letters(self, spool_path: Path) -> None:
+        fill_spool(spool_path, letters=[letter_for(valid_operation()) for _ in range(REQUEUED)])
+
+    def test_in_a_pipe_plain_lines_now_and_then(self, spool_path: Path) -> None:
+        result = run_python(*_requeue_command(spool_path), timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(
+            f"moved 3000 dead letters back into the spool at {spool_path}"
+        )
+        header, *lines, summary = result.stderr.splitlines()
+        assert header == "requeueing 3000 dead letters"
+        status = r"requeue: (\d+)/3000 \(\d+%\), \d+/s, \d+ left(, ETA \S+ s)?"
+        done = progress_counts(status, lines)
+        assert {1000, 2000, 3000} <= set(done)
+        assert len(done) < 6  # never a line per batch
+        assert re.fullmatch(r"requeue: 3000 dead letters in \S+ s \(\d+/s\)", summary)
+        assert "\r" not in result.stderr + result.stdout
+        assert read_spool(spool_path) == (REQUEUED, [])
+
+    def test_on_a_terminal_one_line_redrawn_then_a_summary(
+        self, spool_path: Path, on_a_terminal: Callable[[list[str]], tuple[int, str]]
+    ) -> None:
+        code, shown = on_a_terminal(_requeue_command(spool_path)[2:])
+        assert code == 0, shown
+        header, progress, verdict, *_ = shown.split("\n")
+        assert header == "requeueing 3000 dead letters"
+        _, *drawn, erased, summary = progress.split("\r")
+        assert drawn[0].startswith("requeue [###-----------------] 500/3000 (16%), ")
+        assert erased == " " * len(drawn[-1])
+        assert re.fullmatch(r"requeue: 3000 dead letters in \S+ s \(\d+/s\)", summary)
+        assert verdict.startswith("moved 3000 dead letters back into the spool")
+
+    def test_ctrl_c_stops_between_two_batches_and_says_what_was_done(
+        self, spool_path: Path
+    ) -> None:
+        # stderr is a pipe this test keeps full but for the header: the command stops
+        # there, at the latest when writing its first progress line (1000 dead letters),
+        # until Ctrl-C has come.
+        header = b"requeueing 3000 dead letters\n"
+        reader, writer = os.pipe()
+        capacity = fcntl.fcntl(writer, fcntl.F_GETPIPE_SZ)
+        os.write(writer, b"x" * (capacity - len(header)))
+        command = [sys.executable, *_requeue_command(spool_path)]
+        with (
+            os.fdopen(reader, "rb") as stderr,
+            subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=writer, text=True, env=python_env()
+            ) as requeue,
+        ):
+            os.close(writer)
+            try:
+                # The header is in: the command is past setting up its Ctrl-C handling.
+                assert wait_until(lambda: _unread(reader) == capacity, 30)
+                requeue.send_signal(signal.SIGINT)
+                err = stderr.read()[capacity - len(header) :].decode()
+                out, _ = requeue.communicate(timeout=30)
+            finally:
+                requeue.kill()  # a no-op once it has ended
+        assert requeue.returncode == 1, err
+        match = re.match(r"moved (\d+) dead letters", out)
+        assert match is not None, out
+        moved = int(match[1])
+        assert moved in (0, 500, 1000)  # whole batches, and none after Ctrl-C
+        left = REQUEUED - moved
+        assert f"NOT DONE: interrupted (Ctrl-C)\n{left} dead letters still to move" in out
+        assert "stopping after this batch (Ctrl-C again to stop at once)" in err
+        assert re.search(rf"requeue: {moved} of 3000 dead letters in \S+ s", err)
+        pending, letters = read_spool(spool_path)
+        assert (pending, len(letters)) == (moved, REQUEUED - moved)

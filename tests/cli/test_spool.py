@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
+import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -16,27 +17,27 @@ import pytest
 from customerio_logging._storage import DeadLetterRow
 from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging._storage.sqlite_path import default_spool_path
+from customerio_logging._wire import Operation
 from customerio_logging.cli import main
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 
 from ..helpers import (
     BIG,
     WRONG_KEY,
+    children,
     closed_port_url,
     credentials,
     fill_spool,
     letter_for,
     read_spool,
     replay_args,
+    run_python,
     valid_operation,
+    wait_until,
 )
+from .conftest import TERMINAL_COLUMNS, FakeTerminal, progress_counts
 
 MIB_100 = 100 * 1024 * 1024
-
-
-class _Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 class TestSpoolStatus:
@@ -164,10 +165,13 @@ class TestSpoolReplay:
         assert "sent:          1200" in out
         assert "refused:       0" in out
         assert "still waiting: 0" in out
-        # stderr is no terminal here: a plain line every tenth or so, and the last one.
-        progress = [line for line in err.splitlines() if line.startswith("replay: ")]
-        assert 5 <= len(progress) <= 11
-        assert progress[-1] == "replay: 1200/1200 sent (100%)"
+        # stderr is no terminal here: a plain line at 1000 operations, then the summary.
+        *lines, summary = [line for line in err.splitlines() if line.startswith("replay: ")]
+        assert len(lines) == 1
+        status = r"replay: 1000/1200 \(83%\), \d+/s, 200 left, ETA \S+ s"
+        assert re.fullmatch(status, lines[0])
+        assert re.fullmatch(r"replay: 1200 operations in \S+ s \(\d+/s\)", summary)
+        assert "\r" not in err
         assert emulator.api_key not in out + err
 
     def test_an_unreachable_api_exits_1_and_the_operations_wait_again(
@@ -262,22 +266,26 @@ class TestSpoolReplay:
         finally:
             spool.close()
 
-    def test_a_terminal_sees_one_bar_redrawn(
+    def test_a_terminal_sees_one_line_redrawn_then_a_summary(
         self,
         emulator: TrackAPIEmulator,
         spool_path: Path,
+        fake_terminal: FakeTerminal,
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
         fill_spool(spool_path, [valid_operation() for _ in range(3)])
-        terminal = _Terminal()
-        monkeypatch.setattr(sys, "stderr", terminal)
+        monkeypatch.setattr(sys, "stderr", fake_terminal)
         assert main(replay_args(emulator, spool_path, "--batch-size", "1")) == 0
-        shown = terminal.getvalue()
-        assert "\r[######--------------]  1/3 sent" in shown
-        assert "\r[#############-------]  2/3 sent" in shown
-        assert shown.endswith("\r[####################]  3/3 sent\n")
-        assert "replay: " not in shown
+        header, shown = fake_terminal.getvalue().split("\n", 1)
+        assert header.startswith("replaying 3 operations from")
+        # Drawn at once (the first batch), maybe again; erased before the summary.
+        drawn, erased, summary = shown.rsplit("\r", 2)
+        assert drawn.startswith("\rreplay [######--------------] 1/3 (33%), ")
+        assert "\n" not in drawn
+        assert erased.strip() == ""
+        assert re.fullmatch(r"replay: 3 operations in \S+ s \(\d+/s\)\n", summary)
+        assert "sent:          3" in capsys.readouterr().out
 
     def test_a_missing_spool_exits_0_and_is_not_created(
         self, emulator: TrackAPIEmulator, spool_path: Path, capsys: pytest.CaptureFixture[str]
@@ -285,6 +293,136 @@ class TestSpoolReplay:
         assert main(replay_args(emulator, spool_path)) == 0
         assert f"no spool at {spool_path}: nothing waits" in capsys.readouterr().out
         assert not spool_path.parent.exists()
+
+
+REPLAYED = 3000
+"""Operations in a long replay's spool: 30 requests of 100."""
+
+
+def _spool_of_many(emulator: TrackAPIEmulator, path: Path) -> list[Operation]:
+    ops = [valid_operation() for _ in range(REPLAYED)]
+    fill_spool(path, ops, site_id=emulator.site_id, track_url=emulator.url)
+    return ops
+
+
+def _replay_command(emulator: TrackAPIEmulator, path: Path) -> list[str]:
+    """What follows the interpreter in a child that replays the spool, 100 a request."""
+    return ["-m", "customerio_logging", *replay_args(emulator, path, "--batch-size", "100")]
+
+
+def _claimable(path: Path) -> set[str]:
+    """The ids another sender can claim from the spool at ``path`` right now."""
+    spool = SQLiteSpool(path, max_bytes=BIG)
+    try:
+        return {op.id for op in spool.claim(2 * REPLAYED)}
+    finally:
+        spool.close()
+
+
+class TestSpoolReplayProgress:
+    """A long replay as a person, or a log, sees it; and Ctrl-C. In processes of their own."""
+
+    def test_in_a_pipe_plain_lines_now_and_then(
+        self, emulator: TrackAPIEmulator, spool_path: Path
+    ) -> None:
+        ops = _spool_of_many(emulator, spool_path)
+        result = run_python(*_replay_command(emulator, spool_path), timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert emulator.accepted_ids() == {op.id: 1 for op in ops}
+        header, *lines, summary = result.stderr.splitlines()
+        assert header.startswith(f"replaying 3000 operations from {spool_path} to 127.0.0.1:")
+        status = r"replay: (\d+)/3000 \(\d+%\), \d+/s, \d+ left(, ETA \S+ s)?"
+        done = progress_counts(status, lines)
+        # A line each 1000 (a slow machine may add one every 10 s): never one per batch.
+        assert {1000, 2000, 3000} <= set(done)
+        assert done == sorted(done)
+        assert len(done) < 10
+        assert re.fullmatch(r"replay: 3000 operations in \S+ s \(\d+/s\)", summary)
+        assert "\r" not in result.stderr + result.stdout
+        assert result.stdout.startswith("sent:          3000\n")  # stdout: the result alone
+
+    def test_on_a_terminal_one_line_redrawn_then_a_summary(
+        self,
+        emulator: TrackAPIEmulator,
+        spool_path: Path,
+        on_a_terminal: Callable[[list[str]], tuple[int, str]],
+    ) -> None:
+        _spool_of_many(emulator, spool_path)
+        emulator.set_faults(FaultPlan(delay=0.05))  # 30 requests: 1.5 s, a few redraws
+        code, shown = on_a_terminal(replay_args(emulator, spool_path, "--batch-size", "100"))
+        assert code == 0, shown
+        header, progress, *verdict = shown.split("\n")
+        assert header.startswith("replaying 3000 operations from")
+        # One line, drawn over and over after a carriage return, erased, then the summary.
+        _, *drawn, erased, summary = progress.split("\r")
+        assert len(drawn) >= 2
+        bar = r"replay \[[#-]{20}\] (\d+)/3000 \(\d+%\), \d+/s, \d+ left(, ETA \S+ s)? *"
+        done = progress_counts(bar, drawn)
+        assert done == sorted(done)
+        assert all(len(line) < TERMINAL_COLUMNS for line in drawn)
+        assert erased == " " * len(drawn[-1])
+        assert re.fullmatch(r"replay: 3000 operations in \S+ s \(\d+/s\)", summary)
+        assert verdict[:3] == ["sent:          3000", "refused:       0", "still waiting: 0"]
+
+    def test_ctrl_c_stops_after_the_request_in_flight_and_says_what_was_done(
+        self, emulator: TrackAPIEmulator, spool_path: Path
+    ) -> None:
+        ops = _spool_of_many(emulator, spool_path)
+        emulator.set_faults(FaultPlan(delay=0.3))
+        with children(_replay_command(emulator, spool_path)) as [replay]:
+            assert wait_until(lambda: len(emulator.accepted_ids()) >= 200, 30)
+            replay.send_signal(signal.SIGINT)
+            out, err = replay.communicate(timeout=30)
+        assert replay.returncode == 1, err
+        accepted = emulator.accepted_ids()
+        assert set(accepted.values()) == {1}
+        # The request in flight ended, and its operations were settled: what the API
+        # accepted is gone from the spool, and nothing is left claimed.
+        sent = len(accepted)
+        assert f"sent:          {sent}\n" in out
+        assert f"still waiting: {REPLAYED - sent}\n" in out
+        assert "NOT SENT: interrupted (Ctrl-C) after the batch in flight" in out
+        assert "stopping after the request in flight (Ctrl-C again to stop at once)" in err
+        assert re.search(rf"replay: {sent} of 3000 operations in \S+ s", err)
+        assert _claimable(spool_path) == {op.id for op in ops} - set(accepted)
+
+    def test_ctrl_c_ends_the_retries_at_once(
+        self, emulator: TrackAPIEmulator, spool_path: Path
+    ) -> None:
+        ops = _spool_of_many(emulator, spool_path)
+        # Every request fails: the retries alone would wait 0.5 + 1 + 2 + 4 + 8 s or so.
+        emulator.set_faults(FaultPlan(failure_rate=1.0, failure_statuses=(500,)))
+        with children(_replay_command(emulator, spool_path)) as [replay]:
+            assert wait_until(lambda: len(emulator.requests) >= 2, 30)  # retrying
+            replay.send_signal(signal.SIGINT)
+            asked = time.monotonic()
+            out, err = replay.communicate(timeout=30)
+        assert time.monotonic() - asked < 4.0
+        assert replay.returncode == 1, err
+        assert "NOT SENT: interrupted (Ctrl-C) after the batch in flight" in out
+        assert "sent:          0\n" in out
+        assert f"still waiting: {REPLAYED}\n" in out
+        assert _claimable(spool_path) == {op.id for op in ops}
+
+    def test_a_second_ctrl_c_stops_at_once_and_the_batch_waits_again(
+        self, emulator: TrackAPIEmulator, spool_path: Path
+    ) -> None:
+        ops = _spool_of_many(emulator, spool_path)
+        emulator.set_faults(FaultPlan(delay=3.0))  # the first answer is late
+        with children(_replay_command(emulator, spool_path)) as [replay]:
+            assert wait_until(emulator.accepted_ids, 30)  # the first request is in flight
+            replay.send_signal(signal.SIGINT)
+            assert replay.stderr is not None
+            notice = "stopping after the request in flight"
+            assert any(notice in line for line in iter(replay.stderr.readline, ""))
+            replay.send_signal(signal.SIGINT)
+            out, err = replay.communicate(timeout=30)
+        assert replay.returncode == 1, err
+        assert "sent:          0\n" in out
+        assert "still waiting: 3000 (100 claimed by a sender right now)" in out
+        assert "NOT SENT: interrupted (Ctrl-C twice) in the middle of a batch" in out
+        # Once the command has ended, the batch it was sending is free for the next one.
+        assert _claimable(spool_path) == {op.id for op in ops}
 
 
 class TestSpoolPurge:

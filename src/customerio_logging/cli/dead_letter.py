@@ -16,7 +16,9 @@ from .._storage import DeadLetterRow, Storage
 from .._storage.sqlite import DEAD_LETTER_SHARE, MAX_DEAD_LETTERS
 from .._wire import shorten
 from ._args import Subcommands, add_group
+from ._interrupt import StopRequest
 from ._output import iso, plural
+from ._progress import Progress
 from ._spool_access import add_spool_command, check_spool_file, locate, open_spool
 
 __all__ = ["register"]
@@ -115,14 +117,15 @@ def _add_requeue(commands: Subcommands) -> None:
         description=(
             "Move dead letters back into the spool, to be sent by the next replay (the "
             "app's, or spool replay). Invalid events have no operation to send: they "
-            "cannot be requeued and stay."
+            "cannot be requeued and stay. Rows move in batches, progress on stderr; Ctrl-C "
+            "stops between two, and every row is then either moved or where it was."
         ),
         epilog=(
             "examples:\n  python -m customerio_logging dead-letter requeue --reason "
             "http_500 --spool-path /var/lib/app/spool.sqlite3\n"
             "  python -m customerio_logging dead-letter requeue --seq 12 --seq 13"
         ),
-        failure="the spool cannot be used",
+        failure="interrupted (Ctrl-C), or the spool cannot be used",
     )
     _add_row_selection(requeue)
 
@@ -271,6 +274,10 @@ def _private_file(name: str) -> TextIO:
 # -- requeue and purge --------------------------------------------------------------------
 
 
+REQUEUE_BATCH = 500
+"""Dead letters moved back per transaction: progress is shown, and Ctrl-C stops, between two."""
+
+
 def _dead_letter_requeue(args: argparse.Namespace) -> int:
     """Move the chosen dead letters back into the spool, for the next replay."""
     path, settings = locate(args)
@@ -278,9 +285,14 @@ def _dead_letter_requeue(args: argparse.Namespace) -> int:
         print(f"no spool at {path}: no dead letters")
         return 0
     with open_spool(path, settings) as spool:
-        moved = spool.requeue(args.seq, reason=args.reason)
-        # What still matches stayed: rows without an operation (invalid events).
-        stayed = _matching(spool, args)
+        chosen = _requeueable(spool, args)
+        if chosen:
+            moved, stopped = _requeue(spool, chosen, args)
+        else:  # none, unless one came since they were read: the selection decides
+            moved, stopped = spool.requeue(args.seq, reason=args.reason), None
+        left = len(_requeueable(spool, args)) if stopped else 0
+        # What else still matches stayed: rows without an operation (invalid events).
+        stayed = _matching(spool, args) - left
     print(
         f"moved {plural(moved, 'dead letter')} back into the spool at {path}; the next "
         "replay sends them (the app's, or: python -m customerio_logging spool replay)"
@@ -290,7 +302,50 @@ def _dead_letter_requeue(args: argparse.Namespace) -> int:
             f"{plural(stayed, 'dead letter')} stayed: invalid events have no operation to "
             "send, so they cannot be requeued (dead-letter purge deletes them)"
         )
+    if stopped is not None:
+        print(f"NOT DONE: {stopped}")
+        print(f"{plural(left, 'dead letter')} still to move; run the command again")
+        return 1
     return 0
+
+
+def _requeueable(spool: Storage, args: argparse.Namespace) -> list[int]:
+    """The seqs of the chosen rows that hold an operation, oldest first."""
+    seqs = None if args.seq is None else set(args.seq)
+    return [
+        row.seq
+        for row in spool.dead_letters(reason=args.reason)
+        if (seqs is None or row.seq in seqs) and row.body is not None and row.id is not None
+    ]
+
+
+def _requeue(spool: Storage, chosen: list[int], args: argparse.Namespace) -> tuple[int, str | None]:
+    """Move ``chosen`` back a batch at a time, then what matched since (the app may
+    dead-letter more meanwhile): how many moved, and what stopped it, if anything.
+
+    Each batch is one transaction: Ctrl-C leaves every row either moved or where it was.
+    """
+    progress = Progress("requeue", len(chosen), "dead letter")
+    moved = 0
+
+    def stop() -> None:
+        progress.note("stopping after this batch (Ctrl-C again to stop at once)")
+
+    try:
+        with StopRequest(stop) as ctrl_c:
+            print(f"requeueing {plural(len(chosen), 'dead letter')}", file=sys.stderr)
+            for start in range(0, len(chosen), REQUEUE_BATCH):
+                if ctrl_c.requested:
+                    return moved, "interrupted (Ctrl-C)"
+                batch = chosen[start : start + REQUEUE_BATCH]
+                moved += spool.requeue(batch, reason=args.reason)
+                progress.update(start + len(batch))
+            moved += spool.requeue(args.seq, reason=args.reason)
+    except KeyboardInterrupt:
+        return moved, "interrupted (Ctrl-C twice)"
+    finally:
+        progress.finish()
+    return moved, None
 
 
 def _dead_letter_purge(args: argparse.Namespace) -> int:

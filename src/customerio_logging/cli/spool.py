@@ -9,7 +9,6 @@ import os
 import sys
 import time
 from collections import Counter
-from typing import TextIO
 from urllib.parse import urlsplit
 
 from .._config import Settings
@@ -32,7 +31,9 @@ from ._args import (
     credential_overrides,
     positive_seconds,
 )
+from ._interrupt import StopRequest
 from ._output import iso, plural
+from ._progress import Progress
 from ._spool_access import (
     add_spool_command,
     check_spool_file,
@@ -103,7 +104,9 @@ def _add_replay(commands: Subcommands) -> None:
             "and rate limit, until nothing is left or the API cannot be reached. "
             "Operations the API refuses go to the dead letter (see dead-letter list); that "
             "is reported, not a failure. Needs the workspace's credentials; a spool "
-            "holding another workspace's events is refused. Progress goes to stderr."
+            "holding another workspace's events is refused. Progress goes to stderr: a "
+            "line redrawn on a terminal, else a line every tenth or 10 seconds. Ctrl-C "
+            "stops after the request in flight, a second Ctrl-C at once."
         ),
         epilog=(
             "example:\n  CUSTOMERIO_SITE_ID=... CUSTOMERIO_TRACK_API_KEY=... "
@@ -111,7 +114,7 @@ def _add_replay(commands: Subcommands) -> None:
         ),
         failure=(
             "operations could not be sent now (unreachable, credentials refused, "
-            "--timeout) and wait for the next run, or the spool cannot be used"
+            "--timeout, Ctrl-C) and wait for the next run, or the spool cannot be used"
         ),
     )
     replay.add_argument(
@@ -260,53 +263,6 @@ class _LastProblem:
         self._inner.close()
 
 
-class _Progress:
-    """Replay's progress on stderr: one redrawn bar on a terminal, else a line a tenth."""
-
-    _WIDTH = 20
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self._total = max(1, total)
-        self._stream = stream
-        self._terminal = stream.isatty()
-        self._tenths = 0
-        self._line = ""
-        self._printed = ""
-
-    def show(self, sent: int, refused: int) -> None:
-        # Another process may drain the spool meanwhile, or add to it: never past 100%.
-        done = min(self._total, sent + refused)
-        extra = f", {refused} refused" if refused else ""
-        if self._terminal:
-            filled = self._WIDTH * done // self._total
-            bar = "#" * filled + "-" * (self._WIDTH - filled)
-            digits = len(str(self._total))
-            shown = min(sent, done)
-            self._line = f"[{bar}]  {shown:>{digits}}/{self._total} sent{extra}"
-            self._stream.write("\r" + self._line)
-            self._stream.flush()
-            return
-        self._line = (
-            f"replay: {min(sent, done)}/{self._total} sent ({100 * done // self._total}%){extra}"
-        )
-        tenths = 10 * done // self._total
-        if tenths > self._tenths:
-            self._tenths = tenths
-            self._print()
-
-    def close(self) -> None:
-        if self._terminal:
-            if self._line:
-                self._stream.write("\n")
-                self._stream.flush()
-        elif self._line != self._printed:
-            self._print()
-
-    def _print(self) -> None:
-        print(self._line, file=self._stream, flush=True)
-        self._printed = self._line
-
-
 class _Sender:
     """Replay's delivery: the library's retries and rate limit, within ``--timeout``.
 
@@ -320,6 +276,7 @@ class _Sender:
         if timeout is not None:
             self._pacer.set_deadline(time.monotonic() + timeout)
         self._credentials_refused = False
+        self._stopped = False
         self._transport = _LastProblem(transport_for(settings))
         self.delivery = Delivery(
             self._transport,
@@ -335,9 +292,15 @@ class _Sender:
         self._credentials_refused = True
         self._pacer.set_deadline(time.monotonic())
 
+    def stop(self) -> None:
+        """Ctrl-C: no more requests and no more waiting; the one in flight may end, so
+        that what it sends is settled, not sent again by the next replay."""
+        self._stopped = True
+        self._pacer.set_deadline(time.monotonic())
+
     def timed_out(self) -> str | None:
         """Why sending stopped, when ``--timeout`` ran out; None when it did not."""
-        if self._credentials_refused or not self._pacer.expired():
+        if self._stopped or self._credentials_refused or not self._pacer.expired():
             return None
         problem = self._transport.problem
         cause = f"; the last attempt: {problem}" if problem else ""
@@ -372,7 +335,7 @@ def _spool_replay(args: argparse.Namespace) -> int:
             return 0
         host = urlsplit(settings.track_url).netloc
         print(f"replaying {plural(total, 'operation')} from {path} to {host}", file=sys.stderr)
-        sent, refused, failure = _replay_rounds(replayer, total, problems)
+        sent, refused, failure = _replay_rounds(replayer, sender, total, problems)
         if failure is not None and not problems:
             failure = sender.timed_out() or failure
         return _replay_verdict(spool, sent, refused, failure)
@@ -381,30 +344,48 @@ def _spool_replay(args: argparse.Namespace) -> int:
         sender.close()
 
 
+_STOPPED = "interrupted (Ctrl-C) after the batch in flight"
+_STOPPED_AT_ONCE = (
+    "interrupted (Ctrl-C twice) in the middle of a batch: its operations wait again once "
+    "this command has ended"
+)
+
+
 def _replay_rounds(
-    replayer: Replayer, total: int, problems: list[Exception]
+    replayer: Replayer, sender: _Sender, total: int, problems: list[Exception]
 ) -> tuple[int, Counter[str], str | None]:
-    """Rounds until the spool is drained or one cannot send: sent, refusals, what failed."""
-    progress = _Progress(total, sys.stderr)
+    """Rounds until the spool is drained, one cannot send, or Ctrl-C: sent, refusals,
+    what stopped them."""
+    progress = Progress("replay", total, "operation")
     sent = 0
     refused: Counter[str] = Counter()
+
+    def stop() -> None:
+        sender.stop()
+        progress.note("stopping after the request in flight (Ctrl-C again to stop at once)")
+
     try:
-        while True:
-            result = replayer.round()
-            sent += len(result.sent)
-            refused.update(failure.reason for _, failure in result.refused)
-            if result.claimed:
-                progress.show(sent, refused.total())
-            if problems:  # the spool could not be read or settled: stop, say why
-                return sent, refused, str(problems[-1])
-            if result.returned:
-                return sent, refused, result.error or "the Track API could not be reached"
-            if not result.claimed:
-                return sent, refused, None
+        with StopRequest(stop) as ctrl_c:
+            while not ctrl_c.requested:
+                result = replayer.round()
+                sent += len(result.sent)
+                refused.update(failure.reason for _, failure in result.refused)
+                if result.claimed:
+                    note = f"{refused.total()} refused" if refused else ""
+                    progress.update(sent + refused.total(), note)
+                if problems:  # the spool could not be read or settled: stop, say why
+                    return sent, refused, str(problems[-1])
+                if ctrl_c.requested:
+                    break
+                if result.returned:
+                    return sent, refused, result.error or "the Track API could not be reached"
+                if not result.claimed:
+                    return sent, refused, None
+            return sent, refused, _STOPPED
     except KeyboardInterrupt:
-        return sent, refused, "interrupted"
+        return sent, refused, _STOPPED_AT_ONCE
     finally:
-        progress.close()
+        progress.finish()
 
 
 def _replay_verdict(spool: Storage, sent: int, refused: Counter[str], failure: str | None) -> int:
@@ -422,7 +403,7 @@ def _replay_verdict(spool: Storage, sent: int, refused: Counter[str], failure: s
     except (SpoolUnavailableError, SpoolBusyError) as exc:
         print(f"still waiting: unknown ({exc})")
         return 1
-    held = f" ({status.leased} held by another sender)" if status.leased else ""
+    held = f" ({status.leased} claimed by a sender right now)" if status.leased else ""
     print(f"still waiting: {status.pending}{held}")
     if failure is not None:
         print(f"NOT SENT: {failure}")
