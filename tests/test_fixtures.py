@@ -67,6 +67,13 @@ class TestCioEvents:
         worker.join()
         cio_events.assert_sent("exported", user_id="u2")
 
+    def test_a_trailing_underscore_sends_a_name_logging_reserves(
+        self, cio_events: CapturedEvents, app_log: logging.Logger
+    ) -> None:
+        tagged(app_log, "profile_set", user_id="u1", name_="Ada", module_="billing", thread_="t")
+        event = cio_events.assert_sent("profile_set", name_="Ada", module_="billing")
+        assert event.attributes == {"name": "Ada", "module": "billing", "thread": "t"}
+
     def test_named_and_clear(self, cio_events: CapturedEvents, app_log: logging.Logger) -> None:
         for user in ("u1", "u2"):
             tagged(app_log, "signed_up", user_id=user)
