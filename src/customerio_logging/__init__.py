@@ -8,6 +8,7 @@ calls, on the same pipeline, each returning a :class:`Receipt`.
 
 from __future__ import annotations
 
+from ._binding import bind
 from ._bridge import Bridge
 from ._calls import (
     add_device,
@@ -54,6 +55,7 @@ __all__ = [
     "UserAttributes",
     "add_device",
     "app_api",
+    "bind",
     "configure",
     "delete",
     "delete_device",

@@ -1,7 +1,8 @@
 """A tagged log call, taken on the app's thread: a LogRecord or structlog event dict -> Snapshot.
 
 :func:`capture_record` and :func:`capture_event_dict` take a cheap, bounded copy (a
-:class:`Snapshot`) and nothing more; the dispatch thread later turns it into an operation
+:class:`Snapshot`) of the call's fields, and of those ``bind()`` bound, and nothing more;
+the dispatch thread later turns it into an operation
 (:func:`customerio_logging._operation.build_operation`).
 """
 
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
+from ._binding import BOUND
 from ._reasons import OPERATION_TOO_LARGE, UNSUPPORTED_VALUE
 from ._values import (
     CONTAINERS,
@@ -33,6 +35,7 @@ from ._values import (
 
 __all__ = [
     "ACTION",
+    "PERSON_KEYS",
     "RESERVED_KEYS",
     "TAG",
     "USER_ID_KEYS",
@@ -48,6 +51,8 @@ TAG = "cio_event"
 ACTION = "cio_action"
 USER_ID_KEYS = ("user_id", "customer_id")
 """The keys that name a person by id, the first given winning."""
+PERSON_KEYS = (*USER_ID_KEYS, "email", "cio_id", "anonymous_id")
+"""The keys a log call names its person with."""
 
 # What logging itself puts on a record; everything else on it came from `extra=`.
 _RECORD_KEYS = frozenset(logging.makeLogRecord({}).__dict__) | {
@@ -75,13 +80,7 @@ _STRUCTLOG_KEYS = frozenset(
     }
 )
 _SCALARS = frozenset({str, int, float, bool, type(None)})
-RESERVED_KEYS: frozenset[str] = _RECORD_KEYS | {
-    ACTION,
-    *USER_ID_KEYS,
-    "email",
-    "cio_id",
-    "anonymous_id",
-}
+RESERVED_KEYS: frozenset[str] = _RECORD_KEYS | {ACTION, *PERSON_KEYS}
 """Keys a stdlib log call cannot carry as event data under their own name: a LogRecord's
 own attributes, and the keys read as the tag, the action or the person."""
 # Iterable, but converted as a whole, never item by item (or bounded by their type).
@@ -142,9 +141,11 @@ def capture_record(record: logging.LogRecord) -> Snapshot | None:
                 return None
         except Exception:  # noqa: BLE001 - a tag with no truth value: taken, then refused
             tag = UnreadableTag(tag)
-        return Snapshot(
-            tag, msg.get("event"), _snapshot_fields(msg, _STRUCTLOG_KEYS), record.created
-        )
+        fields = _snapshot_fields(msg, _STRUCTLOG_KEYS)
+        bound = BOUND.get()
+        if bound:
+            _add_bound(fields, bound)
+        return Snapshot(tag, msg.get("event"), fields, record.created)
     tag = record.__dict__.get(TAG)
     try:
         if not tag or type(tag) is TakenByProcessor:
@@ -152,6 +153,9 @@ def capture_record(record: logging.LogRecord) -> Snapshot | None:
     except Exception:  # noqa: BLE001 - a tag with no truth value: taken, then refused
         tag = UnreadableTag(tag)
     fields = _snapshot_fields(record.__dict__, _RECORD_KEYS)
+    bound = BOUND.get()
+    if bound:
+        _add_bound(fields, bound)
     return Snapshot(tag, record.getMessage(), fields, record.created)
 
 
@@ -163,9 +167,11 @@ def capture_event_dict(event_dict: Mapping[str, Any]) -> Snapshot | None:
             return None
     except Exception:  # noqa: BLE001 - a tag with no truth value: taken, then refused
         tag = UnreadableTag(tag)
-    return Snapshot(
-        tag, event_dict.get("event"), _snapshot_fields(event_dict, _STRUCTLOG_KEYS), time.time()
-    )
+    fields = _snapshot_fields(event_dict, _STRUCTLOG_KEYS)
+    bound = BOUND.get()
+    if bound:
+        _add_bound(fields, bound)
+    return Snapshot(tag, event_dict.get("event"), fields, time.time())
 
 
 def direct_snapshot(tag: object, fields: Mapping[str, Any]) -> Snapshot:
@@ -192,6 +198,22 @@ def _snapshot_fields(source: Mapping[str, Any], skip: frozenset[str]) -> dict[st
             for key, value in source.items()
             if key not in skip
         }
+
+
+def _add_bound(fields: dict[str, Any], bound: Mapping[str, Any]) -> None:
+    """Add to a tagged call's ``fields`` those bound by ``bind()`` that the call did not pass.
+
+    The person is taken whole, from the call or from the binding: a call that says whom
+    the event is about must not get the bound user's id, or an email that is not its
+    person's. A call's person key that is None names nobody, and the bound one fills it.
+    """
+    names_person = any(fields.get(key) is not None for key in PERSON_KEYS)
+    for key, value in bound.items():
+        passed_by_call = names_person if key in PERSON_KEYS else key in fields
+        if passed_by_call:
+            continue
+        # Copied now, as the call's own values are: the app may change a bound list later.
+        fields[key] = value if type(value) in _SCALARS else _refusing_snapshot(value)
 
 
 def _refusing_snapshot(value: Any) -> Any:

@@ -1,0 +1,1 @@
+"""The shop's accounts app: the views that log Customer.io events."""

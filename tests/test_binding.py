@@ -1,0 +1,285 @@
+"""bind(): fields added to every tagged log call made in a ``with`` block, by the handler and
+the processor alike; nesting, threads, asyncio tasks; the call's own keys win."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+import customerio_logging as cio
+from customerio_logging import _binding
+from customerio_logging._capture import ACTION, TAG, Snapshot, capture_record
+from customerio_logging.testing import MockTransport, TrackAPIEmulator
+
+from .helpers import build, capture_through, invalid
+
+THROUGH = ["record", "event_dict", "dict_msg"]
+
+
+def fields_of(through: str = "record", **call: object) -> dict[str, Any]:
+    """The fields a tagged call passing ``call`` is captured with, here and now."""
+    capture = capture_through(through, {"cio_event": True, **call})
+    assert capture is not None
+    return capture.fields
+
+
+def bound_now() -> dict[str, Any]:
+    """What a tagged call with no keys of its own gets from the current context."""
+    return fields_of()
+
+
+class TestWhatATaggedCallGets:
+    @pytest.mark.parametrize("through", THROUGH)
+    def test_bound_fields_are_added(self, through: str) -> None:
+        with cio.bind(user_id="42", plan="pro"):
+            fields = fields_of(through, seats=3)
+        assert fields == {"seats": 3, "user_id": "42", "plan": "pro"}
+
+    @pytest.mark.parametrize("through", THROUGH)
+    def test_they_become_the_person_and_attributes(self, through: str) -> None:
+        with cio.bind(user_id="42", plan="pro"):
+            capture = capture_through(through, {"cio_event": "signed_up"})
+        assert capture is not None
+        body = build(capture)
+        assert body["identifiers"] == {"id": "42"}
+        assert body["attributes"] == {"plan": "pro"}
+
+    @pytest.mark.parametrize("through", THROUGH)
+    def test_a_key_the_call_passes_wins(self, through: str) -> None:
+        with cio.bind(user_id="42", plan="free"):
+            assert fields_of(through, plan="pro") == {"plan": "pro", "user_id": "42"}
+
+    def test_a_call_passing_none_keeps_its_none(self) -> None:
+        with cio.bind(plan="free"):
+            assert fields_of(plan=None, user_id="u1") == {"plan": None, "user_id": "u1"}
+
+    @pytest.mark.parametrize(
+        ("person", "identifiers"),
+        [
+            ({"email": "x@example.com"}, {"email": "x@example.com"}),
+            ({"customer_id": "c1"}, {"id": "c1"}),
+            ({"anonymous_id": "a1"}, {"anonymous_id": "a1"}),
+        ],
+    )
+    def test_a_call_that_names_its_person_gets_no_bound_person(
+        self, person: dict[str, str], identifiers: dict[str, str]
+    ) -> None:
+        with cio.bind(user_id="42", email="42@example.com", anonymous_id="a42", plan="pro"):
+            fields = fields_of(**person)
+        assert fields == {**person, "plan": "pro"}
+        body = build(Snapshot("e", "e", fields, 0.0))
+        assert body["identifiers"] == identifiers
+        assert body["attributes"] == {"plan": "pro"}
+
+    def test_a_call_whose_person_is_none_gets_the_bound_one(self) -> None:
+        with cio.bind(user_id="42"):
+            assert fields_of(user_id=None, email=None) == {"user_id": "42", "email": None}
+
+    def test_nothing_bound_adds_nothing(self) -> None:
+        assert fields_of(plan="pro") == {"plan": "pro"}
+
+    @pytest.mark.parametrize("through", THROUGH)
+    def test_an_untagged_call_is_untouched(self, through: str) -> None:
+        record = logging.makeLogRecord({"msg": "hello", "plan": "free"})
+        before = dict(record.__dict__)
+        with cio.bind(user_id="42", plan="pro"):
+            assert capture_through(through, {"plan": "free"}) is None
+            assert capture_record(record) is None
+        assert record.__dict__ == before
+
+
+class TestBoundValuesAreData:
+    def test_a_bound_container_is_copied_when_the_call_is_logged(self) -> None:
+        items = ["a"]
+        with cio.bind(user_id="42", items=items):
+            items.append("b")
+            fields = bound_now()
+            items.append("c")
+        assert fields["items"] == ["a", "b"]
+        assert fields["items"] is not items
+
+    def test_a_value_that_cannot_be_sent_makes_the_event_invalid(self) -> None:
+        with cio.bind(user_id="42", handle=object()):
+            capture = capture_through("record", {"cio_event": "e"})
+        assert capture is not None
+        error = invalid(capture)
+        assert error.reason == "unsupported_value"
+        assert error.field == "attributes.handle"
+
+    def test_too_many_items_is_refused_at_the_call(self) -> None:
+        with cio.bind(user_id="42", many=range(10**9)):
+            capture = capture_through("record", {"cio_event": "e"})
+        assert capture is not None
+        assert invalid(capture).reason == "unsupported_value"
+
+    def test_an_int_user_id_becomes_text(self) -> None:
+        with cio.bind(user_id=42):
+            capture = capture_through("event_dict", {"cio_event": "e"})
+        assert capture is not None
+        assert build(capture)["identifiers"] == {"id": "42"}
+
+
+class TestNesting:
+    def test_inner_adds_and_overrides_then_is_undone(self) -> None:
+        with cio.bind(user_id="42", plan="free"):
+            with cio.bind(plan="pro", seats=3):
+                assert bound_now() == {"user_id": "42", "plan": "pro", "seats": 3}
+            assert bound_now() == {"user_id": "42", "plan": "free"}
+        assert bound_now() == {}
+
+    def test_none_hides_an_outer_value_inside_the_block(self) -> None:
+        with cio.bind(user_id="42", plan="free"):
+            with cio.bind(user_id=None, anonymous_id="a1"):
+                assert bound_now() == {"plan": "free", "anonymous_id": "a1"}
+            assert bound_now() == {"user_id": "42", "plan": "free"}
+
+    def test_undone_when_the_block_raises(self) -> None:
+        with pytest.raises(KeyError), cio.bind(user_id="42"):
+            raise KeyError("boom")
+        assert bound_now() == {}
+
+    def test_one_binding_serves_one_block_at_a_time(self) -> None:
+        binding = cio.bind(plan="pro")
+        with binding:
+            with pytest.raises(RuntimeError, match="already in use"), binding:
+                pass  # pragma: no cover - never entered
+            assert bound_now() == {"plan": "pro"}
+        with binding:  # free again once its block exited
+            assert bound_now() == {"plan": "pro"}
+
+    def test_a_block_ended_in_another_context_says_so(self) -> None:
+        # What a sync generator dependency in FastAPI does: each step in its own copy.
+        binding = cio.bind(user_id="42")
+        contextvars.copy_context().run(binding.__enter__)
+        with pytest.raises(RuntimeError, match="ended in another context"):
+            contextvars.copy_context().run(binding.__exit__, None, None, None)
+
+    def test_nothing_is_bound_before_the_block(self) -> None:
+        binding = cio.bind(plan="pro")
+        assert bound_now() == {}
+        with binding:
+            pass
+        assert bound_now() == {}
+
+
+class TestContexts:
+    def test_a_thread_started_inside_starts_with_nothing_bound(self) -> None:
+        seen: list[dict[str, Any]] = []
+        with cio.bind(user_id="42"):
+            thread = threading.Thread(target=lambda: seen.append(bound_now()))
+            thread.start()
+            thread.join()
+            carried = contextvars.copy_context()
+        assert seen == [{}]
+        assert carried.run(bound_now) == {"user_id": "42"}
+
+    def test_threads_binding_at_once_each_see_their_own(self) -> None:
+        both_bound = threading.Barrier(2, timeout=5)
+        seen: dict[str, dict[str, Any]] = {}
+
+        def worker(user: str) -> None:
+            with cio.bind(user_id=user):
+                both_bound.wait()  # the other thread's block is open too
+                seen[user] = bound_now()
+                both_bound.wait()
+            seen[f"{user} after"] = bound_now()
+
+        threads = [threading.Thread(target=worker, args=(u,)) for u in ("u1", "u2")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert seen == {
+            "u1": {"user_id": "u1"},
+            "u2": {"user_id": "u2"},
+            "u1 after": {},
+            "u2 after": {},
+        }
+
+    def test_asyncio_tasks_inherit_and_keep_their_own(self) -> None:
+        async def request(user: str, both_bound: asyncio.Barrier) -> dict[str, Any]:
+            with cio.bind(user_id=user):
+                await both_bound.wait()  # the other task's block is open too
+                return bound_now()
+
+        async def main() -> tuple[Any, ...]:
+            with cio.bind(app="shop"):
+                both_bound = asyncio.Barrier(2)
+                first, second = await asyncio.gather(
+                    asyncio.create_task(request("u1", both_bound)),
+                    asyncio.create_task(request("u2", both_bound)),
+                )
+                return first, second, bound_now()
+
+        first, second, after = asyncio.run(main())
+        assert first == {"app": "shop", "user_id": "u1"}
+        assert second == {"app": "shop", "user_id": "u2"}
+        assert after == {"app": "shop"}  # the tasks' binds stayed theirs
+
+
+class TestBindArguments:
+    @pytest.mark.parametrize("key", [TAG, ACTION])
+    def test_the_tag_and_action_cannot_be_bound(self, key: str) -> None:
+        with pytest.raises(TypeError, match=f"cannot bind {key}"):
+            cio.bind(**{key: True})
+
+    def test_the_per_call_keys_are_the_tag_and_action(self) -> None:
+        assert {TAG, ACTION} == _binding._PER_CALL_KEYS
+
+    def test_the_repr_shows_keys_not_values(self) -> None:
+        assert repr(cio.bind(user_id="secret-42", plan="pro")) == "<bind plan, user_id>"
+
+
+# -- through the real handler and processor, to the emulator -----------------------------
+
+
+@pytest.fixture
+def shop_logger() -> Iterator[logging.Logger]:
+    logger = logging.getLogger("tests.binding.shop")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    handler = cio.CustomerIOHandler()
+    logger.addHandler(handler)
+    yield logger
+    logger.removeHandler(handler)
+
+
+class TestDelivered:
+    def test_handler_and_processor_send_the_bound_person(
+        self,
+        cio_bridge: cio.Bridge,
+        track_api_emulator: TrackAPIEmulator,
+        shop_logger: logging.Logger,
+    ) -> None:
+        slog = structlog.wrap_logger(
+            structlog.ReturnLogger(),
+            processors=[cio.CustomerIOProcessor(), structlog.processors.JSONRenderer()],
+        )
+        with cio.bind(user_id="42", plan="pro"):
+            shop_logger.info("stdlib_signup", extra={"cio_event": True})
+            slog.info("structlog_signup", cio_event=True, plan="team")
+        assert cio_bridge.flush(5.0)
+        got = {
+            op["name"]: (op["identifiers"], op["attributes"]) for op in track_api_emulator.events()
+        }
+        assert got == {
+            "stdlib_signup": ({"id": "42"}, {"plan": "pro"}),
+            "structlog_signup": ({"id": "42"}, {"plan": "team"}),
+        }
+
+    def test_direct_calls_ignore_bound_fields(self) -> None:
+        transport = MockTransport()
+        cio.configure(site_id="s", api_key="k", transport=transport, install_signal_handlers=False)
+        with cio.bind(user_id="42", plan="pro"):
+            receipt = cio.track("u1", "signed_up", seats=3)
+        assert receipt.result(5.0).ok
+        (op,) = transport.operations
+        assert op["identifiers"] == {"id": "u1"}
+        assert op["attributes"] == {"seats": 3}
