@@ -97,12 +97,12 @@ class TestExitLines:
         env["CUSTOMERIO_TRACK_URL"] = hanging_api
         result = _run("--count", 3, "--shutdown-timeout", 1, "--no-spool", env=env)
         assert result.returncode == 0, result.stderr
-        ((total, _),) = _lines(result, UNDELIVERED)
-        assert total == "3", result.stderr
-        # Told while the exit still waited: the process ends right after.
-        reports = _reports(result)
-        assert sum(r["total"] for r in reports) == 3, reports
-        assert {r["thread"] for r in reports} == {"customerio-on-error"}, reports
+        # The deadline cut the request: the exit waited for its batch to be settled.
+        assert _lines(result, UNDELIVERED) == [("3", "3 failed (the spool is off or unusable)")]
+        # And for on_error to be told, before the process ended.
+        (report,) = _reports(result)
+        assert (report["kind"], report["total"], report["reason"]) == ("failed", 3, "network_error")
+        assert report["thread"] == "customerio-on-error"
 
     @pytest.mark.parametrize(
         "args",

@@ -224,9 +224,13 @@ class Shutdown:
         the process ends first, replay sends them later and the API drops any duplicate
         by id. A batch being built or settled (no network involved: the deadline ended
         every wait) is waited for instead, until ``end`` at most: the thread may need a
-        lock this thread holds (a signal handler), so never longer.
+        lock this thread holds (a signal handler), so never longer. So is one on the
+        wire when there is no spool to keep it, if the deadline cut its request (the
+        default transport's): the thread settles it a moment later, and what became of
+        it is counted, said and told to ``on_error`` before the process ends.
         """
         in_flight = self._sender.in_flight
+        cut = isinstance(self._sender.delivery.transport, SessionTransport)
         while thread.is_alive():
             if not in_flight.lock.acquire(timeout=time_left(end)):
                 return
@@ -235,7 +239,9 @@ class Shutdown:
                 if ops and self._sender.delivery.in_request:
                     if self._writer.spool is not None:
                         self._spool_in_flight(ops, time_left(end))
-                    return
+                        return
+                    if not cut:
+                        return  # an app's transport may hang on: nothing to keep it in
             finally:
                 in_flight.lock.release()
             left = time_left(end)
