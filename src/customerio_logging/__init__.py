@@ -26,6 +26,7 @@ from ._calls import (
 from ._config import Settings
 from ._global import app_api, configure, flush, get_bridge, reset, shutdown, stats
 from ._ledger import DeadLetter, Stats
+from ._reasons import ErrorReport
 from ._receipt import Outcome, Receipt
 from ._schema import Event, UserAttributes
 from ._transactional import send_email, send_push
@@ -46,6 +47,7 @@ __all__ = [
     "CustomerIOProcessor",
     "DeadLetter",
     "DeliveryError",
+    "ErrorReport",
     "Event",
     "InvalidEventError",
     "Outcome",

@@ -52,7 +52,7 @@ class Bridge(DirectCalls):
         self._enabled = settings.enabled
         self._warn_unknown = bool(settings.events) and settings.unknown_events == "warn"
         self._unknown = UnknownEventWarnings(self._taxonomy)
-        self._ledger = Ledger()
+        self._ledger = Ledger(on_error=settings.on_error)
         spool = open_storage(settings, on_problem=self._ledger.warn_problem)
         self._writer = SpoolWriter(
             spool,
@@ -77,7 +77,7 @@ class Bridge(DirectCalls):
             flush_interval=settings.flush_interval,
             max_queue_size=settings.max_queue_size,
             idle=None if spool is None else sender.replay_round,
-            on_start=self.open_spool if self._durable else None,
+            on_start=self._ledger.started_with(self.open_spool if self._durable else None),
         )
         self._writer.settled_later = sender.deferred_settled
         self._shutdown_lock = threading.RLock()  # reentrant for the SIGTERM handler

@@ -57,6 +57,9 @@ def configure(**settings: Any) -> Bridge:
     (``cio_events``, ``track_api_emulator``, ``cio_bridge``) it decides where the bridge
     sends: never to a real workspace.
 
+    ``on_error=callback`` has the callback told of every event dropped, dead-lettered or
+    failed, with an :class:`ErrorReport`, on a thread of the library's own.
+
     Raises:
         ConfigurationError: A setting is missing or malformed.
     """
@@ -291,6 +294,9 @@ def _flush_at_exit() -> None:
     bridge = _bridge
     if bridge is not None:
         bridge.shutdown(bridge.settings.shutdown_timeout)
+        # A shutdown begun on another thread may still be under way: its sending, and
+        # what it tells on_error, get until its deadline before the interpreter ends.
+        bridge.wait_for_shutdown()
 
 
 def _on_sigterm(final: bool) -> None:

@@ -1,5 +1,5 @@
 """What became of every event: the counters, ``Stats``, the dead letters kept in memory,
-and the warnings waiting for an app thread to say them."""
+the warnings waiting for an app thread to say them, and the reports for ``on_error``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ._ownlog import warn
+from ._reasons import ErrorReport
+from ._reporter import ErrorReporter
 
 if TYPE_CHECKING:
     from ._delivery import DeliveryReport, Failure
@@ -104,20 +106,30 @@ _CARRIED = (
 
 
 class Ledger:
-    """Counts what became of every event, keeps the latest dead letters, and holds the
-    warnings the dispatch thread met until an app thread says them.
+    """Counts what became of every event, keeps the latest dead letters, holds the
+    warnings the dispatch thread met until an app thread says them, and tells
+    ``on_error`` of every drop, dead letter and failure it counts.
 
     Written by the dispatch thread and, for what is settled on a log call (a drop, an
     invalid event, a write to the spool), by the app's threads. ``untaken`` events are
     those settled on the app's thread without going through the queue: ``enqueued`` is
     them plus what the queue took.
+
+    Args:
+        on_error: The app's callback (``configure(on_error=...)``), told through
+            :attr:`reporter` on a thread of its own; None: no one to tell.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_error: Callable[[ErrorReport], object] | None = None) -> None:
+        self.reporter = None if on_error is None else ErrorReporter(on_error, warn=self.warn_later)
+        """Hands reports to ``on_error``; None without one."""
         self.at_fork_reinit()
 
     def at_fork_reinit(self) -> None:
-        """Start from zero, with a new lock (a parent thread may have held the old one)."""
+        """Start from zero, with a new lock (a parent thread may have held the old one),
+        and with a reporter of the child's own."""
+        if self.reporter is not None:
+            self.reporter.at_fork_reinit()
         # Reentrant: the SIGTERM handler runs on the main thread between two bytecodes,
         # maybe while that thread is in here holding this lock.
         self.lock = threading.RLock()
@@ -132,6 +144,21 @@ class Ledger:
         self._dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
         self._warnings: list[str] = []
 
+    def started_with(self, on_start: Callable[[], None] | None) -> Callable[[], None] | None:
+        """The dispatch thread's ``on_start``: the reporter's thread starts first, then
+        ``on_start`` runs. Started now, as no thread can start at interpreter exit (Python
+        3.12+), when the reports of what the exit could not deliver come."""
+        reporter = self.reporter
+        if reporter is None:
+            return on_start
+
+        def start() -> None:
+            reporter.start()
+            if on_start is not None:
+                on_start()
+
+        return start
+
     # -- events settled on the way in ---------------------------------------------------
 
     def dropped(self, count: int, why: str) -> None:
@@ -140,6 +167,8 @@ class Ledger:
             self._dropped += count
             self._untaken += count
             self._last_error = why
+        if self.reporter is not None:
+            self.reporter.report(ErrorReport("dropped", count, None, why))
 
     def rejected(self, letter: DeadLetter, *, untaken: bool) -> None:
         """One event could not become an operation (``untaken``: on the app's thread)."""
@@ -149,6 +178,7 @@ class Ledger:
                 self._untaken += 1
             self._last_error = f"invalid event {letter.name!r}: {letter.message}"
             self._dead_letters.append(letter)
+        self._tell(ErrorReport("dead_lettered", 1, letter.reason, letter.message, letter.name))
 
     def spooled(self, count: int, *, untaken: bool) -> None:
         """``count`` operations were written to the spool to wait for replay."""
@@ -176,16 +206,21 @@ class Ledger:
                     self._dropped += count
                 else:
                     self._spooled += count
+            if lost:
+                why = "events dropped: kept in memory for a busy spool, they could not be written"
+                self._tell(ErrorReport("dropped", count, None, why))
 
     def evicted(self, count: int, max_spool_bytes: int) -> None:
         """A full spool removed ``count`` of its oldest operations unsent."""
         if count:
+            why = (
+                f"the spool is full (max_spool_bytes={max_spool_bytes}): "
+                f"{count} of its oldest operations were evicted unsent"
+            )
             with self.lock:
                 self._evicted += count
-                self._last_error = (
-                    f"the spool is full (max_spool_bytes={max_spool_bytes}): "
-                    f"{count} of its oldest operations were evicted unsent"
-                )
+                self._last_error = why
+            self._tell(ErrorReport("dropped", count, None, why))
 
     # -- batches settled by the dispatch thread ------------------------------------------
 
@@ -201,19 +236,21 @@ class Ledger:
         ``stored`` (else failed or dropped). An operation shutdown already spooled
         (rescued) is counted once, where it ended."""
         rescued = self.rescued
-        kept = refused
-        if not stored:
-            kept = [*refused, *((op, f) for op, f in unsent if op.id not in rescued)]
+        # Not yet rescued: kept from changing meanwhile by the batch's lock (see InFlight).
+        failed = [] if stored else [(op, f) for op, f in unsent if op.id not in rescued]
+        dropped = 0 if stored else sum(op.id not in rescued for op in report.dropped)
         now = time.time()
-        letters = [DeadLetter(op.id, op.name, f.reason, f.field, f.message, now) for op, f in kept]
+        letters = [
+            DeadLetter(op.id, op.name, f.reason, f.field, f.message, now)
+            for op, f in (*refused, *failed)
+        ]
         with self.lock:
             self._batches += report.requests
             self._retried += report.retried
             self._sent += len(report.sent)
             self._dead_lettered += len(refused)
-            if not stored:
-                self._dropped += sum(op.id not in rescued for op in report.dropped)
-                self._failed += sum(op.id not in rescued for op, _ in unsent)
+            self._dropped += dropped
+            self._failed += len(failed)
             if rescued:
                 # Rescued ops that were settled here after all leave ``spooled``.
                 settled = [op.id for op in report.sent] + [op.id for op, _ in refused]
@@ -223,6 +260,10 @@ class Ledger:
             self._dead_letters.extend(letters)
             if report.error:
                 self._last_error = report.error
+        self._tell(*_by_reason("dead_lettered", refused), *_by_reason("failed", failed))
+        if dropped:
+            why = "events dropped: the shutdown deadline passed before they were sent"
+            self._tell(ErrorReport("dropped", dropped, None, why))
 
     def rescued_batch(self, ops: list[Operation]) -> None:
         """Shutdown spooled ``ops`` while their request was on the wire: counted spooled
@@ -248,6 +289,14 @@ class Ledger:
                 self._retried += report.retried
             if result.error and (result.returned or result.refused):
                 self._last_error = f"replaying the spool: {result.error}"
+        self._tell(*_by_reason("dead_lettered", result.refused))
+
+    def _tell(self, *reports: ErrorReport) -> None:
+        """Have ``on_error`` told of ``reports`` (never under the lock: the reporter has
+        its own)."""
+        if self.reporter is not None:
+            for report in reports:
+                self.reporter.report(report)
 
     # -- problems and warnings -------------------------------------------------------
 
@@ -332,6 +381,9 @@ class Ledger:
             self._untaken = before.enqueued
             self._dropped += before.queue_depth
             self._last_error = before.last_error
+        if before.queue_depth:
+            why = "events dropped: still in memory when the bridge was replaced"
+            self._tell(ErrorReport("dropped", before.queue_depth, None, why))
 
     def dead_letters(self) -> list[DeadLetter]:
         """The latest dead letters, newest last (at most ``DEAD_LETTERS_KEPT``)."""
@@ -342,3 +394,16 @@ class Ledger:
         """Keep ``letters`` among the latest (their counting is done elsewhere)."""
         with self.lock:
             self._dead_letters.extend(letters)
+
+
+def _by_reason(
+    kind: Literal["dead_lettered", "failed"], failures: Iterable[tuple[Operation, Failure]]
+) -> list[ErrorReport]:
+    """``failures`` as reports for ``on_error``: one per reason and message."""
+    names: dict[tuple[str, str], list[str | None]] = {}
+    for op, failure in failures:
+        names.setdefault((failure.reason, failure.message), []).append(op.name)
+    return [
+        ErrorReport(kind, len(of), reason, message, of[0] if len(of) == 1 else None)
+        for (reason, message), of in names.items()
+    ]

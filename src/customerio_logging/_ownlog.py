@@ -26,13 +26,18 @@ _log = logging.getLogger("customerio_logging")
 
 def warn(message: str) -> None:
     """Say ``message`` as a warning of the ``customerio_logging`` logger (app threads only:
-    the dispatch thread never logs, see ``CustomerIOHandler.flush``)."""
-    if _log.disabled:
-        # dictConfig's default disable_existing_loggers=True silences loggers created
-        # before it ran, ours included; a warning about lost events must still be seen.
-        sys.stderr.write(f"customerio_logging WARNING: {message}\n")
-        return
-    _log.warning(message)
+    the dispatch thread never logs, see ``CustomerIOHandler.flush``); never raises."""
+    try:
+        if _log.disabled:
+            # dictConfig's default disable_existing_loggers=True silences loggers created
+            # before it ran, ours included; a warning about lost events must still be seen.
+            sys.stderr.write(f"customerio_logging WARNING: {message}\n")
+            return
+        _log.warning(message)
+    except Exception:  # noqa: BLE001, S110 - a warning must not become an error of its own
+        # Some escape logging's handleError: a reentrant write to stderr, say, when the
+        # SIGTERM handler's shutdown interrupted the main thread writing to it.
+        pass
 
 
 class _NotOnDispatchThread(logging.Filter):

@@ -1,5 +1,5 @@
-"""Ending a bridge within one deadline: stop sending in time, spool what is left, and
-rescue the batch still on the wire."""
+"""Ending a bridge within one deadline: stop sending in time, spool what is left, rescue
+the batch still on the wire, and say what is pending and what could not be delivered."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ._delivery import SessionTransport
+from ._ownlog import warn
 from ._receipt import Outcome
 from ._wire import Operation
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from ._capture import Snapshot
     from ._direct import Direct
     from ._dispatch import Dispatcher
-    from ._ledger import Ledger
+    from ._ledger import Ledger, Stats
     from ._sending import Sender
     from ._storage import DeadLetterRow
     from ._writer import SpoolWriter
@@ -29,6 +30,7 @@ batch it holds at the deadline (to the spool): the margin the README documents."
 _EXIT_RESERVE = 0.2  # seconds kept back from sending at exit to write what is left to disk
 _EXIT_COST = 25e-6  # seconds to build and write one event left queued at exit (generous)
 _LEFTOVER_CHUNK = 2000  # events written to the spool per transaction at exit
+_REPORT_GRACE = 0.5  # seconds on_error gets at least, within EXIT_MARGIN, for the last reports
 _SPOOLED = Outcome("spooled")
 
 
@@ -62,6 +64,7 @@ class Shutdown:
         self._ledger = ledger
         self.deadline: float | None = None
         """When shutdown must be done (monotonic); None until it began."""
+        self._ended: float | None = None  # when run() was done but for on_error
 
     def run(self, wait: float) -> None:
         """Flush, stop the thread and close, within ``wait`` seconds.
@@ -69,10 +72,30 @@ class Shutdown:
         With a spool, sending stops a little before ``wait`` runs out, so that what is
         still queued can be written to disk in the time left; a batch the thread is
         settling at that moment may take ``EXIT_MARGIN`` seconds more.
+
+        Says on the ``customerio_logging`` logger how many events are pending, if any,
+        and how many could not be delivered in the end; then waits for ``on_error`` to
+        be told of what was lost, until the deadline (see ``_reports_until``).
         """
         # Every wait in delivery (rate limit, retry backoff, a 429 pause, refused
         # credentials) now ends by this deadline.
         self.deadline = deadline = time.monotonic() + wait
+        before = self._stats()
+        if before.queue_depth and wait > 0:
+            warn(f"{_events(before.queue_depth)} pending, waiting up to {wait:g} s")
+        self._end(wait, deadline)
+        self._ledger.say_warnings()
+        undelivered = _undelivered(before, self._stats())
+        if undelivered:
+            warn(undelivered)
+        self._ended = time.monotonic()
+        reporter = self._ledger.reporter
+        if reporter is not None:
+            reporter.wait(self._reports_until())
+            reporter.close()
+
+    def _end(self, wait: float, deadline: float) -> None:
+        """Stop sending by ``deadline``, spool what is left, and close."""
         delivery = self._sender.delivery
         pacer, transport = delivery.pacer, delivery.transport
         pacer.set_deadline(deadline)
@@ -104,7 +127,6 @@ class Shutdown:
             # with the interpreter, so what it holds must be on disk first.
             self._rescue_in_flight(thread, end)
         writer.drop_deferred(wait)
-        self._ledger.say_warnings()
 
     def _reserve(self, wait: float) -> Callable[[int], float] | None:
         """Seconds to keep back from sending to spool what is left; None without need."""
@@ -120,12 +142,31 @@ class Shutdown:
         return reserve
 
     def wait(self) -> None:
-        """Wait, at most until its deadline, for a shutdown under way to finish sending."""
+        """Wait, at most until its deadline, for a shutdown under way to finish sending,
+        and for ``on_error`` to be told of what it lost."""
         deadline, thread = self.deadline, self._dispatcher.thread
-        if deadline is not None and thread is not None and thread is not threading.current_thread():
+        if deadline is None:
+            return
+        if thread is not None and thread is not threading.current_thread():
             # join(), not an Event: safe even if this thread was interrupted (SIGTERM)
             # inside the very code that would set one.
             thread.join(time_left(deadline))
+        reporter = self._ledger.reporter
+        if reporter is not None:
+            reporter.wait(self._reports_until())
+
+    def _reports_until(self) -> float:
+        """When to stop waiting for ``on_error``: the deadline, or ``_REPORT_GRACE``
+        seconds after the shutdown's own work if that is later (so that what it lost at
+        the deadline is told too), never more than ``EXIT_MARGIN`` past the deadline."""
+        deadline = self.deadline
+        assert deadline is not None
+        ended = time.monotonic() if self._ended is None else self._ended
+        return min(deadline + EXIT_MARGIN, max(deadline, ended + _REPORT_GRACE))
+
+    def _stats(self) -> Stats:
+        dispatcher = self._dispatcher
+        return self._ledger.stats(lambda: (dispatcher.taken, dispatcher.queued, dispatcher.depth))
 
     def _replay_at_exit(self, until: float) -> None:
         """Everything fresh was delivered with time to spare: replay the spool until
@@ -183,9 +224,13 @@ class Shutdown:
         the process ends first, replay sends them later and the API drops any duplicate
         by id. A batch being built or settled (no network involved: the deadline ended
         every wait) is waited for instead, until ``end`` at most: the thread may need a
-        lock this thread holds (a signal handler), so never longer.
+        lock this thread holds (a signal handler), so never longer. So is one on the
+        wire when there is no spool to keep it, if the deadline cut its request (the
+        default transport's): the thread settles it a moment later, and what became of
+        it is counted, said and told to ``on_error`` before the process ends.
         """
         in_flight = self._sender.in_flight
+        cut = isinstance(self._sender.delivery.transport, SessionTransport)
         while thread.is_alive():
             if not in_flight.lock.acquire(timeout=time_left(end)):
                 return
@@ -194,7 +239,9 @@ class Shutdown:
                 if ops and self._sender.delivery.in_request:
                     if self._writer.spool is not None:
                         self._spool_in_flight(ops, time_left(end))
-                    return
+                        return
+                    if not cut:
+                        return  # an app's transport may hang on: nothing to keep it in
             finally:
                 in_flight.lock.release()
             left = time_left(end)
@@ -207,3 +254,29 @@ class Shutdown:
         if self._writer.store(fresh, wait=wait, open_file=True):
             self._ledger.rescued_batch(fresh)
             self._sender.resolve_all(fresh, _SPOOLED)
+
+
+def _events(count: int) -> str:
+    return f"{count} event" if count == 1 else f"{count} events"
+
+
+def _undelivered(before: Stats, after: Stats) -> str | None:
+    """What the shutdown between ``before`` and ``after`` could not deliver, in words; None
+    when nothing."""
+    parts = [
+        (after.spooled - before.spooled, "spooled (sent later, by replay)"),
+        (after.dropped - before.dropped, "dropped"),
+        (after.failed - before.failed, "failed (the spool is off or unusable)"),
+        (
+            after.dead_lettered + after.invalid - before.dead_lettered - before.invalid,
+            "refused (see dead_letters())",
+        ),
+        # Without a spool to rescue them, a batch whose request hangs past the deadline:
+        # lost if the process ends.
+        (after.queue_depth, "in a request left unanswered"),
+    ]
+    said = [f"{count} {what}" for count, what in parts if count > 0]
+    if not said:
+        return None
+    total = sum(count for count, _ in parts if count > 0)
+    return f"{_events(total)} not delivered: {', '.join(said)}"
