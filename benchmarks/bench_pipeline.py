@@ -17,10 +17,12 @@ What it measures (all in one run, baselines included, nothing hard-coded):
     first call to the flush returning; the emulator must have received all N.
 (e) The official client's one-request-per-event ``CustomerIO.track()``: µs per call and
     events/s against the emulator's v1 endpoint.
+(g) The library switched off (``configure(enabled=False)``): µs a tagged stdlib record
+    costs over an untagged one, both through ``NullHandler`` + ``CustomerIOHandler``.
 
 It prints a table (median and best of several timed chunks per metric) and the ratios
 against their targets: (b)/(a) <= 2.0, (t)/(b) <= 1.0, (c) difference <= 0.5 µs,
-(d)/(e) >= 30.
+(g) difference <= 0.1 µs, (d)/(e) >= 30.
 
 The emulator runs in a child process, so its request parsing does not compete for this
 process's GIL (inside the process it costs about as much CPU per event as the bridge
@@ -64,6 +66,7 @@ TARGET_PROCESSOR_RATIO = 2.0  # (b)/(a), at most
 TARGET_HANDLER_EXTRA_US = 0.5  # (c) difference in µs, at most
 TARGET_DIRECT_RATIO = 1.0  # (t)/(b): a direct call costs no more than a tagged log call
 TARGET_THROUGHPUT_RATIO = 30.0  # (d)/(e) events/s, at least
+TARGET_OFF_EXTRA_US = 0.1  # (g): switched off, a tagged call costs what an untagged one does
 
 EVENT = "plan_changed"
 FLUSH_TIMEOUT = 60.0
@@ -274,8 +277,10 @@ def direct_loop(track: Callable[..., object]) -> Callable[[int], None]:
     return loop
 
 
-def stdlib_loop(logger: logging.Logger) -> Callable[[int], None]:
-    extra = {"user_id": "u1", "from_": "free", "to": "pro"}
+def stdlib_loop(logger: logging.Logger, *, tagged: bool = False) -> Callable[[int], None]:
+    extra: dict[str, object] = {"user_id": "u1", "from_": "free", "to": "pro"}
+    if tagged:
+        extra["cio_event"] = True
 
     def loop(n: int) -> None:
         for _ in range(n):
@@ -317,6 +322,9 @@ class Results:
     memory_us: Series = field(default_factory=Series)  # (f0) (b0), paired with (f)
     client_us: Series = field(default_factory=Series)  # (e) µs per call
     client_rate: Series = field(default_factory=Series)  # (e) events/s per chunk
+    off_untagged_us: Series = field(default_factory=Series)  # (g) switched off, untagged
+    off_tagged_us: Series = field(default_factory=Series)  # (g) switched off, tagged
+    off_extra_us: Series = field(default_factory=Series)  # (g) paired differences
 
 
 def run_structlog_phase(
@@ -434,6 +442,31 @@ def run_handler_phase(plan: Plan, results: Results) -> None:
     bridged = stdlib_loop(
         stdlib_logger("bench.cio", [logging.NullHandler(), cio.CustomerIOHandler()])
     )
+    paired(plan, bare, bridged, (results.null_us, results.handler_us, results.handler_extra_us))
+
+
+def run_switched_off_phase(plan: Plan, results: Results) -> None:
+    """(g): the library switched off (``enabled=False``): a tagged record against an
+    untagged one, both through NullHandler + CustomerIOHandler. Run last: it replaces
+    the benchmark's bridge."""
+    progress(f"(g): {plan.chunks} x {plan.stdlib_calls:,} calls each")
+    cio.configure(enabled=False)
+    logger = stdlib_logger("bench.off", [logging.NullHandler(), cio.CustomerIOHandler()])
+    untagged, tagged = stdlib_loop(logger), stdlib_loop(logger, tagged=True)
+    tagged(1)  # the first tagged record finds the switched-off bridge
+    series = (results.off_untagged_us, results.off_tagged_us, results.off_extra_us)
+    paired(plan, untagged, tagged, series)
+
+
+def paired(
+    plan: Plan,
+    base: Callable[[int], None],
+    other: Callable[[int], None],
+    series: tuple[Series, Series, Series],
+) -> None:
+    """Time ``base`` and ``other`` chunk by chunk, alternating which goes first; their
+    µs per call, and the paired differences, go to ``series``."""
+    bare, bridged = base, other
     n = plan.stdlib_calls
     for index in range(plan.warmup_chunks + plan.chunks):
         first, second = (bare, bridged) if index % 2 == 0 else (bridged, bare)
@@ -444,9 +477,9 @@ def run_handler_phase(plan: Plan, results: Results) -> None:
         if index < plan.warmup_chunks:
             continue
         bare_us, bridged_us = (first_us, second_us) if first is bare else (second_us, first_us)
-        results.null_us.samples.append(bare_us)
-        results.handler_us.samples.append(bridged_us)
-        results.handler_extra_us.samples.append(bridged_us - bare_us)
+        series[0].samples.append(bare_us)
+        series[1].samples.append(bridged_us)
+        series[2].samples.append(bridged_us - bare_us)
 
 
 def run_end_to_end_phase(
@@ -541,6 +574,9 @@ def report(plan: Plan, results: Results) -> bool:
     us_row("(c1) stdlib untagged, NullHandler", r.null_us, stdlib)
     us_row("(c2) stdlib untagged, NullHandler + CustomerIOHandler", r.handler_us, stdlib)
     us_row("(c) CustomerIOHandler extra (paired c2 - c1)", r.handler_extra_us, stdlib)
+    us_row("(g1) switched off: untagged, Null + CustomerIOHandler", r.off_untagged_us, stdlib)
+    us_row("(g2) switched off: tagged, Null + CustomerIOHandler", r.off_tagged_us, stdlib)
+    us_row("(g) switched off: tagged extra (paired g2 - g1)", r.off_extra_us, stdlib)
     rows.append(
         (
             "(d) end to end: N calls + flush()",
@@ -600,6 +636,12 @@ def report(plan: Plan, results: Results) -> bool:
             f"{extra:+.2f} µs",
             f"<= {TARGET_HANDLER_EXTRA_US:g} µs",
             extra <= TARGET_HANDLER_EXTRA_US,
+        ),
+        (
+            "(g) difference",
+            f"{r.off_extra_us.median:+.2f} µs",
+            f"<= {TARGET_OFF_EXTRA_US:g} µs",
+            r.off_extra_us.median <= TARGET_OFF_EXTRA_US,
         ),
         (
             "(d)/(e) events/s",
@@ -667,6 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_handler_phase(plan, results)
                 run_end_to_end_phase(plan, emu, out, results, problems)
                 run_client_phase(plan, emu, results, problems)
+                run_switched_off_phase(plan, results)
             finally:
                 cio.shutdown()
                 structlog.reset_defaults()
