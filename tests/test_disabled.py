@@ -58,7 +58,7 @@ class TestConfigureSwitchedOff:
         app_log.info("signed_up", extra={"cio_event": True, "user_id": "u1"})
         log = processor.CustomerIOProcessor()
         event_dict = log(None, "info", {"event": "signed_up", "cio_event": True})
-        assert event_dict["cio_event"] == "signed_up"  # marked taken all the same
+        assert event_dict["cio_event"] is True  # untouched, as an untagged one would be
         assert cio.stats() == cio.Stats()
 
     def test_the_environment_switches_off_a_handler_with_no_configure(
@@ -166,3 +166,35 @@ class _no_warning:  # noqa: N801 - used as a context manager, like pytest.warns
     def __exit__(self, *_: object) -> None:
         logging.getLogger("customerio_logging").removeHandler(self._handler)
         assert [r.getMessage() for r in self._records] == []
+
+
+_FORK_WHILE_ROUTING_IS_HELD = """
+import os, threading
+import customerio_logging as cio
+from customerio_logging import _routing
+
+held, release = threading.Event(), threading.Event()
+
+def hold():  # a thread inside set_process_bridge_off() or pinned() at the fork
+    with _routing._lock:
+        held.set()
+        release.wait()
+
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    threading.Timer(5.0, lambda: os._exit(3)).start()
+    cio.configure()
+    os._exit(0)
+release.set()
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_fork_while_the_routing_lock_is_held_leaves_the_child_free() -> None:
+    result = run_python(
+        "-c", _FORK_WHILE_ROUTING_IS_HELD, env={"CUSTOMERIO_ENABLED": "0"}, clean=True
+    )
+    assert result.stdout.strip() == "child 0", result.stderr

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
+import uuid
 from collections.abc import Iterator
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,12 @@ import pytest
 import customerio_logging as cio
 from customerio_logging import CustomerIOProcessor, Event, InvalidEventError
 from customerio_logging._global import current_bridge
-from customerio_logging.testing import CapturedEvents, MockTransport, TrackAPIEmulator
+from customerio_logging.testing import (
+    CapturedEvents,
+    MockTransport,
+    TrackAPIEmulator,
+    capture_events,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -143,6 +151,45 @@ class TestCioEvents:
         with pytest.raises(AssertionError, match="2 invalid, not sent:\n  'signed_up': missing"):
             cio_events.assert_sent("signed_up")
 
+    def test_strict_on_another_thread_keeps_that_thread_alive_and_fails_at_the_end(
+        self, app_log: logging.Logger
+    ) -> None:
+        records: queue.Queue[logging.LogRecord] = queue.Queue()
+        listener = QueueListener(records, cio.CustomerIOHandler())
+        producer = logging.getLogger("fixtures-queued")
+        producer.setLevel(logging.INFO)
+        producer.propagate = False
+        producer.addHandler(QueueHandler(records))
+        listener.start()
+        capture = capture_events()
+        events = capture.__enter__()
+        tagged(producer, "signed_up")  # no person: invalid, on the listener's thread
+        tagged(producer, "signed_up", user_id="u1")
+        listener.stop()  # waits for both: the listener survived the first
+        events.assert_sent("signed_up", user_id="u1")
+        with pytest.raises(
+            AssertionError, match=r"1 invalid call\(s\) on another thread"
+        ) as caught:
+            capture.__exit__(None, None, None)
+        assert "missing_identifier" in str(caught.value)
+
+    def test_assert_sent_compares_as_the_wire_does(
+        self, cio_events: CapturedEvents, app_log: logging.Logger
+    ) -> None:
+        user = uuid.UUID("12345678-1234-5678-1234-567812345678")
+        tagged(app_log, "email_changed", user_id=user, email="new@x.io", verified=True, n=0)
+        cio_events.assert_sent("email_changed", user_id=user, email="new@x.io", verified=True)
+        with pytest.raises(AssertionError, match=r"\+ verified: True"):
+            cio_events.assert_sent("email_changed", verified=1)
+        with pytest.raises(AssertionError, match=r"\+ n: 0"):
+            cio_events.assert_sent("email_changed", n=False)
+        with pytest.raises(TypeError, match="no JSON form"):
+            cio_events.assert_sent("email_changed", odd=object())
+        cio.identify("u1", {"plan": "pro"})
+        cio_events.assert_identified(user_id="u1", plan="pro")
+        with pytest.raises(AssertionError, match="no identify was sent with plan='free'"):
+            cio_events.assert_identified(plan="free")
+
     def test_wins_over_an_apps_configure_to_a_real_workspace(
         self, cio_events: CapturedEvents, app_log: logging.Logger
     ) -> None:
@@ -172,8 +219,6 @@ class TestCioEvents:
     ) -> None:
         monkeypatch.setenv("CUSTOMERIO_ENABLED", "0")
         cio.configure()  # the app's, at import: switched off on CI
-        from customerio_logging.testing import capture_events
-
         with capture_events() as events:
             tagged(app_log, "signed_up", user_id="u1")
             receipt = cio.track("u1", "upgraded")
@@ -224,21 +269,39 @@ class TestEmulatorFixtures:
             assert len(other.events("signed_up")) == 1
         assert track_api_emulator.operations == []
 
-    def test_a_bridge_built_before_the_test_for_a_real_host_is_forgotten(
+    def test_a_bridge_built_before_the_test_sends_nothing_and_is_back_after(
         self, request: pytest.FixtureRequest, app_log: logging.Logger
     ) -> None:
         transport = MockTransport()
         early = cio.configure(
-            site_id="real", api_key="real-key", transport=transport, spool_path=False
+            site_id="real",
+            api_key="real-key",
+            transport=transport,
+            spool_path=False,
+            events=[SignedUp],
+            unknown_events="reject",
         )
+        explicit = logging.getLogger("fixtures-early-explicit")
+        explicit.setLevel(logging.INFO)
+        explicit.propagate = False
+        explicit.addHandler(cio.CustomerIOHandler(bridge=early))
         emulator: TrackAPIEmulator = request.getfixturevalue("track_api_emulator")
-        assert current_bridge() is None
-        tagged(app_log, "signed_up", user_id="u1")  # builds one from the pinned environment
+        tagged(app_log, "signed_up", user_id="u1", plan="pro")
+        tagged(explicit, "signed_up", user_id="u2", plan="pro")
+        tagged(explicit, "not_declared", user_id="u2")  # the app's schema still applies
         assert cio.flush(5.0)
-        assert len(emulator.events("signed_up")) == 1
+        assert sorted(op["identifiers"]["id"] for op in emulator.events("signed_up")) == [
+            "u1",
+            "u2",
+        ]
+        assert emulator.events("not_declared") == []
         assert transport.bodies == []
         assert early.thread is not None
-        assert not early.thread.is_alive()
+        assert early.thread.is_alive()  # untouched: the app's own, back after the test
+        pinned = current_bridge()
+        assert pinned is not early
+        assert pinned is not None
+        assert pinned.stats().invalid == 1
 
     def test_cio_bridge_is_strict_at_the_call(
         self, cio_bridge: cio.Bridge, app_log: logging.Logger
@@ -307,6 +370,74 @@ def test_with_cio_events(cio_events):
     cio_events.assert_sent("signed_up", user_id="u3")
     assert cio.flush(5.0)
 """
+
+
+_APP_TESTS_WITHOUT_RECONFIGURING = """
+import logging, subprocess, sys, threading
+from logging.handlers import QueueHandler, QueueListener
+import queue
+import customerio_logging as cio
+import app
+
+EXPLICIT = logging.getLogger("explicit")
+EXPLICIT.setLevel(logging.INFO)
+EXPLICIT.addHandler(cio.CustomerIOHandler(bridge=app.BRIDGE))
+
+def test_emulator_alone(track_api_emulator):
+    app.signup("u1")
+    EXPLICIT.info("signed_up", extra={"cio_event": True, "user_id": "u9"})
+    answer = cio.send_email(transactional_message_id="1", to="a@b.c", identifiers={"id": "u1"})
+    assert answer["delivery_id"]
+    assert cio.flush(5.0)
+    users = sorted(op["identifiers"]["id"] for op in track_api_emulator.events("signed_up"))
+    assert users == ["u1", "u9"]
+    assert len(track_api_emulator.transactional) == 1
+
+def test_cio_events(cio_events):
+    app.signup("u2")
+    cio.configure()  # an app factory: its bridge is gone after the test
+    answer = cio.send_email(transactional_message_id="1", to="a@b.c", identifiers={"id": "u2"})
+    assert answer["delivery_id"].startswith("cio-events-")
+    assert [m.kind for m in cio_events.messages] == ["email"]
+    cio_events.assert_sent("signed_up", user_id="u2")
+    code = "import customerio_logging as cio; print(cio.configure().settings.enabled)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False"  # a subprocess runs switched off
+
+def test_after_cio_events_the_apps_bridge_is_back():
+    assert cio.get_bridge() is app.BRIDGE
+
+def test_cio_bridge_keeps_the_apps_schema(cio_bridge):
+    assert cio_bridge.settings.events == app.BRIDGE.settings.events
+    import pytest
+    with pytest.raises(cio.InvalidEventError):
+        app.log.info("signed_up", extra={"cio_event": True, "user_id": "u", "plan": 5})
+"""
+
+
+def test_nothing_reaches_the_environments_address_without_reconfiguring(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An app configured at import from the environment (loopback, as a local proxy
+    would be), a handler given that bridge, send_email and a subprocess: nothing of the
+    tests reaches the environment's address."""
+    with TrackAPIEmulator(site_id="real-site", api_key="real-key") as real:
+        monkeypatch.setenv("CUSTOMERIO_SITE_ID", real.site_id)
+        monkeypatch.setenv("CUSTOMERIO_TRACK_API_KEY", real.api_key)
+        monkeypatch.setenv("CUSTOMERIO_TRACK_URL", real.url)
+        monkeypatch.setenv("CUSTOMERIO_APP_URL", real.url)
+        monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", real.app_api_key)
+        monkeypatch.setenv("CUSTOMERIO_SPOOL_PATH", str(tmp_path / "real-spool.db"))
+        app = _APP_MODULE.replace(
+            "cio.configure(",
+            "class SignedUp(cio.Event, name='signed_up'):\n    plan: str = 'free'\n\n"
+            "BRIDGE = cio.configure(events=[SignedUp], ",
+        )
+        pytester.makepyfile(app=app, test_app=_APP_TESTS_WITHOUT_RECONFIGURING)
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+        result.assert_outcomes(passed=4)
+        assert real.requests == []
+        assert real.transactional == []
 
 
 def test_nothing_reaches_the_environments_address(

@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import _routing
 from ._config import ENV_VARS, Settings
 from ._watchdog import RequestDeadlines
 from .exceptions import ConfigurationError
@@ -78,7 +79,7 @@ def _build(bridge_settings: Settings | None) -> AppClient:
         # rather than about Track settings it may also lack.
         if not os.environ.get(ENV_VARS["app_api_key"], "").strip():
             raise missing_key()
-        settings = Settings.from_env()
+        settings = Settings.from_env(**_routing.pinned({}))  # a test fixture's, if active
     else:
         settings = bridge_settings
     if settings.app_api_key is None:

@@ -191,11 +191,16 @@ class Bridge(DirectCalls):
         tap = _routing.tap
         if tap is not None:
             return tap.take(item, self._taxonomy, strict=self._strict)
+        divert = _routing.divert
+        if _routing.active and divert is not None and _routing.diverted(self):
+            return divert(item)  # built before the fixture: its address is not the test's
         if not self._enabled:
             if isinstance(item, Direct):
                 item.receipt.resolve(_DISABLED)
             return True
-        return self._checked(item)  # a fixture's strict mode: checked as made
+        if _routing.checks_here() or (self._strict and isinstance(item, Direct)):
+            return self._checked(item)
+        return self._queue(item)
 
     def _checked(self, item: Snapshot | Direct | Operation) -> bool:
         """Build ``item`` now, raising ``InvalidEventError`` if it is invalid, and queue it."""

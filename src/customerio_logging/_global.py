@@ -25,10 +25,12 @@ __all__ = [
     "flush_or_spool",
     "get_bridge",
     "note_lost",
+    "pinned_bridge",
     "reset",
     "shutdown",
     "stats",
     "submit_capture",
+    "swap_bridge",
     "switched_off",
 ]
 
@@ -65,6 +67,7 @@ def configure(**settings: Any) -> Bridge:
     """
     global _bridge
     new = Bridge(Settings.from_env(**_routing.pinned(settings)))
+    _routing.built_here(new)
     # One configure at a time, so that none returns a bridge another has already
     # replaced and shut down.
     with _configure_lock:
@@ -131,6 +134,7 @@ def _bridge_from_env() -> Bridge:
     _building.early = early
     try:
         built = Bridge(Settings.from_env(**_routing.pinned({})))
+        _routing.built_here(built)
     except Exception as exc:
         for _ in early:
             note_lost(exc)
@@ -260,6 +264,8 @@ def app_api() -> Any:
 def app_client() -> _app_api.AppClient:
     """The App API client with the settings it was built from; see :func:`app_api`."""
     bridge = _bridge
+    if bridge is not None and _routing.active and _routing.diverted(bridge):
+        bridge = None  # built before a test fixture: the pinned environment's instead
     return _app_api.obtain(None if bridge is None else bridge.settings)
 
 
@@ -275,6 +281,43 @@ def reset() -> None:
         if old is not None:
             old.shutdown()
     _app_api.reset()
+
+
+_APP_SETTINGS = ("events", "unknown_events", "user_attributes", "strict", "on_error")
+"""What a test fixture's bridge keeps of the app's own: its schema and how it reports."""
+
+
+def pinned_bridge(**settings: Any) -> Bridge:
+    """For test fixtures: build a bridge under the innermost pin, with the app's schema
+    (``_APP_SETTINGS``) of the process's current bridge, and make it the process's
+    without stopping the one it replaces (:func:`swap_bridge` puts that back)."""
+    previous = _bridge
+    kept = {} if previous is None else {k: getattr(previous.settings, k) for k in _APP_SETTINGS}
+    new = Bridge(Settings.from_env(**_routing.pinned({**kept, **settings})))
+    _routing.built_here(new)
+    swap_bridge(new)
+    new.start()
+    return new
+
+
+def swap_bridge(new: Bridge | None) -> Bridge | None:
+    """For test fixtures: make ``new`` the process's bridge, stopping none; the one it
+    replaces."""
+    global _bridge
+    with _bridge_lock:
+        old, _bridge = _bridge, new
+        _routing.set_process_bridge_off(new is not None and not new.settings.enabled)
+    return old
+
+
+def _to_pinned_bridge(item: Any) -> bool:
+    """A call made through a bridge built outside every active fixture: to the process's
+    bridge if it was built under one, else to one built now (see :func:`pinned_bridge`)."""
+    with _configure_lock:
+        bridge = _bridge
+        if bridge is None or _routing.diverted(bridge):
+            bridge = pinned_bridge()
+    return bridge.submit(item)
 
 
 def forget_bridge() -> Bridge | None:
@@ -358,9 +401,11 @@ def _install_process_hooks() -> None:
             _receipt.after_fork_in_child,
             _storage.after_fork_in_child,
             _app_api.after_fork_in_child,
+            _routing.after_fork_in_child,
             _bridge_after_fork_in_child,
         ],
     )
 
 
 _install_process_hooks()
+_routing.divert = _to_pinned_bridge

@@ -94,8 +94,9 @@ class ErrorReport(NamedTuple):
 
     Attributes:
         kind: ``dropped`` (never queued or lost from memory: queue full, shut down,
-            no spool; or evicted from a full spool), ``dead_lettered`` (invalid, or refused by the API for good) or
-            ``failed`` (undeliverable now, and nowhere to keep it).
+            no spool; or evicted from a full spool), ``dead_lettered`` (invalid, or
+            refused by the API for good) or ``failed`` (undeliverable now, and nowhere
+            to keep it).
         total: How many events this report is about.
         reason: A reason code (see :data:`REASONS`), or None when there is none.
         message: What happened, in words; never a payload or a secret.

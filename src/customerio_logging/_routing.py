@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -23,6 +24,11 @@ __all__ = [
     "Pin",
     "Tap",
     "active",
+    "after_fork_in_child",
+    "built_here",
+    "checks_here",
+    "divert",
+    "diverted",
     "environment_urls",
     "innermost_pin",
     "is_loopback_url",
@@ -35,6 +41,11 @@ __all__ = [
 
 class Tap(Protocol):
     """Takes every call a bridge is handed, in its place (``cio_events``)."""
+
+    def take_message(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Keep a transactional message (``send_email``: ``kind`` "email") in place of
+        sending it; the answer the App API would give."""
+        ...
 
     def take(
         self, item: Snapshot | Direct | Operation, taxonomy: Taxonomy, *, strict: bool
@@ -72,8 +83,11 @@ class Pin:
             loopback URL of the test's own (a real workspace is never reached).
         defaults: Settings used when the call does not give them.
         forced: Settings used whatever the call gives.
-        check_at_call: Validate each call as it is made and raise ``InvalidEventError``
-            there (log calls included), rather than on the dispatch thread.
+        check_at_call: Validate each call made on ``thread`` as it is made and raise
+            ``InvalidEventError`` there (log calls included), rather than on the dispatch
+            thread. Calls on other threads are counted as usual: an exception there
+            would only end that thread (a ``QueueListener``'s, say).
+        thread: The test's thread (the one that made the pin, by default).
         foreign: Addresses never kept, loopback or not: the environment's before the
             fixture (see :func:`environment_urls`), which an app may have read already.
     """
@@ -83,28 +97,62 @@ class Pin:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     forced: Mapping[str, Any] = field(default_factory=dict)
     check_at_call: bool = False
+    thread: int = field(default_factory=threading.get_ident)
 
 
 # Read on every call: plain module attributes, set only by the functions below.
 tap: Tap | None = None
-check_at_call = False
 active = False
-"""A tap is set or calls are checked as made: ``Bridge.submit``'s one test of this module."""
+"""A fixture is active: ``Bridge.submit``'s one test of this module."""
 muted = False
-"""The process's bridge is switched off and nothing taps: tagged calls return at once."""
+"""The process's bridge is switched off and no fixture is active: tagged calls return at
+once."""
+divert: Callable[[Snapshot | Direct | Operation], bool] | None = None
+"""Hands a call to the process's pinned bridge (set by ``_global``): for a bridge built
+outside every active fixture (see :func:`diverted`)."""
 
 _lock = threading.Lock()
 _pins: list[Pin] = []  # the innermost fixture's last
 _taps: list[Tap] = []
 _process_bridge_off = False
+_checking_thread: int | None = None
+# The pin each bridge was built under, if any (weak: a bridge is not kept alive here).
+_built: weakref.WeakKeyDictionary[object, Pin] = weakref.WeakKeyDictionary()
 
 
 def _update() -> None:
-    global tap, check_at_call, active, muted
+    global tap, active, muted, _checking_thread
     tap = _taps[-1] if _taps else None
-    check_at_call = bool(_pins) and _pins[-1].check_at_call
-    active = tap is not None or check_at_call
-    muted = _process_bridge_off and tap is None
+    innermost = _pins[-1] if _pins else None
+    _checking_thread = innermost.thread if innermost and innermost.check_at_call else None
+    active = innermost is not None
+    muted = _process_bridge_off and innermost is None
+
+
+def checks_here() -> bool:
+    """True when the innermost fixture checks calls as made, on this thread."""
+    return _checking_thread is not None and _checking_thread == threading.get_ident()
+
+
+def built_here(bridge: object) -> None:
+    """Note that ``bridge`` was built under the innermost pin (if any is active)."""
+    with _lock:
+        if _pins:
+            _built[bridge] = _pins[-1]
+
+
+def diverted(bridge: object) -> bool:
+    """True when a fixture is active and ``bridge`` was built outside all of them (before
+    the test, or given to a handler by the app): its calls go to the pinned bridge."""
+    with _lock:
+        pin = _built.get(bridge)
+        return bool(_pins) and not any(each is pin for each in _pins)
+
+
+def after_fork_in_child() -> None:
+    """In a forked child: a new lock (a parent thread may have held it at the fork)."""
+    global _lock
+    _lock = threading.Lock()
 
 
 def set_process_bridge_off(off: bool) -> None:
@@ -128,9 +176,9 @@ def tapped(pin: Pin, tap_with: Tap | None = None) -> Iterator[None]:
         yield
     finally:
         with _lock:
-            _pins.remove(pin)
-            if tap_with is not None:
-                _taps.remove(tap_with)
+            # By identity: two fixtures' pins may be equal.
+            _pins[:] = [each for each in _pins if each is not pin]
+            _taps[:] = [each for each in _taps if each is not tap_with]
             _update()
 
 
@@ -175,6 +223,8 @@ def pinned(given: Mapping[str, Any]) -> dict[str, Any]:
         ):
             values[url_key] = ours
             values.update({secret: pin.destination[secret] for secret in secrets})
+            if url_key == "track_url":
+                values.pop("transport", None)  # a transport picks its own destination
     values.pop("region", None)  # a region names real hosts; the pin's are set above
     return values
 

@@ -54,8 +54,9 @@ class CustomerIOProcessor:
                 return event_dict
         except Exception:  # noqa: BLE001, S110 - a tag with no truth value (a numpy array):
             pass  # taken below, and counted invalid by the bridge
-        if not _routing.muted or self._bridge is not None:  # muted: switched off, not taken
-            self._take(event_dict)
+        if _routing.muted and self._bridge is None:
+            return event_dict  # switched off: as cheap as an untagged event dict
+        self._take(event_dict)
         # Taken, whatever became of it (queued, or counted lost): a CustomerIOHandler
         # further down must neither send nor count it again.
         name = tag if isinstance(tag, str) else event_dict.get("event")

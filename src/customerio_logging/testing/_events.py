@@ -4,35 +4,31 @@ made (the ``cio_events`` fixture), with assertions that say what they saw."""
 from __future__ import annotations
 
 import contextlib
-import difflib
+import itertools
 import json
 import threading
-from collections import Counter
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from .. import _routing
-from .._capture import USER_ID_KEYS, Snapshot
+from .._capture import Snapshot
 from .._direct import Direct
 from .._operation import build_operation
 from .._reasons import INTERNAL_ERROR
 from .._receipt import Outcome
 from .._schema import Taxonomy
-from .._values import coerce_data
 from .._wire import Operation
 from ..exceptions import InvalidEventError
+from ._isolation import isolated
+from ._matching import differences, explain, wanted
 
-__all__ = ["CapturedEvent", "CapturedEvents", "InvalidCall", "capture_events"]
+__all__ = ["CapturedEvent", "CapturedEvents", "CapturedMessage", "InvalidCall", "capture_events"]
 
 # Where a pinned configure() points while events are captured: a port nothing listens on
 # (nothing is sent anyway: every call is taken before it is queued).
 _NOWHERE = "http://127.0.0.1:9"
 _SENT = Outcome("sent")
-_PERSON_KEYS = {
-    **dict.fromkeys(USER_ID_KEYS, "id"),
-    **{key: key for key in ("email", "cio_id", "anonymous_id")},
-}
-_CLOSEST = 3
 
 
 class CapturedEvent(NamedTuple):
@@ -61,6 +57,20 @@ class CapturedEvent(NamedTuple):
         return value if isinstance(value, str) else None
 
 
+class CapturedMessage(NamedTuple):
+    """A transactional message (``send_email``, ``send_push``) as it would have been sent.
+
+    Attributes:
+        kind: ``email`` or ``push``.
+        request: The request's fields, as the official client's request object has them.
+        delivery_id: The id its answer gave.
+    """
+
+    kind: str
+    request: dict[str, Any]
+    delivery_id: str
+
+
 class InvalidCall(NamedTuple):
     """A call that could not become an operation (nothing would have been sent).
 
@@ -85,17 +95,27 @@ class CapturedEvents:
     place of being queued; a ``configure()`` the app makes meanwhile cannot send
     anywhere. Use it as the ``cio_events`` fixture, or with :func:`capture_events`.
 
+    ``send_email`` and ``send_push`` are kept too (:attr:`messages`), answered with a
+    made-up ``delivery_id``.
+
     Attributes:
         strict: Raise ``InvalidEventError`` at the call (log calls too) for an event that
             cannot be sent, so that the test fails there with the field and the reason
-            (on by default). Off, invalid calls are only listed in :attr:`invalid`.
+            (on by default). Only on the thread that made this object (the test's): on
+            another thread (a ``QueueListener``'s, a worker's) the call is listed, and
+            the test fails when the capture ends. Off, invalid calls are only listed in
+            :attr:`invalid`.
     """
 
     def __init__(self, *, strict: bool = True) -> None:
         self.strict = strict
+        self._thread = threading.get_ident()
         self._lock = threading.Lock()
         self._events: list[CapturedEvent] = []
         self._invalid: list[InvalidCall] = []
+        self._unraised: list[InvalidCall] = []  # strict, but made on another thread
+        self._messages: list[CapturedMessage] = []
+        self._deliveries = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"<CapturedEvents {len(self._events)} sent, {len(self._invalid)} invalid>"
@@ -112,6 +132,12 @@ class CapturedEvents:
         with self._lock:
             return list(self._invalid)
 
+    @property
+    def messages(self) -> list[CapturedMessage]:
+        """The transactional messages sent so far, oldest first."""
+        with self._lock:
+            return list(self._messages)
+
     def named(self, name: str) -> list[CapturedEvent]:
         """The captured operations (events, pages, screens) named ``name``."""
         return [event for event in self.events if event.name == name]
@@ -121,25 +147,46 @@ class CapturedEvents:
         with self._lock:
             self._events.clear()
             self._invalid.clear()
+            self._unraised.clear()
+            self._messages.clear()
 
     def assert_sent(self, name: str, /, **expected: Any) -> CapturedEvent:
         """Assert that an operation named ``name`` was sent with ``expected``; return it.
 
         ``user_id`` (or ``customer_id``), ``email``, ``cio_id`` and ``anonymous_id``
-        match the person; every other keyword must equal the attribute of that name (a
-        trailing underscore dropped, as when logged: ``from_``); attributes not named are
-        not compared. Values compare as sent (a datetime as the wire has it).
+        match the person (or, when another key named the person, the attribute of that
+        name: an email sent as data); every other keyword must equal the attribute of
+        that name (a trailing underscore dropped, as when logged: ``from_``); attributes
+        not named are not compared. Values compare as sent: an id as text, a datetime as
+        the wire has it, ``True`` never equal to ``1``.
 
         Raises:
             AssertionError: None matched; the message shows the closest operations
                 captured, as a diff against ``expected``, and the invalid calls.
+            TypeError: An expected value has no JSON form.
         """
-        wanted = _wanted(expected)
+        return self._assert(f"{name!r}", name, lambda event: event.name == name, expected)
+
+    def assert_identified(self, **expected: Any) -> CapturedEvent:
+        """Assert that an ``identify`` was sent with ``expected`` (as for
+        :meth:`assert_sent`: the person's keys, then attributes); return it."""
+        return self._assert("identify", None, lambda event: event.action == "identify", expected)
+
+    def _assert(
+        self,
+        label: str,
+        name: str | None,
+        kind: Any,
+        expected: dict[str, Any],
+    ) -> CapturedEvent:
+        want = wanted(expected)
         events = self.events
-        for event in events:
-            if event.name == name and not _differences(event, wanted):
+        candidates = [event for event in events if kind(event)]
+        for event in candidates:
+            if not differences(event, want):
                 return event
-        raise AssertionError(self._explain(name, expected, wanted, events))
+        lines = explain(label, name, expected, want, events, candidates)
+        raise AssertionError(self._explain(lines))
 
     def assert_not_sent(self, name: str, /, **expected: Any) -> None:
         """Assert that no operation named ``name`` matching ``expected`` was sent.
@@ -147,9 +194,9 @@ class CapturedEvents:
         Raises:
             AssertionError: One was; the message shows it.
         """
-        wanted = _wanted(expected)
+        want = wanted(expected)
         for event in self.named(name):
-            if not _differences(event, wanted):
+            if not differences(event, want):
                 raise AssertionError(f"{name!r} was sent: {event.operation}")
 
     # -- the tap: called by a bridge, on the app's thread ---------------------------------
@@ -169,17 +216,44 @@ class CapturedEvents:
             error = _as_invalid(exc)
             named = snapshot.tag if isinstance(snapshot.tag, str) else snapshot.message
             name = named if isinstance(named, str) else None
+            call = InvalidCall(name, error.reason, error.field, str(error))
+            here = threading.get_ident() == self._thread
             with self._lock:
-                self._invalid.append(InvalidCall(name, error.reason, error.field, str(error)))
+                self._invalid.append(call)
+                if self.strict and not here:
+                    self._unraised.append(call)
             if receipt is not None:
                 receipt.resolve(Outcome("invalid", error.reason, error.field, str(error)))
-            if self.strict or (strict and receipt is not None):
+            # The app's own strict=True raises wherever it is called, as in production.
+            if (self.strict and here) or (strict and receipt is not None):
                 raise error from (None if error is exc else exc)
             return False
         self._keep(op)
         if receipt is not None:
             receipt.resolve(_SENT)
         return True
+
+    def take_message(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Keep a transactional message; the answer the App API would give."""
+        delivery_id = f"cio-events-{next(self._deliveries)}"
+        with self._lock:
+            self._messages.append(CapturedMessage(kind, request, delivery_id))
+        return {"delivery_id": delivery_id, "queued_at": int(time.time())}
+
+    def check_other_threads(self) -> None:
+        """Fail for a strict capture's invalid calls made on another thread.
+
+        Raises:
+            AssertionError: Some were made; the message lists them.
+        """
+        with self._lock:
+            unraised = list(self._unraised)
+        if unraised:
+            listed = "\n".join(
+                f"  {call.name!r}: {call.reason} at {call.field}: {call.message}"
+                for call in unraised
+            )
+            raise AssertionError(f"{len(unraised)} invalid call(s) on another thread:\n{listed}")
 
     def _keep(self, op: Operation) -> None:
         operation = json.loads(op.body)
@@ -194,31 +268,7 @@ class CapturedEvents:
         with self._lock:
             self._events.append(event)
 
-    def _explain(
-        self,
-        name: str,
-        expected: Mapping[str, Any],
-        wanted: Mapping[str, _Wanted],
-        events: list[CapturedEvent],
-    ) -> str:
-        asked = ", ".join(f"{key}={value!r}" for key, value in expected.items())
-        lines = [f"no {name!r} was sent" + (f" with {asked}" if asked else "")]
-        same = [event for event in events if event.name == name]
-        if same:
-            closest = sorted(same, key=lambda event: len(_differences(event, wanted)))
-            lines.append(f"{len(same)} {name!r} sent; the closest (- expected, + sent):")
-        else:
-            names = sorted({event.name for event in events if event.name})
-            near = difflib.get_close_matches(name, names, n=_CLOSEST, cutoff=0.6)
-            closest = [event for event in events if event.name in near]
-            counts = Counter(event.name or event.action for event in events)
-            seen = ", ".join(f"{key} x{n}" for key, n in counts.most_common()) or "nothing"
-            lines.append(f"sent: {seen}")
-            if closest:
-                lines.append("the closest names (- expected, + sent):")
-        for event in closest[:_CLOSEST]:
-            lines.append(f"  {event.name!r} {event.identifiers}:")
-            lines.extend(f"    {line}" for line in _diff(event, wanted, name))
+    def _explain(self, lines: list[str]) -> str:
         invalid = self.invalid
         if invalid:
             lines.append(f"{len(invalid)} invalid, not sent:")
@@ -247,8 +297,9 @@ def capture_events(*, strict: bool = True) -> Iterator[CapturedEvents]:
         defaults={"install_signal_handlers": False},
         forced={"spool_path": False, "durability": "memory", "on_full": None},
     )
-    with _routing.tapped(pin, captured):
+    with isolated(pin, captured):
         yield captured
+    captured.check_other_threads()
 
 
 def _as_invalid(exc: Exception) -> InvalidEventError:
@@ -261,49 +312,3 @@ def _as_invalid(exc: Exception) -> InvalidEventError:
         reason=INTERNAL_ERROR,
         field=None,
     )
-
-
-class _Wanted(NamedTuple):
-    """One expected keyword: where it is in an operation, and its value as sent."""
-
-    part: str  # "identifiers" or "attributes"
-    key: str  # the key there
-    value: Any
-
-
-def _wanted(expected: Mapping[str, Any]) -> dict[str, _Wanted]:
-    """``expected`` as it compares with a captured operation, by the keyword's name:
-    the person's keys among the identifiers, the others (in wire form) among the
-    attributes."""
-    wanted: dict[str, _Wanted] = {}
-    for key, value in expected.items():
-        if key in _PERSON_KEYS:
-            # An int user id is sent as a string, as the pipeline does.
-            text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-            wanted[key] = _Wanted("identifiers", _PERSON_KEYS[key], text)
-        else:
-            ((sent_key, sent),) = json.loads(json.dumps(coerce_data({key: value}))).items()
-            wanted[key] = _Wanted("attributes", sent_key, sent)
-    return wanted
-
-
-_MISSING = object()
-
-
-def _found(event: CapturedEvent, wanted: _Wanted) -> Any:
-    place = event.identifiers if wanted.part == "identifiers" else event.attributes
-    return place.get(wanted.key, _MISSING)
-
-
-def _differences(event: CapturedEvent, wanted: Mapping[str, _Wanted]) -> list[str]:
-    return [key for key, each in wanted.items() if _found(event, each) != each.value]
-
-
-def _diff(event: CapturedEvent, wanted: Mapping[str, _Wanted], name: str) -> list[str]:
-    def show(key: str, value: Any) -> str:
-        return f"{key}: " + ("(missing)" if value is _MISSING else repr(value))
-
-    expected = [f"name: {name!r}"] + [show(key, each.value) for key, each in wanted.items()]
-    sent = [f"name: {event.name!r}"]
-    sent += [show(key, _found(event, each)) for key, each in wanted.items()]
-    return [line for line in difflib.ndiff(expected, sent) if not line.startswith("?")]

@@ -27,13 +27,15 @@ import pytest
 from .. import _routing
 from .._bridge import Bridge
 from .._config import ENV_VARS
-from .._global import configure, current_bridge, forget_bridge
+from .._global import current_bridge, pinned_bridge
 from ._events import CapturedEvents, capture_events
+from ._isolation import isolated
 from ._server import TrackAPIEmulator
 
 __all__ = ["cio_bridge", "cio_events", "track_api_emulator"]
 
 _MARKER = "customerio"
+_DESTINATION_VARS = ("site_id", "api_key", "track_url", "app_url", "app_api_key", "region")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,10 +53,17 @@ def _strict(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def cio_events(request: pytest.FixtureRequest) -> Iterator[CapturedEvents]:
+def cio_events(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CapturedEvents]:
     """Every operation the test makes, captured in memory as it is made (see
-    :class:`CapturedEvents`): no thread, no HTTP, whatever ``configure()`` the app
-    calls meanwhile. Strict: an invalid event raises ``InvalidEventError`` at the call."""
+    :class:`CapturedEvents`), whatever ``configure()`` the app calls meanwhile; and
+    ``send_email``/``send_push`` too. Strict: an invalid event raises
+    ``InvalidEventError`` at the call. A subprocess the test starts runs with the library
+    switched off (``CUSTOMERIO_ENABLED=0``, no credentials)."""
+    for name in _DESTINATION_VARS:
+        monkeypatch.delenv(ENV_VARS[name], raising=False)
+    monkeypatch.setenv(ENV_VARS["enabled"], "0")
     with capture_events(strict=_strict(request)) as captured:
         yield captured
 
@@ -69,7 +78,9 @@ def track_api_emulator(
     ``CUSTOMERIO_TRACK_API_KEY``, ``CUSTOMERIO_TRACK_URL``, the App API's, a spool in a
     temporary directory, ``CUSTOMERIO_ENABLED=1``), and so does any ``configure()`` the
     app makes, whatever it passes: only an explicit loopback address of the test's own is
-    kept. A process bridge built earlier for another address is shut down and forgotten.
+    kept. A bridge built before the test (at the app's import, or given to a handler)
+    sends nothing meanwhile: its calls go to one built for the emulator, with the same
+    event schema. Afterwards the process's bridge is the one from before.
     """
     foreign = _routing.environment_urls()  # before the environment points at the emulator
     with TrackAPIEmulator() as emulator:
@@ -86,13 +97,12 @@ def track_api_emulator(
         monkeypatch.setenv(ENV_VARS["spool_path"], str(spool))
         monkeypatch.setenv(ENV_VARS["enabled"], "1")
         monkeypatch.delenv(ENV_VARS["region"], raising=False)
-        _forget_a_bridge_aimed_elsewhere()
         pin = _routing.Pin(
             destination=destination,
             defaults={"install_signal_handlers": False},
             foreign=foreign,
         )
-        with _routing.tapped(pin):
+        with isolated(pin):
             yield emulator
 
 
@@ -100,31 +110,23 @@ def track_api_emulator(
 def cio_bridge(
     request: pytest.FixtureRequest, track_api_emulator: TrackAPIEmulator
 ) -> Iterator[Bridge]:
-    """The process's bridge, configured against ``track_api_emulator``.
+    """The process's bridge, configured against ``track_api_emulator``, with the event
+    schema of the app's own bridge if it has one.
 
     Short flush interval, no SIGTERM handler (pytest owns the process). Strict: an
-    invalid event raises ``InvalidEventError`` at the call, log calls included. After
-    the test it is shut down and forgotten, so the next test starts clean.
+    invalid event raises ``InvalidEventError`` at the call, log calls included (on
+    another thread it is counted, and the test fails at its end). After the test it is
+    shut down, and the bridge from before is the process's again.
     """
-    pin = dataclasses.replace(_routing.innermost_pin(), check_at_call=_strict(request))
-    with _routing.tapped(pin):
-        bridge = configure(flush_interval=0.05)
-        try:
-            yield bridge
-        finally:
-            # The app may have configured its own meanwhile: shut down whichever is last.
-            last = current_bridge()
-            bridge.shutdown(5.0)
-            if last is not None and last is not bridge:
-                last.shutdown(5.0)
-            forget_bridge()
-
-
-def _forget_a_bridge_aimed_elsewhere() -> None:
-    """Forget a process bridge built for an address off this machine (at the app's
-    import, say): the test's calls then build one that sends to the emulator."""
-    bridge = current_bridge()
-    if bridge is not None and not _routing.is_loopback_url(bridge.settings.track_url):
-        forgotten = forget_bridge()
-        if forgotten is not None:
-            forgotten.shutdown(0.0)  # what it holds goes to its spool, not over a network
+    strict = _strict(request)
+    pin = dataclasses.replace(_routing.innermost_pin(), check_at_call=strict)
+    with isolated(pin):
+        bridge = pinned_bridge(flush_interval=0.05)
+        yield bridge
+        last = current_bridge()
+    # After the shutdown above: what was still queued has been validated by now.
+    invalid = [each.dead_letters() for each in {bridge, last} if each is not None]
+    letters = [letter for each in invalid for letter in each if letter.id is None]
+    if strict and letters:
+        listed = "\n".join(f"  {x.name!r}: {x.reason} at {x.field}: {x.message}" for x in letters)
+        pytest.fail(f"{len(letters)} invalid event(s) on another thread:\n{listed}")
