@@ -214,17 +214,25 @@ def pinned(given: Mapping[str, Any]) -> dict[str, Any]:
         ours = pin.destination[url_key]
         explicit = values.get(url_key)
         url = explicit or os.environ.get(ENV_VARS[url_key], "")
-        # The pin's own address given explicitly comes with the test's own credentials.
-        if not (
-            isinstance(url, str)
-            and is_loopback_url(url)
-            and _same(url) not in pin.foreign
-            and (explicit is not None or _same(url) != ours)
-        ):
-            values[url_key] = ours
-            values.update({secret: pin.destination[secret] for secret in secrets})
-            if url_key == "track_url":
-                values.pop("transport", None)  # a transport picks its own destination
+        if not isinstance(url, str):
+            url = ""  # malformed: Settings says so, once it is the pin's
+        if explicit is not None and is_loopback_url(url) and _same(url) not in pin.foreign:
+            continue  # the test's own server, with the credentials the call gives
+        theirs = explicit is None and _same(url) == ours  # the environment the pin set
+        if not theirs and is_loopback_url(url) and _same(url) not in pin.foreign:
+            continue  # another local server the test named in the environment
+        values[url_key] = ours
+        # Credentials the environment gives with the pin's address are the pin's, or
+        # the test's own choice (a wrong key, on purpose); any others become the pin's.
+        values.update(
+            {
+                secret: pin.destination[secret]
+                for secret in secrets
+                if not theirs or secret in values
+            }
+        )
+        if url_key == "track_url":
+            values.pop("transport", None)  # a transport picks its own destination
     values.pop("region", None)  # a region names real hosts; the pin's are set above
     return values
 
