@@ -24,6 +24,7 @@ class TestCheck:
         out = capsys.readouterr().out
         host = urlsplit(emulator.url).netloc
         assert f"OK: credentials accepted by {host}; the workspace is in region us" in out
+        assert "enabled:   yes" in out
         assert f"site id:   {emulator.site_id}" in out
         assert f"track url: {emulator.url}" in out
         assert "region:    us" in out
@@ -106,6 +107,53 @@ class TestCheck:
         out = capsys.readouterr().out
         assert "MISMATCH:" in out
         assert "set CUSTOMERIO_REGION=us (or pass --region us)" in out
+
+    @pytest.mark.parametrize(
+        ("api_key", "verdict"),
+        [(None, "OK: credentials accepted by"), (WRONG_KEY, "REFUSED: ")],
+        ids=["accepted", "refused"],
+    )
+    def test_switched_off_it_says_so_checks_the_credentials_all_the_same_and_exits_1(
+        self,
+        emulator: TrackAPIEmulator,
+        api_key: str | None,
+        verdict: str,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        monkeypatch.setenv("CUSTOMERIO_ENABLED", "0")
+        assert main(["check", *credentials(emulator, api_key=api_key)]) == 1
+        out = capsys.readouterr().out
+        assert "enabled:   no (CUSTOMERIO_ENABLED=0)" in out
+        assert "spool:     off while switched off" in out
+        assert verdict in out
+        assert out.endswith(
+            "OFF: customerio_logging is switched off (CUSTOMERIO_ENABLED=0): an app with "
+            "these settings sends nothing; unset it or set it to 1 to send\n"
+        )
+        assert [r.path for r in emulator.requests] == ["/api/v1/accounts/region"]
+
+    def test_switched_off_without_credentials_it_asks_nothing(
+        self,
+        emulator: TrackAPIEmulator,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        # The environment CUSTOMERIO_ENABLED=0 is for: no credentials at all.
+        monkeypatch.delenv("CUSTOMERIO_SITE_ID")
+        monkeypatch.delenv("CUSTOMERIO_TRACK_API_KEY")
+        monkeypatch.setenv("CUSTOMERIO_ENABLED", "0")
+        assert main(["check"]) == 1
+        out, err = capsys.readouterr()
+        assert "site id:   not set\n" in out
+        assert f"track url: {emulator.url}\n" in out
+        assert (
+            "NOT CHECKED: no credentials to check (CUSTOMERIO_SITE_ID and "
+            "CUSTOMERIO_TRACK_API_KEY not set; not needed while switched off)"
+        ) in out
+        assert "OFF: customerio_logging is switched off (CUSTOMERIO_ENABLED=0)" in out
+        assert err == ""
+        assert emulator.requests == []
 
     def test_a_missing_site_id_is_a_configuration_error(
         self, capsys: pytest.CaptureFixture[str]

@@ -93,6 +93,37 @@ class TestSend:
         assert WRONG_KEY not in out + err
         assert emulator.operations == []
 
+    @pytest.mark.parametrize("switch", ["0", "off"])
+    def test_switched_off_it_refuses_at_once_and_says_why(
+        self,
+        emulator: TrackAPIEmulator,
+        switch: str,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        # An operator's explicit send still obeys the switch: a dev box that has it set
+        # does not reach the workspace its credentials name by surprise.
+        monkeypatch.setenv("CUSTOMERIO_ENABLED", switch)
+        assert main(["send", "signed_up", "--user-id", "u1", *credentials(emulator)]) == 1
+        out, err = capsys.readouterr()
+        assert out == (
+            f"NOT SENT: customerio_logging is switched off (CUSTOMERIO_ENABLED={switch}); "
+            "unset it or set it to 1 to send\n"
+        )
+        assert err == ""
+        assert emulator.requests == []
+
+    def test_a_malformed_switch_is_a_configuration_error(
+        self,
+        emulator: TrackAPIEmulator,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        monkeypatch.setenv("CUSTOMERIO_ENABLED", "maybe")
+        assert main(["send", "signed_up", "--user-id", "u1", *credentials(emulator)]) == 2
+        assert "configuration error: CUSTOMERIO_ENABLED must be 1 or 0" in capsys.readouterr().err
+        assert emulator.requests == []
+
     def test_a_configuration_error_exits_2(self, capsys: pytest.CaptureFixture[str]) -> None:
         args = ["send", "signed_up", "--user-id", "u1", "--site-id", "s", "--api-key", "k"]
         assert main([*args, "--track-url", "http://example.com"]) == 2

@@ -11,7 +11,7 @@ from customerio_logging._storage.sqlite_path import default_spool_path
 from customerio_logging.cli import main
 from customerio_logging.testing import TrackAPIEmulator
 
-from ..helpers import credentials, fill_spool, letter_for, valid_operation
+from ..helpers import credentials, fill_spool, letter_for, read_spool, valid_operation
 
 
 class TestSpoolCommandsKeepTheKeySecret:
@@ -97,3 +97,80 @@ class TestUnsafeSpoolPath:
         else:
             assert target.read_bytes() == before
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*files, "spool.sqlite3"])
+
+
+class TestSwitchedOff:
+    """CUSTOMERIO_ENABLED=0 turns the app's spool off, not the file an operator names: the
+    commands that read or change that file work; the one that sends refuses, as send does."""
+
+    @pytest.fixture
+    def spool_in_env(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+        """A spool holding one operation and two dead letters (one requeueable), named by
+        CUSTOMERIO_SPOOL_PATH, with the library switched off."""
+        path = tmp_path / "switched-off.sqlite3"
+        fill_spool(path, [valid_operation()], [letter_for(valid_operation()), letter_for(None)])
+        monkeypatch.setenv("CUSTOMERIO_SPOOL_PATH", str(path))
+        monkeypatch.setenv("CUSTOMERIO_ENABLED", "0")
+        return path
+
+    @pytest.mark.parametrize(
+        ("command", "code", "shown"),
+        [
+            (["spool", "status"], 0, "waiting:       1 operation"),
+            (["spool", "status", "--json"], 0, '"pending": 1'),
+            (["spool", "purge"], 1, "this would delete 1 operation"),
+            (["spool", "purge", "--yes"], 0, "deleted 1 waiting operation"),
+            (["dead-letter", "list"], 0, "2 dead letters"),
+            (["dead-letter", "list", "--json"], 0, '"reason": "http_400"'),
+            (["dead-letter", "export"], 0, "exported 2 dead letters to stdout"),
+            (["dead-letter", "requeue", "--all"], 0, "moved 1 dead letter back"),
+            (["dead-letter", "purge", "--all"], 1, "this would delete 2 dead letters"),
+            (["dead-letter", "purge", "--all", "--yes"], 0, "deleted 2 dead letters"),
+        ],
+        ids=lambda value: " ".join(value) if isinstance(value, list) else str(value),
+    )
+    def test_a_command_on_the_file_works_whatever_the_switch_says(
+        self,
+        emulator: TrackAPIEmulator,
+        spool_in_env: Path,
+        command: list[str],
+        code: int,
+        shown: str,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        assert main([*command, *credentials(emulator)]) == code
+        out, err = capsys.readouterr()
+        assert shown in out + err
+        assert "spool is off" not in out + err
+
+    @pytest.mark.parametrize("named_by", ["environment", "flag"])
+    def test_replay_refuses_at_once_and_the_operations_stay(
+        self,
+        emulator: TrackAPIEmulator,
+        spool_in_env: Path,
+        named_by: str,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        flag = ["--spool-path", str(spool_in_env)] if named_by == "flag" else []
+        assert main(["spool", "replay", *flag, *credentials(emulator)]) == 1
+        out, err = capsys.readouterr()
+        assert out == (
+            "NOT SENT: customerio_logging is switched off (CUSTOMERIO_ENABLED=0); "
+            "unset it or set it to 1 to send\n"
+        )
+        assert err == ""
+        assert emulator.requests == []
+        assert read_spool(spool_in_env)[0] == 1
+
+    def test_requeue_says_no_replay_sends_them_while_switched_off(
+        self, spool_in_env: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        args = ["dead-letter", "requeue", "--all", "--spool-path", str(spool_in_env)]
+        assert main(args) == 0
+        out, err = capsys.readouterr()
+        assert "moved 1 dead letter back into the spool" in out
+        assert (
+            "note: customerio_logging is switched off (CUSTOMERIO_ENABLED=0): no replay "
+            "sends them until it is unset or set to 1"
+        ) in err
+        assert read_spool(spool_in_env)[0] == 2

@@ -44,6 +44,8 @@ def run_demo(*, events: int = 300, as_json: bool = False) -> int:
             unknown_events="reject",
             flush_interval=0.2,
             spool_path=False,  # a demo leaves no file behind
+            # Its own emulator, never a workspace: it runs whatever CUSTOMERIO_ENABLED says.
+            enabled=True,
         )
         started = time.perf_counter()
         logged = _log_through_stdlib(events // 2) + _log_through_structlog(events - events // 2)

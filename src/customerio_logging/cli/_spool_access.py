@@ -96,7 +96,9 @@ def locate(args: argparse.Namespace) -> tuple[Path, Settings | None]:
     if args.spool_path is not None:
         return Path(os.path.expanduser(args.spool_path)), None
     try:
-        settings = Settings.from_env(**credential_overrides(args))
+        # A file command works whatever CUSTOMERIO_ENABLED says: switched off, the
+        # settings name no spool, but the switch turns the app's spool off, not the file.
+        settings = Settings.from_env(**credential_overrides(args), enabled=True)
     except ConfigurationError as exc:
         if exc.setting not in ("site_id", "api_key"):
             raise

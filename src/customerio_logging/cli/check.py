@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Literal
 from urllib.parse import urlsplit
 
 import requests
 
-from .._config import REGION_URLS, Settings
+from .._config import ENV_VARS, REGION_URLS, Settings
 from .._wire import shorten, status_phrase
 from ..exceptions import ConfigurationError
 from ._args import (
@@ -19,7 +18,7 @@ from ._args import (
     credentials_parent,
     positive_seconds,
 )
-from ._output import configuration_error
+from ._output import TURN_ON, configuration_error, switch_as_set, switched_off
 
 __all__ = ["register"]
 
@@ -36,7 +35,9 @@ def register(commands: Subcommands) -> None:
         description=(
             "Build the settings as the library does (flags, then CUSTOMERIO_* environment "
             "variables, then defaults), print them without the API key, and ask the Track "
-            f"API whether it accepts the credentials (GET {_REGION_PATH})."
+            f"API whether it accepts the credentials (GET {_REGION_PATH}). When "
+            "CUSTOMERIO_ENABLED=0 switches the library off, say so, and check the "
+            "credentials all the same if they are set."
         ),
         epilog=(
             "example:\n  CUSTOMERIO_SITE_ID=... CUSTOMERIO_TRACK_API_KEY=... "
@@ -44,7 +45,8 @@ def register(commands: Subcommands) -> None:
         ),
         failure=(
             "the Track API refused the credentials, could not be reached, answered "
-            "something else, or names another region"
+            "something else, or names another region; or the library is switched off "
+            "(CUSTOMERIO_ENABLED=0), so an app with these settings sends nothing"
         ),
     )
     check.add_argument(
@@ -63,16 +65,35 @@ def _check(args: argparse.Namespace) -> int:
         settings = Settings.from_env(**credential_overrides(args))
     except ConfigurationError as exc:
         return configuration_error(exc)
-    print(f"site id:   {settings.site_id}")
+    print(f"enabled:   {'yes' if settings.enabled else f'no ({switch_as_set()})'}")
+    print(f"site id:   {settings.site_id or 'not set'}")
     print(f"track url: {settings.track_url}")
     print(f"region:    {settings.region}")
-    print(f"spool:     {_describe_spool(settings.spool_path)}")
+    print(f"spool:     {_describe_spool(settings)}")
+    if settings.enabled:
+        return _ask(settings, args.timeout)
+    # Switched off, the library needs no credentials; those that are set are checked
+    # all the same, so that switching it on holds no surprise.
+    unset = [ENV_VARS[name] for name in ("site_id", "api_key") if not getattr(settings, name)]
+    if unset:
+        print(
+            f"NOT CHECKED: no credentials to check ({' and '.join(unset)} not set; "
+            "not needed while switched off)"
+        )
+    else:
+        _ask(settings, args.timeout)
+    print(f"OFF: {switched_off()}: an app with these settings sends nothing; {TURN_ON}")
+    return 1
+
+
+def _ask(settings: Settings, timeout: float) -> int:
+    """Ask the Track API whether it accepts the credentials; print its verdict."""
     host = urlsplit(settings.track_url).netloc
     try:
         reply = requests.get(
             settings.track_url + _REGION_PATH,
             auth=(settings.site_id, settings.api_key),
-            timeout=args.timeout,
+            timeout=timeout,
             # A redirect would carry the credentials elsewhere; report it instead.
             allow_redirects=False,
         )
@@ -114,10 +135,12 @@ def _verdict(reply: requests.Response, settings: Settings, host: str) -> int:
     return 0
 
 
-def _describe_spool(path: str | os.PathLike[str] | Literal[False] | None) -> str:
-    if path is None:
+def _describe_spool(settings: Settings) -> str:
+    if not settings.enabled:
+        return "off while switched off"
+    if settings.spool_path is None:
         return "the default location"
-    return "off" if path is False else os.fspath(path)
+    return "off" if settings.spool_path is False else os.fspath(settings.spool_path)
 
 
 def _reported_region(reply: requests.Response) -> str | None:

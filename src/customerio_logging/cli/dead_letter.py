@@ -12,14 +12,15 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TextIO
 
+from .._config import enabled_in_env
 from .._storage import DeadLetterRow, Storage
 from .._storage.sqlite import DEAD_LETTER_SHARE, MAX_DEAD_LETTERS
 from .._wire import shorten
 from ._args import Subcommands, add_group
 from ._interrupt import StopRequest
-from ._output import iso, plural
+from ._output import iso, plural, switched_off
 from ._progress import Progress
-from ._spool_access import add_spool_command, check_spool_file, locate, open_spool
+from ._spool_access import add_spool_command, check_spool_file, locate, note, open_spool
 
 __all__ = ["register"]
 
@@ -297,6 +298,8 @@ def _dead_letter_requeue(args: argparse.Namespace) -> int:
         f"moved {plural(moved, 'dead letter')} back into the spool at {path}; the next "
         "replay sends them (the app's, or: python -m customerio_logging spool replay)"
     )
+    if moved and not enabled_in_env():
+        note(f"{switched_off()}: no replay sends them until it is unset or set to 1")
     if stayed:
         print(
             f"{plural(stayed, 'dead letter')} stayed: invalid events have no operation to "

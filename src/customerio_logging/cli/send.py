@@ -24,7 +24,7 @@ from ._args import (
     credentials_parent,
     positive_seconds,
 )
-from ._output import configuration_error
+from ._output import configuration_error, not_sent_while_off
 
 __all__ = ["register"]
 
@@ -53,7 +53,10 @@ def register(commands: Subcommands) -> None:
             "A --data key that logging or the handler reserves (name, email, user_id...) "
             "is sent as given."
         ),
-        failure="the event was not accepted: refused, unreachable, invalid or late",
+        failure=(
+            "the event was not accepted: refused, unreachable, invalid or late; or not "
+            "sent, the library being switched off (CUSTOMERIO_ENABLED=0)"
+        ),
     )
     send.add_argument("name", type=_event_name, metavar="NAME", help="the event name")
     who = send.add_mutually_exclusive_group(required=True)
@@ -141,6 +144,8 @@ def _send(args: argparse.Namespace) -> int:
     }
     try:
         settings = Settings.from_env(**overrides)
+        if not settings.enabled:
+            return not_sent_while_off()
         recorder = _IdRecorder(transport_for(settings))
         bridge = configure(**overrides, transport=recorder)
     except ConfigurationError as exc:

@@ -32,7 +32,7 @@ from ._args import (
     positive_seconds,
 )
 from ._interrupt import StopRequest
-from ._output import iso, plural
+from ._output import iso, not_sent_while_off, plural
 from ._progress import Progress
 from ._spool_access import (
     add_spool_command,
@@ -104,7 +104,8 @@ def _add_replay(commands: Subcommands) -> None:
             "and rate limit, until nothing is left or the API cannot be reached. "
             "Operations the API refuses go to the dead letter (see dead-letter list); that "
             "is reported, not a failure. Needs the workspace's credentials; a spool "
-            "holding another workspace's events is refused. Progress goes to stderr: a "
+            "holding another workspace's events is refused, and so is a replay while "
+            "CUSTOMERIO_ENABLED=0 switches the library off. Progress goes to stderr: a "
             "line redrawn on a terminal, else a line every tenth or 10 seconds. Ctrl-C "
             "stops after the request in flight, a second Ctrl-C at once."
         ),
@@ -114,7 +115,8 @@ def _add_replay(commands: Subcommands) -> None:
         ),
         failure=(
             "operations could not be sent now (unreachable, credentials refused, "
-            "--timeout, Ctrl-C) and wait for the next run, or the spool cannot be used"
+            "--timeout, Ctrl-C, the library switched off by CUSTOMERIO_ENABLED=0) and wait "
+            "for the next run, or the spool cannot be used"
         ),
     )
     replay.add_argument(
@@ -313,6 +315,8 @@ class _Sender:
 def _spool_replay(args: argparse.Namespace) -> int:
     """Send what waits, round after round, until nothing is left or a round cannot send."""
     settings = Settings.from_env(**credential_overrides(args), spool_path=args.spool_path)
+    if not settings.enabled:
+        return not_sent_while_off()
     path = spool_file(settings)
     if not os.path.lexists(path):
         print(f"no spool at {path}: nothing waits")
