@@ -1,5 +1,6 @@
 """bind(): fields added to every tagged log call made in a ``with`` block, by the handler and
-the processor alike; nesting, threads, asyncio tasks; the call's own keys win."""
+the processor alike, as if the call had passed them (its own keys win); nesting, threads,
+asyncio tasks, a block ended in another context."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ from customerio_logging.testing import MockTransport, TrackAPIEmulator
 from .helpers import build, capture_through, invalid
 
 THROUGH = ["record", "event_dict", "dict_msg"]
+
+
+@pytest.fixture
+def unwarned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that has not yet warned of a block ended in another context."""
+    monkeypatch.setattr(_binding, "_warned_other_context", False)
 
 
 def fields_of(through: str = "record", **call: object) -> dict[str, Any]:
@@ -60,27 +67,87 @@ class TestWhatATaggedCallGets:
         with cio.bind(plan="free"):
             assert fields_of(plan=None, user_id="u1") == {"plan": None, "user_id": "u1"}
 
-    @pytest.mark.parametrize(
-        ("person", "identifiers"),
-        [
-            ({"email": "x@example.com"}, {"email": "x@example.com"}),
-            ({"customer_id": "c1"}, {"id": "c1"}),
-            ({"anonymous_id": "a1"}, {"anonymous_id": "a1"}),
-        ],
-    )
-    def test_a_call_that_names_its_person_gets_no_bound_person(
-        self, person: dict[str, str], identifiers: dict[str, str]
-    ) -> None:
-        with cio.bind(user_id="42", email="42@example.com", anonymous_id="a42", plan="pro"):
-            fields = fields_of(**person)
-        assert fields == {**person, "plan": "pro"}
-        body = build(Snapshot("e", "e", fields, 0.0))
-        assert body["identifiers"] == identifiers
+    @pytest.mark.parametrize("through", THROUGH)
+    def test_a_logged_email_is_data_of_the_bound_user(self, through: str) -> None:
+        # What the Django middleware binds for a logged-in user, and an email change.
+        with cio.bind(user_id="42"):
+            capture = capture_through(through, {"cio_event": True, "email": "new@example.com"})
+        assert capture is not None
+        body = build(capture)
+        assert body["identifiers"] == {"id": "42"}
+        assert body["attributes"] == {"email": "new@example.com"}
+
+    @pytest.mark.parametrize("through", THROUGH)
+    def test_the_calls_user_id_wins_over_the_bound_one(self, through: str) -> None:
+        with cio.bind(user_id="42", plan="pro"):
+            capture = capture_through(through, {"cio_event": True, "user_id": "7"})
+        assert capture is not None
+        body = build(capture)
+        assert body["identifiers"] == {"id": "7"}
         assert body["attributes"] == {"plan": "pro"}
 
-    def test_a_call_whose_person_is_none_gets_the_bound_one(self) -> None:
+    @pytest.mark.parametrize("through", THROUGH)
+    def test_a_user_id_passed_as_none_sends_by_email(self, through: str) -> None:
         with cio.bind(user_id="42"):
-            assert fields_of(user_id=None, email=None) == {"user_id": "42", "email": None}
+            call = {"cio_event": True, "user_id": None, "email": "invitee@example.com"}
+            capture = capture_through(through, call)
+        assert capture is not None
+        body = build(capture)
+        assert body["identifiers"] == {"email": "invitee@example.com"}
+        assert "attributes" not in body
+
+    @pytest.mark.parametrize(
+        ("bound", "call", "identifiers"),
+        [
+            ({"user_id": "42"}, {"customer_id": "c1"}, {"id": "c1"}),
+            ({"customer_id": "c1"}, {"user_id": "42"}, {"id": "42"}),
+            (
+                {"customer_id": "c1"},
+                {"user_id": None, "email": "x@example.com"},
+                {"email": "x@example.com"},
+            ),
+        ],
+    )
+    def test_user_id_and_customer_id_are_one_key(
+        self, bound: dict[str, str], call: dict[str, Any], identifiers: dict[str, str]
+    ) -> None:
+        with cio.bind(**bound):
+            fields = fields_of(**call)
+        assert fields == call
+        body = build(Snapshot("e", "e", fields, 0.0))
+        assert body["identifiers"] == identifiers
+
+    @pytest.mark.parametrize(
+        ("bound", "call"),
+        [
+            ({"anonymous_id": "a1"}, {"user_id": "42"}),
+            ({"user_id": "42"}, {"anonymous_id": "a1"}),
+            ({"user_id": "42"}, {"email": "new@example.com", "plan": "pro"}),
+            ({"email": "42@example.com"}, {"user_id": "42"}),
+            ({"anonymous_id": "a1", "plan": "free"}, {"email": "x@example.com", "plan": "pro"}),
+            ({"user_id": "42", "email": "42@example.com"}, {"user_id": "7", "email": None}),
+            ({"cio_id": "c42"}, {"anonymous_id": "a1", "cio_action": "page"}),
+        ],
+    )
+    def test_bound_fields_are_sent_as_if_the_call_had_passed_them(
+        self, bound: dict[str, str], call: dict[str, Any]
+    ) -> None:
+        with cio.bind(**bound):
+            with_bound = build(Snapshot("e", "e", fields_of(**call), 0.0))
+        passed = build(Snapshot("e", "e", fields_of(**{**bound, **call}), 0.0))
+        del with_bound["id"], passed["id"]  # each operation's own ULID
+        assert with_bound == passed
+
+    def test_a_bound_anonymous_id_rides_along_when_the_call_names_its_user(self) -> None:
+        # As a call passing both does: the user is the person, the anonymous id is data.
+        with cio.bind(anonymous_id="a1"):
+            body = build(Snapshot("e", "e", fields_of(user_id="42"), 0.0))
+        assert body["identifiers"] == {"id": "42"}
+        assert body["attributes"] == {"anonymous_id": "a1"}
+
+    def test_a_person_key_passed_as_none_removes_the_bound_one(self) -> None:
+        with cio.bind(user_id="42", email="42@example.com"):
+            assert fields_of(user_id=None, email=None) == {"user_id": None, "email": None}
 
     def test_nothing_bound_adds_nothing(self) -> None:
         assert fields_of(plan="pro") == {"plan": "pro"}
@@ -154,12 +221,25 @@ class TestNesting:
         with binding:  # free again once its block exited
             assert bound_now() == {"plan": "pro"}
 
-    def test_a_block_ended_in_another_context_says_so(self) -> None:
+    def test_an_inner_customer_id_replaces_an_outer_user_id(self) -> None:
+        with cio.bind(user_id="42", plan="free"):
+            with cio.bind(customer_id="c1"):
+                assert bound_now() == {"plan": "free", "customer_id": "c1"}
+            assert bound_now() == {"user_id": "42", "plan": "free"}
+
+    def test_a_block_ended_in_another_context_is_warned_about_once(
+        self, caplog: pytest.LogCaptureFixture, unwarned: None
+    ) -> None:
         # What a sync generator dependency in FastAPI does: each step in its own copy.
         binding = cio.bind(user_id="42")
-        contextvars.copy_context().run(binding.__enter__)
-        with pytest.raises(RuntimeError, match="ended in another context"):
-            contextvars.copy_context().run(binding.__exit__, None, None, None)
+        with caplog.at_level(logging.WARNING, logger="customerio_logging"):
+            for _ in range(3):
+                contextvars.copy_context().run(binding.__enter__)
+                contextvars.copy_context().run(binding.__exit__, None, None, None)
+        (warning,) = [r for r in caplog.records if r.name == "customerio_logging"]
+        assert "ended on another thread or task" in warning.getMessage()
+        assert "`async def` dependency" in warning.getMessage()
+        assert bound_now() == {}
 
     def test_nothing_is_bound_before_the_block(self) -> None:
         binding = cio.bind(plan="pro")
@@ -272,6 +352,40 @@ class TestDelivered:
         assert got == {
             "stdlib_signup": ({"id": "42"}, {"plan": "pro"}),
             "structlog_signup": ({"id": "42"}, {"plan": "team"}),
+        }
+
+    def test_a_logged_email_stays_the_bound_users_on_every_path(
+        self,
+        cio_bridge: cio.Bridge,
+        track_api_emulator: TrackAPIEmulator,
+        shop_logger: logging.Logger,
+    ) -> None:
+        slog = structlog.wrap_logger(
+            structlog.ReturnLogger(),
+            processors=[cio.CustomerIOProcessor(), structlog.processors.JSONRenderer()],
+        )
+        through_stdlib = structlog.wrap_logger(  # ProcessorFormatter's way: msg is the dict
+            shop_logger,
+            processors=[structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+            wrapper_class=structlog.stdlib.BoundLogger,
+        )
+        with cio.bind(user_id="42"):
+            shop_logger.info("handler", extra={"cio_event": True, "email": "new@example.com"})
+            slog.info("processor", cio_event=True, email="new@example.com")
+            through_stdlib.info("formatter", cio_event=True, email="new@example.com")
+            shop_logger.info(
+                "invited", extra={"cio_event": True, "user_id": None, "email": "friend@example.com"}
+            )
+        assert cio_bridge.flush(5.0)
+        got = {
+            op["name"]: (op["identifiers"], op.get("attributes"))
+            for op in track_api_emulator.events()
+        }
+        assert got == {
+            "handler": ({"id": "42"}, {"email": "new@example.com"}),
+            "processor": ({"id": "42"}, {"email": "new@example.com"}),
+            "formatter": ({"id": "42"}, {"email": "new@example.com"}),
+            "invited": ({"email": "friend@example.com"}, None),
         }
 
     def test_direct_calls_ignore_bound_fields(self) -> None:

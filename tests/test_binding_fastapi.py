@@ -1,5 +1,6 @@
 """bind() with FastAPI, as the README shows it: an ``async def`` dependency with yield, or an
-ASGI middleware; the bound user reaches async and sync (worker thread) endpoints."""
+ASGI middleware; the bound user reaches async and sync (worker thread) endpoints. A plain
+``def`` dependency binds nothing the endpoint sees, and its requests still succeed."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 import customerio_logging as cio
+from customerio_logging import _binding
 from customerio_logging._capture import capture_record
 
 fastapi = pytest.importorskip("fastapi")
@@ -109,3 +111,27 @@ def test_an_asgi_middleware(captured: Captured, path: str) -> None:
 
     assert asyncio.run(get(with_user, path, "42")) == 200
     assert captured.fields == [{"user_id": "42"}]
+
+
+def sync_bound_user(request: Request) -> Iterator[None]:
+    # A plain `def` generator: FastAPI runs its steps on worker threads, each in its own
+    # copy of the request's context.
+    with cio.bind(user_id=request.headers["x-user"]):
+        yield
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_sync_dependency_warns_once_and_requests_succeed(
+    captured: Captured,
+    path: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_binding, "_warned_other_context", False)  # not yet said here
+    app = shop(dependencies=[Depends(sync_bound_user)])
+    with caplog.at_level(logging.WARNING, logger="customerio_logging"):
+        statuses = [asyncio.run(get(app, path, user)) for user in ("42", "43")]
+    assert statuses == [200, 200]
+    assert captured.fields == [{}, {}]  # the binding never reached the endpoint
+    (warning,) = [r for r in caplog.records if r.name == "customerio_logging"]
+    assert "`async def` dependency" in warning.getMessage()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import customerio_logging as cio
 from customerio_logging.testing import TrackAPIEmulator
 
 from .helpers import program, run_python
@@ -22,6 +23,10 @@ pytest.importorskip("django")
 MIDDLEWARE = "customerio_logging.integrations.django.CustomerIOMiddleware"
 SESSIONS = "django.contrib.sessions.middleware.SessionMiddleware"
 CLIENTS = ["sync", "async"]
+
+
+class Declared(cio.Event, name="declared"):
+    pass
 
 
 def run_site(
@@ -68,7 +73,15 @@ class TestMiddleware:
         assert sent(emulator) == [("signed_up", {"id": "42"}, {"plan": "pro"})]
 
     @pytest.mark.parametrize("client", CLIENTS)
-    def test_a_call_naming_its_person_keeps_it(
+    def test_a_logged_email_is_data_of_the_logged_in_user(
+        self, emulator: TrackAPIEmulator, client: str
+    ) -> None:
+        request = {"path": "/change-email/?email=new@example.com", "user": 42, "client": client}
+        run_site([request], emulator=emulator)
+        assert sent(emulator) == [("email_changed", {"id": "42"}, {"email": "new@example.com"})]
+
+    @pytest.mark.parametrize("client", CLIENTS)
+    def test_a_call_with_user_id_none_is_sent_by_its_email(
         self, emulator: TrackAPIEmulator, client: str
     ) -> None:
         request = {"path": "/invite/?email=friend@example.com", "user": 42, "client": client}
@@ -221,6 +234,19 @@ class TestInstalledApp:
     def test_the_setting_must_be_a_dict(self) -> None:
         out = run_site(customerio=["site_id", "s"])
         assert "settings.CUSTOMERIO must be a dict" in out["setup_error"]
+
+    def test_events_given_as_one_string_is_named_with_the_fix(self) -> None:
+        out = run_site(customerio={"enabled": False, "events": "__main__.SignedUp"})
+        error = out["setup_error"]
+        assert "settings.CUSTOMERIO['events'] must be a list of dotted paths" in error
+        assert "got str: write ['__main__.SignedUp']" in error
+
+    def test_events_given_as_a_set_are_imported(self) -> None:
+        # A set cannot travel to the child as JSON; reading the setting needs no Django set-up.
+        from customerio_logging.integrations.django.apps import _options
+
+        options = _options({"events": {f"{__name__}.Declared", Declared}})
+        assert options["events"] == [Declared, Declared]
 
     @pytest.mark.parametrize(
         ("customerio", "where"),

@@ -1,21 +1,20 @@
 """bind(): fields that every tagged log call made inside a ``with`` block carries, on contextvars.
 
-``_capture`` reads :data:`BOUND` when it takes a tagged call; nothing else does.
+It sets ``_capture.BOUND``, which ``_capture`` reads when it takes a tagged call.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
-from contextvars import ContextVar, Token
-from types import MappingProxyType, TracebackType
+from contextvars import Token
+from types import TracebackType
 from typing import Any
 
-__all__ = ["BOUND", "Binding", "bind"]
+from ._capture import BOUND, USER_ID_KEYS
+from ._ownlog import warn
 
-BOUND: ContextVar[Mapping[str, Any]] = ContextVar(
-    "customerio_logging.bound", default=MappingProxyType({})
-)
-"""The fields bound in the current context: never mutated, replaced by each ``bind``."""
+__all__ = ["Binding", "bind"]
 
 # Each log call tags itself; a bound tag would make untagged calls events.
 _PER_CALL_KEYS = frozenset({"cio_event", "cio_action"})
@@ -34,20 +33,26 @@ def bind(**fields: Any) -> Binding:
     converted as the call's own are, so a value that cannot be sent makes that event
     ``invalid``, never an exception here.
 
-    - **The call wins.** A key the call passes itself is kept over the bound one. A call
-      that names its own person (a ``user_id``, ``customer_id``, ``email``, ``cio_id`` or
-      ``anonymous_id`` that is not None) gets none of the bound person keys: the event is
-      about whom the call says. A person key the call passes as None names nobody: the
-      bound person is used.
+    - **As if the call had passed them.** Only the call's own keys win, key by key
+      (``user_id`` and ``customer_id`` count as one key). The person is then picked as
+      for any call, ``user_id`` first, then ``email``, ``cio_id``, ``anonymous_id``, and
+      the person keys not picked are sent as data: inside ``bind(user_id="42")``, a call
+      logging ``email="new@example.com"`` is sent for user 42, with that email as data.
+    - **A call about someone else names them.** Its own ``user_id`` wins over the bound
+      one; a key it passes as None removes the bound value, so ``user_id=None,
+      email="invitee@example.com"`` is sent to the invitee, by email.
     - **Blocks nest.** An inner ``bind`` adds to the outer one's fields and overrides
-      them; binding a key to None hides the outer value inside the block. Each block's
-      fields are undone when it exits.
+      them, key by key as a call does; binding a key to None hides the outer value
+      inside the block. Each block's fields are undone when it exits.
     - **Contexts keep their own.** Bound fields live in a ``contextvars.ContextVar``: an
       asyncio task sees what was bound when it was created, and what it binds stays its
       own; a thread started inside the block starts with nothing bound (run it with
       ``contextvars.copy_context().run`` to carry them). Fields are read on the thread
       that logs: a ``CustomerIOHandler`` behind a ``QueueHandler`` runs on the queue's
-      listener thread and sees none of them.
+      listener thread and sees none of them. A block must end on the thread or task it
+      began on; one that does not is warned about once, never raised about (a FastAPI
+      plain ``def`` dependency runs each step on its own worker thread: its fields
+      never reach the endpoint).
     - **Log calls only.** Direct calls (``cio.track(person, ...)``) name their person and
       data explicitly and ignore bound fields.
 
@@ -77,8 +82,8 @@ class Binding:
     """What :func:`bind` returns: binds its fields from ``__enter__`` to ``__exit__``.
 
     One ``with`` block at a time, begun and ended on the same thread or asyncio task
-    (``__exit__`` raises ``RuntimeError`` otherwise); call ``bind()`` again for another
-    block.
+    (``__exit__`` warns once, on the ``customerio_logging`` logger, otherwise); call
+    ``bind()`` again for another block.
     """
 
     __slots__ = ("_fields", "_token")
@@ -90,7 +95,11 @@ class Binding:
     def __enter__(self) -> None:
         if self._token is not None:
             raise RuntimeError("this bind() is already in use: call bind() again for another block")
-        merged = {**BOUND.get(), **self._fields}
+        outer = BOUND.get()
+        if any(key in self._fields for key in USER_ID_KEYS):
+            # Two names of one identifier: an inner one replaces the outer, whichever it is.
+            outer = {key: value for key, value in outer.items() if key not in USER_ID_KEYS}
+        merged = {**outer, **self._fields}
         self._token = BOUND.set({key: value for key, value in merged.items() if value is not None})
 
     def __exit__(
@@ -105,13 +114,27 @@ class Binding:
         try:
             BOUND.reset(token)
         except ValueError:
-            # contextvars' own message names a token; say what went wrong instead.
-            raise RuntimeError(
-                "bind()'s block ended in another context than the one it began in, so its "
-                "fields never reached the code in between: enter and exit it on one thread "
-                "or task (with FastAPI, bind in an `async def` dependency or a middleware)"
-            ) from None
+            # Raising would fail the request at its teardown, its work done: say it instead.
+            _warn_other_context()
 
     def __repr__(self) -> str:
         # The keys only: the values are event data, never shown in a repr.
         return f"<bind {', '.join(sorted(self._fields))}>"
+
+
+_warned_other_context = False
+_warned_lock = threading.Lock()
+
+
+def _warn_other_context() -> None:
+    """Say, once per process, that a block ended in another context than it began in."""
+    global _warned_other_context
+    with _warned_lock:
+        said, _warned_other_context = _warned_other_context, True
+    if not said:
+        warn(
+            "a bind() block ended on another thread or task than the one it began on: its "
+            "fields may not have reached the code in between, and stay bound where it "
+            "began. Enter and exit it on one thread or task; with FastAPI, bind in an "
+            "`async def` dependency or a middleware, not a plain `def` one (said once)"
+        )

@@ -15,12 +15,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
-from ._binding import BOUND
 from ._reasons import OPERATION_TOO_LARGE, UNSUPPORTED_VALUE
 from ._values import (
     CONTAINERS,
@@ -35,6 +36,7 @@ from ._values import (
 
 __all__ = [
     "ACTION",
+    "BOUND",
     "PERSON_KEYS",
     "RESERVED_KEYS",
     "TAG",
@@ -53,6 +55,12 @@ USER_ID_KEYS = ("user_id", "customer_id")
 """The keys that name a person by id, the first given winning."""
 PERSON_KEYS = (*USER_ID_KEYS, "email", "cio_id", "anonymous_id")
 """The keys a log call names its person with."""
+
+BOUND: ContextVar[Mapping[str, Any]] = ContextVar(
+    "customerio_logging.bound", default=MappingProxyType({})
+)
+"""The fields ``bind()`` bound in the current context, added to each tagged log call:
+never mutated, replaced by each ``bind`` block (see ``_binding``)."""
 
 # What logging itself puts on a record; everything else on it came from `extra=`.
 _RECORD_KEYS = frozenset(logging.makeLogRecord({}).__dict__) | {
@@ -203,14 +211,15 @@ def _snapshot_fields(source: Mapping[str, Any], skip: frozenset[str]) -> dict[st
 def _add_bound(fields: dict[str, Any], bound: Mapping[str, Any]) -> None:
     """Add to a tagged call's ``fields`` those bound by ``bind()`` that the call did not pass.
 
-    The person is taken whole, from the call or from the binding: a call that says whom
-    the event is about must not get the bound user's id, or an email that is not its
-    person's. A call's person key that is None names nobody, and the bound one fills it.
+    As if the call had passed them: building the operation then picks the person among
+    them all, by its usual precedence (``user_id``, then ``email``, ``cio_id``,
+    ``anonymous_id``), and the others are data. Only the call's own keys win, None
+    included: a call's ``email=None`` removes the bound email. ``user_id`` and
+    ``customer_id`` name one identifier, so a call that passes either gets neither bound.
     """
-    names_person = any(fields.get(key) is not None for key in PERSON_KEYS)
+    names_id = "user_id" in fields or "customer_id" in fields
     for key, value in bound.items():
-        passed_by_call = names_person if key in PERSON_KEYS else key in fields
-        if passed_by_call:
+        if key in fields or (names_id and key in USER_ID_KEYS):
             continue
         # Copied now, as the call's own values are: the app may change a bound list later.
         fields[key] = value if type(value) in _SCALARS else _refusing_snapshot(value)

@@ -87,9 +87,16 @@ async def signup_async(request: Any) -> HttpResponse:
 
 
 def invite(request: Any) -> HttpResponse:
-    # Names its own person: the invitee, not the user who invites.
-    log.info("invited", extra={"cio_event": True, "email": request.GET["email"]})
+    # Sent to the invitee, not the user who invites: user_id=None removes the bound one.
+    extra = {"cio_event": True, "user_id": None, "email": request.GET["email"]}
+    log.info("invited", extra=extra)
     return HttpResponse("invited")
+
+
+def change_email(request: Any) -> HttpResponse:
+    # About the logged-in user: the new email is data.
+    log.info("email_changed", extra={"cio_event": True, "email": request.GET["email"]})
+    return HttpResponse("changed")
 
 
 def visit(request: Any) -> HttpResponse:
@@ -101,6 +108,7 @@ urlpatterns = [
     path("signup/", signup),
     path("signup-async/", signup_async),
     path("invite/", invite),
+    path("change-email/", change_email),
     path("visit/", visit),
 ]
 

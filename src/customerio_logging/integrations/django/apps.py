@@ -42,9 +42,10 @@ class CustomerIOConfig(AppConfig):  # type: ignore[misc]
         """Configure the process's bridge.
 
         Raises:
-            ImproperlyConfigured: ``settings.CUSTOMERIO`` is not a dict, names code that
-                cannot be imported, or a setting is missing or malformed (the message says
-                which, and how to switch the library off instead).
+            ImproperlyConfigured: ``settings.CUSTOMERIO`` is not a dict, its ``events``
+                is not a list, it names code that cannot be imported, or a setting is
+                missing or malformed (the message says which, and how to switch the
+                library off instead).
         """
         options = _options(getattr(settings, SETTING, None))
         try:
@@ -72,6 +73,15 @@ def _options(value: object) -> dict[str, Any]:
         options["events"] = [
             _imported(event, f"['events'][{index}]") for index, event in enumerate(events)
         ]
+    elif isinstance(events, set | frozenset):
+        options["events"] = [_imported(event, "['events']") for event in events]
+    elif events is not None:
+        # A str would be taken a character at a time: "got 's'" helps nobody.
+        hint = f": write [{events!r}]" if isinstance(events, str) else ""
+        raise ImproperlyConfigured(
+            f"settings.{SETTING}['events'] must be a list of dotted paths to Event classes, "
+            f"or of the classes, got {type(events).__name__}{hint}"
+        )
     for name in _IMPORTED:
         if name in options:
             options[name] = _imported(options[name], f"[{name!r}]")

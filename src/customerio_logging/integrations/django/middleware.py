@@ -29,8 +29,10 @@ class CustomerIOMiddleware:
     For a request whose user is authenticated it binds ``user_id=str(request.user.pk)``.
     Otherwise, when the setting ``CUSTOMERIO_ANONYMOUS_ID_SESSION_KEY`` names a session
     key, it binds ``anonymous_id`` to that key's value in the session (if there is one),
-    so anonymous visitors' events are sent as anonymous events. A call that names its
-    own person keeps it (see :func:`customerio_logging.bind`).
+    so anonymous visitors' events are sent as anonymous events. The bound key acts as if
+    the call had passed it (see :func:`customerio_logging.bind`): a view that logs an
+    ``email`` still sends for the logged-in user, with the email as data; one that sends
+    to someone else passes their ``user_id``, or ``user_id=None`` and their ``email``.
 
     Place it after ``AuthenticationMiddleware``, which sets ``request.user``. It serves
     sync and async stacks alike; in an async one it reads the user on Django's
