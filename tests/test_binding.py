@@ -120,13 +120,10 @@ class TestWhatATaggedCallGets:
     @pytest.mark.parametrize(
         ("bound", "call"),
         [
-            ({"anonymous_id": "a1"}, {"user_id": "42"}),
-            ({"user_id": "42"}, {"anonymous_id": "a1"}),
             ({"user_id": "42"}, {"email": "new@example.com", "plan": "pro"}),
-            ({"email": "42@example.com"}, {"user_id": "42"}),
             ({"anonymous_id": "a1", "plan": "free"}, {"email": "x@example.com", "plan": "pro"}),
-            ({"user_id": "42", "email": "42@example.com"}, {"user_id": "7", "email": None}),
-            ({"cio_id": "c42"}, {"anonymous_id": "a1", "cio_action": "page"}),
+            ({"user_id": "42", "plan": "free"}, {"plan": "pro", "cio_action": "page"}),
+            ({"user_id": "42"}, {"cio_action": "identify", "plan": "pro"}),
         ],
     )
     def test_bound_fields_are_sent_as_if_the_call_had_passed_them(
@@ -135,15 +132,42 @@ class TestWhatATaggedCallGets:
         with cio.bind(**bound):
             with_bound = build(Snapshot("e", "e", fields_of(**call), 0.0))
         passed = build(Snapshot("e", "e", fields_of(**{**bound, **call}), 0.0))
-        del with_bound["id"], passed["id"]  # each operation's own ULID
+        with_bound.pop("id", None)  # each named operation's own ULID
+        passed.pop("id", None)
         assert with_bound == passed
 
-    def test_a_bound_anonymous_id_rides_along_when_the_call_names_its_user(self) -> None:
-        # As a call passing both does: the user is the person, the anonymous id is data.
-        with cio.bind(anonymous_id="a1"):
-            body = build(Snapshot("e", "e", fields_of(user_id="42"), 0.0))
-        assert body["identifiers"] == {"id": "42"}
-        assert body["attributes"] == {"anonymous_id": "a1"}
+    @pytest.mark.parametrize(
+        ("bound", "call", "identifiers"),
+        [
+            # An event names someone else by an id: nothing of the bound person rides along.
+            ({"anonymous_id": "a1"}, {"user_id": "42"}, {"id": "42"}),
+            ({"user_id": "42"}, {"anonymous_id": "a1"}, {"anonymous_id": "a1"}),
+            ({"email": "42@example.com"}, {"user_id": "7"}, {"id": "7"}),
+            ({"user_id": "42"}, {"cio_id": "c9"}, {"cio_id": "c9"}),
+            ({"user_id": "42", "email": "42@x.io"}, {"user_id": "7"}, {"id": "7"}),
+            # Any other action names someone by any person key, an email included.
+            ({"user_id": "u1"}, {"cio_action": "delete", "email": "o@x.io"}, {"email": "o@x.io"}),
+            ({"user_id": "u1"}, {"cio_action": "suppress", "email": "o@x.io"}, {"email": "o@x.io"}),
+            (
+                {"user_id": "admin", "email": "admin@x.io"},
+                {"cio_action": "identify", "email": "invitee@x.io"},
+                {"email": "invitee@x.io"},
+            ),
+            (
+                {"email": "a@x.io"},
+                {"cio_action": "identify", "user_id": "u2"},
+                {"id": "u2"},
+            ),
+        ],
+    )
+    def test_a_call_that_names_someone_else_gets_no_bound_person_key(
+        self, bound: dict[str, str], call: dict[str, Any], identifiers: dict[str, str]
+    ) -> None:
+        with cio.bind(**bound):
+            body = build(Snapshot("e", "e", fields_of(**call), 0.0))
+        assert body["identifiers"] == identifiers
+        person_values = set(bound.values())
+        assert not person_values & set(map(str, body.get("attributes", {}).values()))
 
     def test_a_person_key_passed_as_none_removes_the_bound_one(self) -> None:
         with cio.bind(user_id="42", email="42@example.com"):

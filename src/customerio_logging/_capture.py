@@ -53,6 +53,9 @@ TAG = "cio_event"
 ACTION = "cio_action"
 USER_ID_KEYS = ("user_id", "customer_id")
 """The keys that name a person by id, the first given winning."""
+_ID_KEYS = (*USER_ID_KEYS, "cio_id", "anonymous_id")
+_PERSON_KEYS = (*_ID_KEYS, "email")
+_DATA_ACTIONS = ("event", "page", "screen")  # whose logged email may be data
 PERSON_KEYS = (*USER_ID_KEYS, "email", "cio_id", "anonymous_id")
 """The keys a log call names its person with."""
 
@@ -211,15 +214,19 @@ def _snapshot_fields(source: Mapping[str, Any], skip: frozenset[str]) -> dict[st
 def _add_bound(fields: dict[str, Any], bound: Mapping[str, Any]) -> None:
     """Add to a tagged call's ``fields`` those bound by ``bind()`` that the call did not pass.
 
-    As if the call had passed them: building the operation then picks the person among
-    them all, by its usual precedence (``user_id``, then ``email``, ``cio_id``,
-    ``anonymous_id``), and the others are data. Only the call's own keys win, None
-    included: a call's ``email=None`` removes the bound email. ``user_id`` and
-    ``customer_id`` name one identifier, so a call that passes either gets neither bound.
+    As if the call had passed them, the call's own keys winning (None included), but
+    for the person: a call that names someone itself gets no bound person key, so that
+    nothing of the bound person (an email, an id) is sent about someone else. An event,
+    page or screen names someone by an id (``user_id``, ``customer_id``, ``cio_id``,
+    ``anonymous_id``): an ``email`` it logs is data of the bound person. Any other action
+    (``identify``, ``delete``, ``suppress``, devices) names someone by any person key,
+    ``email`` included: a delete by email deletes that email's person.
     """
-    names_id = "user_id" in fields or "customer_id" in fields
+    action = fields.get(ACTION, "event")
+    named_by = _ID_KEYS if action in _DATA_ACTIONS else _PERSON_KEYS
+    someone_else = any(key in fields for key in named_by)
     for key, value in bound.items():
-        if key in fields or (names_id and key in USER_ID_KEYS):
+        if key in fields or (someone_else and key in _PERSON_KEYS):
             continue
         # Copied now, as the call's own values are: the app may change a bound list later.
         fields[key] = value if type(value) in _SCALARS else _refusing_snapshot(value)
