@@ -11,8 +11,10 @@ from . import _app_api, _lifecycle, _receipt, _routing, _storage, _watchdog
 from ._bridge import Bridge
 from ._capture import Snapshot
 from ._config import Settings, enabled_in_env
+from ._direct import Direct
 from ._ledger import Stats
 from ._ownlog import warn
+from ._receipt import Outcome
 from ._wire import reseed_ulids
 from .exceptions import ConfigurationError
 
@@ -67,14 +69,13 @@ def configure(**settings: Any) -> Bridge:
     """
     global _bridge
     new = Bridge(Settings.from_env(**_routing.pinned(settings)))
-    _routing.built_here(new)
     # One configure at a time, so that none returns a bridge another has already
     # replaced and shut down.
     with _configure_lock:
         with _bridge_lock:
             old, _bridge = _bridge, new
             _routing.set_process_bridge_off(not new.settings.enabled)
-        if old is not None:
+        if old is not None and not _kept_for_after_the_test(old):
             old.shutdown()
         if new.settings.durability == "disk":
             new.open_spool()  # the first log call's event is on disk when it returns
@@ -134,7 +135,6 @@ def _bridge_from_env() -> Bridge:
     _building.early = early
     try:
         built = Bridge(Settings.from_env(**_routing.pinned({})))
-        _routing.built_here(built)
     except Exception as exc:
         for _ in early:
             note_lost(exc)
@@ -278,9 +278,16 @@ def reset() -> None:
     """
     with _configure_lock:
         old = forget_bridge()
-        if old is not None:
+        if old is not None and not _kept_for_after_the_test(old):
             old.shutdown()
     _app_api.reset()
+
+
+def _kept_for_after_the_test(bridge: Bridge) -> bool:
+    """True for a bridge from before an active test fixture: the fixture gives it back,
+    running, when the test ends, so a ``configure()`` or ``reset()`` during the test
+    must not stop it."""
+    return _routing.active and _routing.diverted(bridge)
 
 
 _APP_SETTINGS = ("events", "unknown_events", "user_attributes", "strict", "on_error")
@@ -293,8 +300,9 @@ def pinned_bridge(**settings: Any) -> Bridge:
     without stopping the one it replaces (:func:`swap_bridge` puts that back)."""
     previous = _bridge
     kept = {} if previous is None else {k: getattr(previous.settings, k) for k in _APP_SETTINGS}
+    if not _routing.pin_active():
+        raise RuntimeError("pinned_bridge() needs a test fixture's pin")
     new = Bridge(Settings.from_env(**_routing.pinned({**kept, **settings})))
-    _routing.built_here(new)
     swap_bridge(new)
     new.start()
     return new
@@ -310,13 +318,39 @@ def swap_bridge(new: Bridge | None) -> Bridge | None:
     return old
 
 
+_divert_lock = threading.Lock()  # building a fixture's bridge for diverted calls, only
+
+
 def _to_pinned_bridge(item: Any) -> bool:
     """A call made through a bridge built outside every active fixture: to the process's
-    bridge if it was built under one, else to one built now (see :func:`pinned_bridge`)."""
-    with _configure_lock:
-        bridge = _bridge
-        if bridge is None or _routing.diverted(bridge):
-            bridge = pinned_bridge()
+    bridge if it was built under one, else to one built now (see :func:`pinned_bridge`).
+
+    Never waits for ``configure()`` (which may be shutting a bridge down), and never
+    waits on itself: a call made while this thread builds that bridge (a signal
+    handler, a ``__del__``) is counted lost, as is one whose bridge cannot be built.
+    """
+    bridge = _bridge
+    if bridge is not None and not _routing.diverted(bridge):
+        return bridge.submit(item)
+    if getattr(_building, "diverting", False):
+        note_lost(RuntimeError("a tagged call while a test fixture's bridge was being built"))
+        return False
+    _building.diverting = True
+    try:
+        with _divert_lock:
+            bridge = _bridge
+            if bridge is None or _routing.diverted(bridge):
+                if not _routing.pin_active():
+                    # The fixture ended meanwhile: the process's bridge sends it.
+                    return (bridge or get_bridge()).submit(item)
+                bridge = pinned_bridge()
+    except Exception as exc:  # noqa: BLE001 - a log call must not fail because of us
+        note_lost(exc)
+        if isinstance(item, Direct):
+            item.receipt.resolve(Outcome("dropped", None, None, f"{type(exc).__name__}: {exc}"))
+        return False
+    finally:
+        _building.diverting = False
     return bridge.submit(item)
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "active",
     "after_fork_in_child",
     "built_here",
+    "built_under",
     "checks_here",
     "divert",
     "diverted",
@@ -33,6 +34,7 @@ __all__ = [
     "innermost_pin",
     "is_loopback_url",
     "muted",
+    "pin_active",
     "pinned",
     "set_process_bridge_off",
     "tapped",
@@ -134,11 +136,26 @@ def checks_here() -> bool:
     return _checking_thread is not None and _checking_thread == threading.get_ident()
 
 
-def built_here(bridge: object) -> None:
-    """Note that ``bridge`` was built under the innermost pin (if any is active)."""
+def built_here(bridge: object, track_url: str) -> None:
+    """Note that ``bridge``, for ``track_url``, was built under the innermost pin, if one
+    is active and the address is one a test may send to (loopback, not the environment's
+    from before): such a bridge is the test's own and sends itself. Every bridge calls
+    this as it is built."""
     with _lock:
-        if _pins:
+        if _pins and is_loopback_url(track_url) and _same(track_url) not in _pins[-1].foreign:
             _built[bridge] = _pins[-1]
+
+
+def built_under(pin: Pin) -> list[object]:
+    """The bridges built under ``pin`` that still exist."""
+    with _lock:
+        return [bridge for bridge, each in list(_built.items()) if each is pin]
+
+
+def pin_active() -> bool:
+    """True while any fixture is active."""
+    with _lock:
+        return bool(_pins)
 
 
 def diverted(bridge: object) -> bool:
@@ -168,6 +185,11 @@ def tapped(pin: Pin, tap_with: Tap | None = None) -> Iterator[None]:
     """Impose ``pin`` on every ``configure()``, and hand every call to ``tap_with`` if
     given, until the block ends; nested blocks win over outer ones."""
     with _lock:
+        if _pins and _pins[-1].thread != pin.thread:
+            raise RuntimeError(
+                "customerio_logging's fixtures are process-wide: they cannot run on two "
+                "threads at once (run parallel tests in processes, as pytest-xdist does)"
+            )
         _pins.append(pin)
         if tap_with is not None:
             _taps.append(tap_with)

@@ -27,15 +27,18 @@ def isolated(pin: _routing.Pin, tap: _routing.Tap | None = None) -> Iterator[Non
     """
     saved = current_bridge()
     _app_api.reset()
+    last = saved
     try:
         with _routing.tapped(pin, tap):
             try:
                 yield
             finally:
                 last = current_bridge()
-                if last is not saved:
-                    swap_bridge(saved)
-                    if last is not None:
-                        last.shutdown(_SHUTDOWN_TIMEOUT)
     finally:
+        # The pin is gone first: a thread still logging now reaches the bridge it calls,
+        # and none is built for a pin that no longer holds.
+        if last is not saved:
+            swap_bridge(saved)
+            if last is not None:
+                last.shutdown(_SHUTDOWN_TIMEOUT)
         _app_api.reset()

@@ -27,7 +27,7 @@ import pytest
 from .. import _routing
 from .._bridge import Bridge
 from .._config import ENV_VARS
-from .._global import current_bridge, pinned_bridge
+from .._global import pinned_bridge
 from ._events import CapturedEvents, capture_events
 from ._isolation import isolated
 from ._server import TrackAPIEmulator
@@ -123,10 +123,9 @@ def cio_bridge(
     with isolated(pin):
         bridge = pinned_bridge(flush_interval=0.05)
         yield bridge
-        last = current_bridge()
-    # After the shutdown above: what was still queued has been validated by now.
-    invalid = [each.dead_letters() for each in {bridge, last} if each is not None]
-    letters = [letter for each in invalid for letter in each if letter.id is None]
+        built = [each for each in _routing.built_under(pin) if isinstance(each, Bridge)]
+    # After the shutdowns above: what was still queued has been validated by now.
+    letters = [x for each in built for x in each.dead_letters() if x.id is None]
     if strict and letters:
         listed = "\n".join(f"  {x.name!r}: {x.reason} at {x.field}: {x.message}" for x in letters)
         pytest.fail(f"{len(letters)} invalid event(s) on another thread:\n{listed}")
