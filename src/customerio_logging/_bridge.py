@@ -192,9 +192,8 @@ class Bridge(DirectCalls):
         tap = _routing.tap
         if tap is not None:
             return tap.take(item, self._taxonomy, strict=self._strict)
-        divert = _routing.divert
-        if _routing.active and divert is not None and _routing.diverted(self):
-            return divert(item)  # built before the fixture: its address is not the test's
+        if _routing.diverted(self):  # built before the fixture: not the test's address
+            return _routing.divert(item)
         if not self._enabled:
             if isinstance(item, Direct):
                 item.receipt.resolve(_DISABLED)

@@ -109,7 +109,13 @@ active = False
 muted = False
 """The process's bridge is switched off and no fixture is active: tagged calls return at
 once."""
-divert: Callable[[Snapshot | Direct | Operation], bool] | None = None
+
+
+def _no_divert(item: Snapshot | Direct | Operation) -> bool:
+    raise RuntimeError("customerio_logging._global sets _routing.divert when imported")
+
+
+divert: Callable[[Snapshot | Direct | Operation], bool] = _no_divert
 """Hands a call to the process's pinned bridge (set by ``_global``): for a bridge built
 outside every active fixture (see :func:`diverted`)."""
 
