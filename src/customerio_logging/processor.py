@@ -56,14 +56,6 @@ class CustomerIOProcessor:
             pass  # taken below, and counted invalid by the bridge
         if _routing.muted and self._bridge is None:
             return event_dict  # switched off: as cheap as an untagged event dict
-        self._take(event_dict)
-        # Taken, whatever became of it (queued, or counted lost): a CustomerIOHandler
-        # further down must neither send nor count it again.
-        name = tag if isinstance(tag, str) else event_dict.get("event")
-        event_dict[TAG] = TakenByProcessor(name if isinstance(name, str) else "")
-        return event_dict
-
-    def _take(self, event_dict: MutableMapping[str, Any]) -> None:
         try:
             capture = capture_event_dict(event_dict)
             if capture is not None:
@@ -75,6 +67,11 @@ class CustomerIOProcessor:
             raise  # only a test fixture's strict mode raises it: the test fails at the call
         except Exception as exc:  # noqa: BLE001 - a log call must never fail because of us
             note_lost(exc)
+        # Taken, whatever became of it (queued, or counted lost): a CustomerIOHandler
+        # further down must neither send nor count it again.
+        name = tag if isinstance(tag, str) else event_dict.get("event")
+        event_dict[TAG] = TakenByProcessor(name if isinstance(name, str) else "")
+        return event_dict
 
     def __repr__(self) -> str:
         return "CustomerIOProcessor()"
