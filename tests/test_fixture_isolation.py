@@ -119,6 +119,21 @@ def test_fixtures_on_two_threads_at_once_are_refused():
     assert errors and "two threads" in errors[0]
 
 
+def test_send_email_reaches_the_emulator_when_the_apps_bridge_is_switched_off(
+    track_api_emulator,
+):
+    app_off = cio.configure(enabled=False)  # as on CI: the app's, switched off
+    try:
+        with_app = _global.swap_bridge(app_off)  # as if built before the test
+        from customerio_logging import _routing
+        _routing._built.pop(app_off, None)
+        answer = cio.send_email(transactional_message_id="1", to="a@b.c", identifiers={"id": "u"})
+        assert answer.get("disabled") is not True
+        assert len(track_api_emulator.transactional) == 1
+    finally:
+        _global.swap_bridge(with_app)
+
+
 def test_nothing_reached_the_apps_host():
     assert REAL.bodies == []
 """
@@ -128,4 +143,4 @@ def test_an_apps_bridge_from_before_the_tests(pytester: pytest.Pytester) -> None
     pytester.makepyfile(test_suite=_SUITE)
     # A bounded run: a log call that deadlocks must fail the test, not hang the suite.
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=11)

@@ -216,9 +216,9 @@ def switched_off() -> bool:
     """True when the library is switched off: the process's bridge is, or none is built
     yet and ``CUSTOMERIO_ENABLED`` says so."""
     bridge = _bridge
-    if bridge is not None:
+    if bridge is not None and not (_routing.active and _routing.diverted(bridge)):
         return not bridge.settings.enabled
-    return not enabled_in_env()
+    return not enabled_in_env()  # none yet, or one from before a test fixture
 
 
 def note_lost(error: Exception) -> None:
@@ -397,10 +397,11 @@ def _on_sigterm(final: bool) -> None:
 
 
 def _bridge_after_fork_in_child() -> None:
-    global _bridge_lock, _configure_lock
+    global _bridge_lock, _configure_lock, _divert_lock
     # A parent thread may have held them at the fork: that thread does not exist here.
     _bridge_lock = threading.RLock()
     _configure_lock = threading.Lock()
+    _divert_lock = threading.Lock()
     bridge = _bridge
     if bridge is not None:
         # Should it fail, the bridge's first submit in the child tries again.
