@@ -79,8 +79,8 @@ def track_api_emulator(
     temporary directory, ``CUSTOMERIO_ENABLED=1``), and so does any ``configure()`` the
     app makes, whatever it passes: only an explicit loopback address of the test's own is
     kept. A bridge built before the test (at the app's import, or given to a handler)
-    sends nothing meanwhile: its calls go to one built for the emulator, with the same
-    event schema. Afterwards the process's bridge is the one from before.
+    sends nothing meanwhile: its calls go to one built for the emulator, with the
+    process's event schema. Afterwards the process's bridge is the one from before.
     """
     foreign = _routing.environment_urls()  # before the environment points at the emulator
     with TrackAPIEmulator() as emulator:
