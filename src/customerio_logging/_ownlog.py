@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from typing import TYPE_CHECKING
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from ._capture import Snapshot
     from ._schema import Taxonomy
 
-__all__ = ["UnknownEventWarnings", "quiet_http_logs_on_dispatch_thread", "warn"]
+__all__ = ["UnknownEventWarnings", "inform", "quiet_http_logs_on_dispatch_thread", "warn"]
 
 UNKNOWN_NAMES_KEPT = 1000  # undeclared event names warned about, remembered
 
@@ -38,6 +39,13 @@ def warn(message: str) -> None:
         # Some escape logging's handleError: a reentrant write to stderr, say, when the
         # SIGTERM handler's shutdown interrupted the main thread writing to it.
         pass
+
+
+def inform(message: str) -> None:
+    """Say ``message`` at INFO on the ``customerio_logging`` logger (app threads only, as
+    :func:`warn`); never raises."""
+    with contextlib.suppress(Exception):  # see warn
+        _log.info(message)
 
 
 class _NotOnDispatchThread(logging.Filter):

@@ -16,6 +16,7 @@ THREAD_NAME = "customerio-on-error"
 REPORTS_KEPT = 1000
 """Reports waiting for the callback; past it, new ones are merged into one per kind."""
 _LINGER = 1.0  # seconds a closed reporter's thread waits for more reports before ending
+_STUCK = 0.5  # seconds one callback call may run before a shutdown stops waiting for it
 
 
 class ErrorReporter:
@@ -67,6 +68,7 @@ class ErrorReporter:
         self._queue: deque[ErrorReport] = deque()
         self._merged: dict[str, tuple[ErrorReport, int]] = {}  # by kind: sum, reports
         self._busy = False  # the thread holds reports it has not finished handing over
+        self._call_began: float | None = None  # when the callback call under way began
         self._thread: threading.Thread | None = None
         self._cannot_start = False
         self._raised = False
@@ -93,9 +95,17 @@ class ErrorReporter:
                 self._cannot_start = True
 
     def report(self, report: ErrorReport) -> None:
-        """Queue ``report`` for the callback; O(1), never waits for the callback."""
+        """Queue ``report`` for the callback; O(1), never waits for the callback.
+
+        An event the callback itself loses (it logs a tagged event that is dropped) is
+        counted but not told back to it: that would be told again, for ever.
+        """
+        thread = self._thread
+        if thread is not None and thread is threading.current_thread():
+            return
         with self._work:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = None
                 self.start()  # once, or again after a shutdown let the thread end
             if self._merged or len(self._queue) >= self._capacity:
                 # Merged while the callback is behind, and handed over after the queue:
@@ -112,7 +122,9 @@ class ErrorReporter:
 
     def wait(self, until: float) -> bool:
         """Wait until every report made so far has been handed over and the callback has
-        returned, or until ``until`` (``time.monotonic()``) at the latest.
+        returned, or until ``until`` (``time.monotonic()``) at the latest; and no longer
+        than ``_STUCK`` seconds into one callback call (a hung webhook, or a lock the
+        interrupted main thread holds at SIGTERM, must not hold every exit).
 
         Returns:
             True when nothing is left to hand over.
@@ -120,7 +132,11 @@ class ErrorReporter:
         with self._idle:
             while self._queue or self._merged or self._busy:
                 thread = self._thread
-                left = until - time.monotonic()
+                now = time.monotonic()
+                began = self._call_began
+                left = until - now
+                if began is not None:
+                    left = min(left, began + _STUCK - now)
                 if left <= 0 or thread is None or not thread.is_alive():
                     return False
                 if thread is threading.current_thread():
@@ -135,6 +151,19 @@ class ErrorReporter:
             self._work.notify()
 
     def _run(self) -> None:
+        try:
+            self._hand_over()
+        finally:
+            # However it ends (a callback's SystemExit included), the next report starts
+            # a new thread and nobody waits for this one.
+            with self._work:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                self._busy = False
+                self._call_began = None
+                self._idle.notify_all()
+
+    def _hand_over(self) -> None:
         while True:
             with self._work:
                 while not (self._queue or self._merged):
@@ -154,15 +183,19 @@ class ErrorReporter:
                 self._call(report)
 
     def _call(self, report: ErrorReport) -> None:
+        self._call_began = time.monotonic()
         try:
             self._callback(report)
-        except Exception as exc:  # noqa: BLE001 - the app's callback: ignored, said once
+        # The app's callback, sys.exit() in it too: ignored, said once.
+        except BaseException as exc:  # noqa: BLE001
             if not self._raised:
                 self._raised = True
                 self._warn(
                     f"on_error raised {type(exc).__name__}; its exceptions are ignored "
                     f"(this is said once)"
                 )
+        finally:
+            self._call_began = None
 
 
 def _merge(first: ErrorReport, later: ErrorReport) -> ErrorReport:

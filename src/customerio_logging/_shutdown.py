@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ._delivery import SessionTransport
-from ._ownlog import warn
+from ._ownlog import inform, warn
 from ._receipt import Outcome
 from ._wire import Operation
 
@@ -65,6 +65,7 @@ class Shutdown:
         self.deadline: float | None = None
         """When shutdown must be done (monotonic); None until it began."""
         self._ended: float | None = None  # when run() was done but for on_error
+        self._no_grace = False  # a shutdown with no time at all: no grace for on_error
 
     def run(self, wait: float) -> None:
         """Flush, stop the thread and close, within ``wait`` seconds.
@@ -80,9 +81,12 @@ class Shutdown:
         # Every wait in delivery (rate limit, retry backoff, a 429 pause, refused
         # credentials) now ends by this deadline.
         self.deadline = deadline = time.monotonic() + wait
+        self._no_grace = wait == 0
         before = self._stats()
         if before.queue_depth and wait > 0:
-            warn(f"{_events(before.queue_depth)} pending, waiting up to {wait:g} s")
+            # At INFO: most exits deliver what is pending in milliseconds, and a warning
+            # at every one would teach apps to silence the line that matters (below).
+            inform(f"{_events(before.queue_depth)} pending, waiting up to {wait:g} s")
         self._end(wait, deadline)
         self._ledger.say_warnings()
         undelivered = _undelivered(before, self._stats())
@@ -93,6 +97,7 @@ class Shutdown:
         if reporter is not None:
             reporter.wait(self._reports_until())
             reporter.close()
+            self._ledger.say_warnings()  # a callback that raised on the exit's own reports
 
     def _end(self, wait: float, deadline: float) -> None:
         """Stop sending by ``deadline``, spool what is left, and close."""
@@ -161,6 +166,8 @@ class Shutdown:
         the deadline is told too), never more than ``EXIT_MARGIN`` past the deadline."""
         deadline = self.deadline
         assert deadline is not None
+        if self._no_grace:
+            return deadline  # flush_or_spool: its bound is the app's (a Lambda's timeout)
         ended = time.monotonic() if self._ended is None else self._ended
         return min(deadline + EXIT_MARGIN, max(deadline, ended + _REPORT_GRACE))
 

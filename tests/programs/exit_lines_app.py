@@ -70,6 +70,9 @@ class TermInEmit(logging.StreamHandler):
 
 root = logging.getLogger()
 root.addHandler(TermInEmit(sys.stderr))
+# The app logs at INFO, as most services do: the "pending" line is INFO, the "not
+# delivered" line WARNING.
+logging.getLogger("customerio_logging").setLevel(logging.INFO)
 log = logging.getLogger("app")
 log.setLevel(logging.INFO)
 log.propagate = False

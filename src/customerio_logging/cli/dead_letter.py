@@ -343,6 +343,8 @@ def _requeue(spool: Storage, chosen: list[int], args: argparse.Namespace) -> tup
                 batch = chosen[start : start + REQUEUE_BATCH]
                 moved += spool.requeue(batch, reason=args.reason)
                 progress.update(start + len(batch))
+            if ctrl_c.requested:  # during the last batch: the final sweep is not asked for
+                return moved, "interrupted (Ctrl-C)"
             moved += spool.requeue(args.seq, reason=args.reason)
     except KeyboardInterrupt:
         return moved, "interrupted (Ctrl-C twice)"
