@@ -159,8 +159,9 @@ class ErrorReporter:
             with self._work:
                 if self._thread is threading.current_thread():
                     self._thread = None
-                self._busy = False
-                self._call_began = None
+                if self._thread is None:  # not a new thread's state, started meanwhile
+                    self._busy = False
+                    self._call_began = None
                 self._idle.notify_all()
 
     def _hand_over(self) -> None:
