@@ -67,14 +67,11 @@ def configure(**settings: Any) -> Bridge:
     Raises:
         ConfigurationError: A setting is missing or malformed.
     """
-    global _bridge
     new = Bridge(Settings.from_env(**_routing.pinned(settings)))
     # One configure at a time, so that none returns a bridge another has already
     # replaced and shut down.
     with _configure_lock:
-        with _bridge_lock:
-            old, _bridge = _bridge, new
-            _routing.set_process_bridge_off(not new.settings.enabled)
+        old = swap_bridge(new)
         if old is not None and not _kept_for_after_the_test(old):
             old.shutdown()
         if new.settings.durability == "disk":
@@ -216,7 +213,7 @@ def switched_off() -> bool:
     """True when the library is switched off: the process's bridge is, or none is built
     yet and ``CUSTOMERIO_ENABLED`` says so."""
     bridge = _bridge
-    if bridge is not None and not (_routing.active and _routing.diverted(bridge)):
+    if bridge is not None and not _routing.diverted(bridge):
         return not bridge.settings.enabled
     return not enabled_in_env()  # none yet, or one from before a test fixture
 
@@ -264,7 +261,7 @@ def app_api() -> Any:
 def app_client() -> _app_api.AppClient:
     """The App API client with the settings it was built from; see :func:`app_api`."""
     bridge = _bridge
-    if bridge is not None and _routing.active and _routing.diverted(bridge):
+    if bridge is not None and _routing.diverted(bridge):
         bridge = None  # built before a test fixture: the pinned environment's instead
     return _app_api.obtain(None if bridge is None else bridge.settings)
 
@@ -287,7 +284,7 @@ def _kept_for_after_the_test(bridge: Bridge) -> bool:
     """True for a bridge from before an active test fixture: the fixture gives it back,
     running, when the test ends, so a ``configure()`` or ``reset()`` during the test
     must not stop it."""
-    return _routing.active and _routing.diverted(bridge)
+    return _routing.diverted(bridge)
 
 
 _APP_SETTINGS = ("events", "unknown_events", "user_attributes", "strict", "on_error")
@@ -300,7 +297,7 @@ def pinned_bridge(**settings: Any) -> Bridge:
     without stopping the one it replaces (:func:`swap_bridge` puts that back)."""
     previous = _bridge
     kept = {} if previous is None else {k: getattr(previous.settings, k) for k in _APP_SETTINGS}
-    if not _routing.pin_active():
+    if not _routing.active:
         raise RuntimeError("pinned_bridge() needs a test fixture's pin")
     new = Bridge(Settings.from_env(**_routing.pinned({**kept, **settings})))
     swap_bridge(new)
@@ -309,8 +306,8 @@ def pinned_bridge(**settings: Any) -> Bridge:
 
 
 def swap_bridge(new: Bridge | None) -> Bridge | None:
-    """For test fixtures: make ``new`` the process's bridge, stopping none; the one it
-    replaces."""
+    """Make ``new`` the process's bridge, stopping none (the caller decides); the one it
+    replaces. The switched-off flag the handler and processor read follows it."""
     global _bridge
     with _bridge_lock:
         old, _bridge = _bridge, new
@@ -340,7 +337,7 @@ def _to_pinned_bridge(item: Any) -> bool:
         with _divert_lock:
             bridge = _bridge
             if bridge is None or _routing.diverted(bridge):
-                if not _routing.pin_active():
+                if not _routing.active:
                     # The fixture ended meanwhile: the process's bridge sends it.
                     return (bridge or get_bridge()).submit(item)
                 bridge = pinned_bridge()
@@ -356,12 +353,10 @@ def _to_pinned_bridge(item: Any) -> bool:
 
 def forget_bridge() -> Bridge | None:
     """Forget the process's bridge without stopping it and return it (for tests)."""
-    global _bridge, _unconfigured
+    global _unconfigured
     with _bridge_lock:
-        old, _bridge = _bridge, None
         _unconfigured = (0, None)
-        _routing.set_process_bridge_off(False)
-    return old
+        return swap_bridge(None)
 
 
 # -- the process's hooks ---------------------------------------------------------------

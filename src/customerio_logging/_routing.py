@@ -34,7 +34,6 @@ __all__ = [
     "innermost_pin",
     "is_loopback_url",
     "muted",
-    "pin_active",
     "pinned",
     "set_process_bridge_off",
     "tapped",
@@ -158,15 +157,11 @@ def built_under(pin: Pin) -> list[object]:
         return [bridge for bridge, each in list(_built.items()) if each is pin]
 
 
-def pin_active() -> bool:
-    """True while any fixture is active."""
-    with _lock:
-        return bool(_pins)
-
-
 def diverted(bridge: object) -> bool:
     """True when a fixture is active and ``bridge`` was built outside all of them (before
     the test, or given to a handler by the app): its calls go to the pinned bridge."""
+    if not active:
+        return False  # no fixture: no lock taken (production never has one)
     with _lock:
         pin = _built.get(bridge)
         return bool(_pins) and not any(each is pin for each in _pins)
