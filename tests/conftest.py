@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from customerio_logging import _app_api, _global
+from customerio_logging import _app_api, _global, _values
 from customerio_logging.testing import TrackAPIEmulator
 
 from .helpers import open_session
@@ -69,3 +69,14 @@ def hanging_api() -> Iterator[str]:
         server.bind(("127.0.0.1", 0))
         server.listen(64)
         yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+@pytest.fixture(params=["orjson", "stdlib"])
+def json_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with each JSON encoder: orjson's (when installed) and the standard
+    library's, the path taken without orjson."""
+    if request.param == "stdlib":
+        monkeypatch.setattr(_values, "fast_dumps", None)
+    elif _values.fast_dumps is None:
+        pytest.skip("orjson is not installed")
+    return str(request.param)

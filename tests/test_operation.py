@@ -38,6 +38,9 @@ from customerio_logging.exceptions import InvalidEventError
 
 from .helpers import CREATED, JSON_LEAVES, attributes, build, cap, invalid, outcome
 
+# Each test runs with both JSON encoders (orjson's and the standard library's).
+pytestmark = pytest.mark.usefixtures("json_path")
+
 SOURCE = Path(_reasons.__file__).parent
 
 

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, field_serializer
 
+from customerio_logging import _values
 from customerio_logging._capture import UnreadableTag, capture_event_dict, capture_record
 from customerio_logging._limits import MAX_OPERATION_BYTES
 from customerio_logging._operation import build_operation
@@ -37,6 +38,9 @@ from .helpers import (
     outcome,
     run_python,
 )
+
+# Each test runs with both JSON encoders (orjson's and the standard library's).
+pytestmark = pytest.mark.usefixtures("json_path")
 
 
 class Color(enum.Enum):
@@ -720,3 +724,45 @@ class TestProperties:
             return
         assert len(op.body) <= MAX_OPERATION_BYTES
         json.loads(op.body.decode("utf-8"))
+
+
+_FINITE_JSON = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**63), max_value=2**64 - 1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(alphabet=st.characters(codec="utf-8"), max_size=12),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(
+            st.text(alphabet=st.characters(codec="utf-8"), max_size=5), children, max_size=4
+        ),
+    ),
+    max_leaves=12,
+)
+
+
+_ORJSON_DUMPS = _values.fast_dumps  # taken before any test swaps it out
+
+
+@pytest.mark.skipif(_ORJSON_DUMPS is None, reason="orjson is not installed")
+class TestBothEncoders:
+    """orjson's encoder says what the standard library's does, and hands it what it refuses."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(value=_FINITE_JSON)
+    def test_same_json(self, value: object) -> None:
+        assert _ORJSON_DUMPS is not None
+        fast = _ORJSON_DUMPS(value)
+        assert json.loads(fast) == json.loads(_values.encode_text(value))
+        # Byte for byte but for floats, which each spells its own way (1e+16, 1e16).
+        if "e" not in fast.decode() and "." not in fast.decode():
+            assert fast == _values.encode_text(value).encode()
+
+    def test_what_orjson_refuses_goes_the_standard_way(self) -> None:
+        assert _values.encode({"n": 2**64}) == b'{"n":18446744073709551616}'
+        assert _values.encode({1: "a"}) == b'{"1":"a"}'
+        with pytest.raises(UnicodeEncodeError):
+            _values.encode({"s": "a\ud800"})

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -112,6 +114,30 @@ class TestNewUlid:
     def test_unique_within_one_millisecond(self) -> None:
         ids = {new_ulid(1_700_000_000.5) for _ in range(10_000)}
         assert len(ids) == 10_000
+
+    def test_unique_across_threads_drawing_at_once(self) -> None:
+        # The random parts are drawn ahead and shared: threads taking them at once (the
+        # dispatch thread, direct calls) and refilling them must never get the same one.
+        ids: list[list[str]] = [[] for _ in range(8)]
+        start = threading.Barrier(8)
+
+        def make(out: list[str]) -> None:
+            start.wait()
+            out.extend(new_ulid(1_700_000_000.5) for _ in range(5_000))
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible
+        try:
+            threads = [threading.Thread(target=make, args=(out,)) for out in ids]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            sys.setswitchinterval(interval)
+        made = [value for out in ids for value in out]
+        assert len(made) == 40_000
+        assert len(set(made)) == 40_000
 
     def test_random_part_varies(self) -> None:
         randoms = {new_ulid(1.0)[10:] for _ in range(100)}

@@ -47,6 +47,7 @@ __all__ = [
     "capture_event_dict",
     "capture_record",
     "direct_snapshot",
+    "snapshot_event_dict",
 ]
 
 TAG = "cio_event"
@@ -123,6 +124,10 @@ class UnreadableTag:
         self.kind = type(tag).__qualname__
 
 
+# Snapshot(...) without the named tuple's Python-level __new__: once per tagged call.
+_new_snapshot = tuple.__new__
+
+
 class _TooManyItemsError(Exception):
     pass
 
@@ -156,7 +161,7 @@ def capture_record(record: logging.LogRecord) -> Snapshot | None:
         bound = BOUND.get()
         if bound:
             _add_bound(fields, bound)
-        return Snapshot(tag, msg.get("event"), fields, record.created)
+        return _new_snapshot(Snapshot, (tag, msg.get("event"), fields, record.created))
     tag = record.__dict__.get(TAG)
     try:
         if not tag or type(tag) is TakenByProcessor:
@@ -167,7 +172,7 @@ def capture_record(record: logging.LogRecord) -> Snapshot | None:
     bound = BOUND.get()
     if bound:
         _add_bound(fields, bound)
-    return Snapshot(tag, record.getMessage(), fields, record.created)
+    return _new_snapshot(Snapshot, (tag, record.getMessage(), fields, record.created))
 
 
 def capture_event_dict(event_dict: Mapping[str, Any]) -> Snapshot | None:
@@ -178,11 +183,17 @@ def capture_event_dict(event_dict: Mapping[str, Any]) -> Snapshot | None:
             return None
     except Exception:  # noqa: BLE001 - a tag with no truth value: taken, then refused
         tag = UnreadableTag(tag)
+    return snapshot_event_dict(event_dict, tag)
+
+
+def snapshot_event_dict(event_dict: Mapping[str, Any], tag: object) -> Snapshot:
+    """Snapshot a structlog event dict whose tag the caller has read and found set
+    (an :class:`UnreadableTag` when its truth could not be tested)."""
     fields = _snapshot_fields(event_dict, _STRUCTLOG_KEYS)
     bound = BOUND.get()
     if bound:
         _add_bound(fields, bound)
-    return Snapshot(tag, event_dict.get("event"), fields, time.time())
+    return _new_snapshot(Snapshot, (tag, event_dict.get("event"), fields, time.time()))
 
 
 def direct_snapshot(tag: object, fields: Mapping[str, Any]) -> Snapshot:

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from . import _values
 from ._capture import ACTION, TAG, USER_ID_KEYS, Snapshot, UnreadableTag
 from ._limits import (
     DEVICE_PLATFORMS,
@@ -49,6 +50,9 @@ __all__ = ["build_operation"]
 Target = tuple[str, Mapping[str, Any] | None]
 """A direct call's action and person (see ``_direct.Target``)."""
 _SHORT_IDENTIFIER = MAX_IDENTIFIER_BYTES // 4  # UTF-8 takes at most 4 bytes a character
+_SHORT_NAME = MAX_NAME_BYTES // 4
+# Operation(...) without the named tuple's Python-level __new__: once per event.
+_new_operation = tuple.__new__
 
 
 def build_operation(
@@ -92,6 +96,8 @@ def _build_operation(
         )
     fields = dict(snapshot.fields)
     action, person = (fields.pop(ACTION, "event"), None) if target is None else target
+    if action in NAMED_ACTIONS:  # the hot path: an event per log call
+        return _named_operation(snapshot, taxonomy, op_id, action, fields, person)
     if action not in PERSON_ACTIONS:
         # Quote a short prefix only: enough to spot a typo, never a payload.
         shown = repr(action[:20]) if isinstance(action, str) else type(action).__name__
@@ -111,20 +117,7 @@ def _build_operation(
         op["secondary"] = _merge_side(fields.pop("secondary", None), "secondary")
         return _finish(op, op_id, action)
 
-    who = fields if person is None else dict(person)
-    identifiers = _identifiers(who, anonymous_ok=action in NAMED_ACTIONS)
-    if action in NAMED_ACTIONS:
-        name = _event_name(snapshot)
-        if action == "event":
-            fields = taxonomy.validate_event(name, fields)
-        # No separate check of MAX_EVENT_DATA_BYTES: the per-operation limit is smaller.
-        data = coerce_data(fields)
-        try:
-            body = _named_body(identifiers, action, name, op_id, timestamp, data)
-        except ValueError as exc:
-            raise _encoding_error(exc) from None
-        return _checked(op_id, action, name, body)
-    op["identifiers"] = identifiers
+    op["identifiers"] = _identifiers(fields if person is None else dict(person), anonymous_ok=False)
     op["action"] = action
     if action == "identify":
         data = coerce_data(taxonomy.validate_attributes(fields))
@@ -140,6 +133,30 @@ def _build_operation(
     return _finish(op, op_id, action)
 
 
+def _named_operation(
+    snapshot: Snapshot,
+    taxonomy: Taxonomy,
+    op_id: str | None,
+    action: str,
+    fields: dict[str, Any],
+    person: Mapping[str, Any] | None,
+) -> Operation:
+    """An event, page or screen: a name, an id, a timestamp and attributes."""
+    identifiers = _identifiers(fields if person is None else dict(person), anonymous_ok=True)
+    name = _event_name(snapshot)
+    if action == "event":
+        fields = taxonomy.validate_event(name, fields)
+    # No separate check of MAX_EVENT_DATA_BYTES: the per-operation limit is smaller.
+    data = coerce_data(fields)
+    if op_id is None:
+        op_id = new_ulid(snapshot.created)
+    try:
+        body = _named_body(identifiers, action, name, op_id, int(snapshot.created), data)
+    except ValueError as exc:
+        raise _encoding_error(exc) from None
+    return _checked(op_id, action, name, body)
+
+
 def _named_body(
     identifiers: dict[str, str],
     action: str,
@@ -148,9 +165,26 @@ def _named_body(
     timestamp: int,
     data: dict[str, Any],
 ) -> bytes:
-    # The hot path: one event per log call. Written out rather than built as a dict and
-    # encoded whole, which costs twice as much; only `data` goes through the encoder. The
-    # key and action come from fixed sets and the id is ASCII: none needs escaping.
+    # The hot path: one event per log call.
+    dumps = _values.fast_dumps
+    if dumps is not None:
+        op = {
+            "type": "person",
+            "identifiers": identifiers,
+            "action": action,
+            "name": name,
+            "id": op_id,
+            "timestamp": timestamp,
+        }
+        if data:
+            op["attributes"] = data
+        try:
+            return dumps(op)
+        except TypeError:  # orjson refused a value: the standard library's path decides
+            pass
+    # Written out rather than built as a dict and encoded whole, which costs twice as
+    # much; only `data` goes through the encoder. The key and action come from fixed sets
+    # and the id is ASCII: none needs escaping.
     ((key, value),) = identifiers.items()
     text = (
         f'{{"type":"person","identifiers":{{"{key}":{quote(value)}}},"action":"{action}",'
@@ -188,7 +222,7 @@ def _checked(op_id: str, action: str, name: str | None, body: bytes) -> Operatio
             reason=OPERATION_TOO_LARGE,
             field=None,
         )
-    return Operation(op_id, action, name, body)
+    return _new_operation(Operation, (op_id, action, name, body))
 
 
 def _event_name(snapshot: Snapshot) -> str:
@@ -200,6 +234,8 @@ def _event_name(snapshot: Snapshot) -> str:
             field="name",
         )
     name = raw.strip()
+    if len(name) <= _SHORT_NAME:
+        return name  # the common case: short enough whatever its characters' UTF-8 width
     size = len(name.encode())
     if size > MAX_NAME_BYTES:
         raise InvalidEventError(

@@ -118,7 +118,13 @@ class Sender:
 
     def process(self, item: Snapshot | Direct | Operation) -> Operation | None:
         """A queued item as an operation; None when invalid (counted, dead-lettered)."""
-        return self._build(item, here=False)
+        if type(item) is not Snapshot:
+            return self._build(item, here=False)
+        try:  # a log call's event: once per event, so the short way
+            return build_operation(item, self._taxonomy)
+        except Exception as exc:  # noqa: BLE001 - counted and dead-lettered, never raised
+            self._refused(item, None, exc, here=False)
+            return None
 
     def build_here(
         self, item: Snapshot | Direct | Operation, letters: list[DeadLetterRow] | None = None
@@ -160,21 +166,32 @@ class Sender:
         try:
             op_id = None if receipt is None else receipt.id
             op = build_operation(snapshot, self._taxonomy, op_id, target)
-        except InvalidEventError as exc:
-            why = str(exc)
-            text = self._reject(snapshot, exc.reason, exc.field, why, here=here, letters=letters)
-            if receipt is not None:
-                receipt.resolve(Outcome("invalid", exc.reason, exc.field, text))
-            return None
-        except Exception as exc:  # noqa: BLE001 - a user validator or a bug: count, don't raise
-            why = f"{type(exc).__name__} while building"
-            self._reject(snapshot, INTERNAL_ERROR, None, why, here=here, letters=letters)
-            if receipt is not None:
-                receipt.resolve(Outcome("invalid", INTERNAL_ERROR, None, why))
+        except Exception as exc:  # noqa: BLE001 - counted and dead-lettered, never raised
+            self._refused(snapshot, receipt, exc, here=here, letters=letters)
             return None
         if receipt is not None:
             self._receipts[op.id] = receipt
         return op
+
+    def _refused(
+        self,
+        snapshot: Snapshot,
+        receipt: Receipt | None,
+        exc: Exception,
+        *,
+        here: bool,
+        letters: list[DeadLetterRow] | None = None,
+    ) -> None:
+        """Count and dead-letter an event that could not be built, and settle its receipt."""
+        if isinstance(exc, InvalidEventError):
+            reason, field = exc.reason, exc.field
+            text = self._reject(snapshot, reason, field, str(exc), here=here, letters=letters)
+        else:  # a user validator or a bug: counted, never raised
+            reason, field = INTERNAL_ERROR, None
+            text = f"{type(exc).__name__} while building"
+            self._reject(snapshot, reason, None, text, here=here, letters=letters)
+        if receipt is not None:
+            receipt.resolve(Outcome("invalid", reason, field, text))
 
     def resolve(self, op_id: str, outcome: Outcome) -> None:
         """Settle a direct call's receipt, if ``op_id`` has one still unsettled."""

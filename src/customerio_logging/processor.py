@@ -6,7 +6,7 @@ from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from . import _routing
-from ._capture import TAG, TakenByProcessor, capture_event_dict
+from ._capture import TAG, TakenByProcessor, UnreadableTag, snapshot_event_dict
 from ._global import note_lost, submit_capture
 from .exceptions import InvalidEventError
 
@@ -52,17 +52,16 @@ class CustomerIOProcessor:
         try:
             if not tag or type(tag) is TakenByProcessor:
                 return event_dict
-        except Exception:  # noqa: BLE001, S110 - a tag with no truth value (a numpy array):
-            pass  # taken below, and counted invalid by the bridge
+        except Exception:  # noqa: BLE001 - a tag with no truth value (a numpy array):
+            tag = UnreadableTag(tag)  # taken below, and counted invalid by the bridge
         if _routing.muted and self._bridge is None:
             return event_dict  # switched off: as cheap as an untagged event dict
         try:
-            capture = capture_event_dict(event_dict)
-            if capture is not None:
-                if self._bridge is None:
-                    submit_capture(capture)
-                else:
-                    self._bridge.submit(capture)
+            capture = snapshot_event_dict(event_dict, tag)
+            if self._bridge is None:
+                submit_capture(capture)
+            else:
+                self._bridge.submit(capture)
         except InvalidEventError:
             raise  # only a test fixture's strict mode raises it: the test fails at the call
         except Exception as exc:  # noqa: BLE001 - a log call must never fail because of us
