@@ -22,8 +22,8 @@ The peers are not project dependencies: on its first run the script creates its 
 environment, ``benchmarks/.peers-venv`` (stdlib ``venv``; pip installs the peers and this
 project with ``-e .[structlog]``), and re-runs itself there. Any Python 3.11+ can start it::
 
-    python benchmarks/bench_peers.py            # full run, about 2 minutes
-    python benchmarks/bench_peers.py --quick    # short run, about 15 s
+    python benchmarks/bench_peers.py            # full run, about 90 s
+    python benchmarks/bench_peers.py --quick    # short run, about 10 s
     python benchmarks/bench_peers.py --check    # exit 1 if the target is missed
 
 Exit status: 0 on success, 1 with ``--check`` when the target is missed, 2 when a sanity
@@ -514,7 +514,7 @@ def report(plan: Plan, contenders: Sequence[Contender], results: dict[str, Sampl
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a short run (about 15 s)")
+    parser.add_argument("--quick", action="store_true", help="a short run (about 10 s)")
     parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
     return parser.parse_args(argv)
 
