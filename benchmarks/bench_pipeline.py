@@ -498,7 +498,8 @@ def run_end_to_end_phase(
     loop(1000)  # warm-up: the logger, the session's connection, the emulator
     problems.check(cio.flush(FLUSH_TIMEOUT), "(d) the warm-up flush did not finish")
     thread = cio.get_bridge().thread
-    assert thread is not None and thread.ident is not None
+    assert thread is not None
+    assert thread.ident is not None
     # The dispatch thread's own CPU clock (user and system time, Linux and macOS).
     dispatch_clock = time.pthread_getcpuclockid(thread.ident)
     for _ in range(plan.e2e_runs):
