@@ -1,8 +1,11 @@
-"""Shared fixtures: a Track API emulator per test and a clean process-wide bridge."""
+"""Shared fixtures: a Track API emulator per test, a clean process-wide bridge, and a
+self-signed certificate for the TLS tests."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +63,25 @@ def settings(emulator: TrackAPIEmulator) -> dict[str, object]:
         "track_url": emulator.url,
         "flush_interval": 0.05,
     }
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    request = "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
+    names = "subjectAltName=IP:127.0.0.1"
+    subprocess.run(
+        [openssl, *request.split(), "-addext", names, "-keyout", key, "-out", cert],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return cert, key
 
 
 @pytest.fixture

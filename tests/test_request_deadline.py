@@ -6,10 +6,8 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -135,25 +133,6 @@ def _read_request(conn: socket.socket) -> None:
     length = int(found.group(1)) if found else 0
     while len(body) < length:
         body += conn.recv(65536)
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("needs the openssl command to make a certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    request = "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
-    names = "subjectAltName=IP:127.0.0.1"
-    subprocess.run(
-        [openssl, *request.split(), "-addext", names, "-keyout", key, "-out", cert],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
 
 
 @contextlib.contextmanager

@@ -46,6 +46,14 @@ class TestBatchBody:
         commas = len(ops) - 1
         assert len(body) == BODY_OVERHEAD + sum(len(op.body) for op in ops) + commas
 
+    @given(st.lists(st.binary(max_size=20), max_size=6))
+    def test_it_is_the_framed_join_of_the_bodies_which_stay_as_they_were(
+        self, bodies: list[bytes]
+    ) -> None:
+        ops = [Operation(f"id{i}", "event", "e", body) for i, body in enumerate(bodies)]
+        assert batch_body(ops) == b'{"batch":[' + b",".join(bodies) + b"]}"
+        assert [op.body for op in ops] == bodies
+
 
 class TestOperation:
     op = Operation(

@@ -3,23 +3,29 @@
 The official client's adapter (TCP keep-alive), with urllib3's own retries off (the retry
 policy lives above the transport) and connections that name their sockets to the
 watchdog (:mod:`._watchdog`) as they connect and send, so that a request can be cut off
-at its deadline.
+at its deadline. It also names the pool a request goes through (:meth:`WatchedAdapter.route`)
+for a sender that posts through that pool itself (:mod:`._posting`).
 """
 
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 import urllib3.poolmanager
 from requests.adapters import HTTPAdapter
+from requests.exceptions import InvalidURL
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import LocationValueError
 from urllib3.util.retry import Retry
 
 from ._watchdog import watch_socket
 
 if TYPE_CHECKING:
+    from requests import PreparedRequest
+
     _Adapter = HTTPAdapter
 else:
     try:
@@ -82,6 +88,36 @@ class WatchedAdapter(_Adapter):
         if manager.pool_classes_by_scheme is urllib3.poolmanager.pool_classes_by_scheme:
             manager.pool_classes_by_scheme = _POOLS
         return manager
+
+    def route(
+        self,
+        request: PreparedRequest,
+        *,
+        verify: bool | str | None,
+        cert: str | tuple[str, str] | None,
+        proxies: Mapping[str, str],
+    ) -> tuple[HTTPConnectionPool, str]:
+        """Where :meth:`send` would send ``request``, for a caller that sends through the
+        pool itself: the connection pool (the proxy's when one applies, with ``verify``
+        and ``cert`` set on it) and the target its request line names.
+
+        Raises:
+            requests.RequestException: The URL or the proxy's is invalid.
+            OSError: The CA bundle or the client certificate is not where it is said to be.
+        """
+        try:
+            if hasattr(self, "get_connection_with_tls_context"):
+                found = self.get_connection_with_tls_context(
+                    request, verify, proxies=proxies, cert=cert
+                )
+            else:  # requests before 2.32.2, whose send() asked this instead
+                found = self.get_connection(request.url or "", dict(proxies))
+        except LocationValueError as exc:
+            raise InvalidURL(exc) from exc
+        # An HTTPConnectionPool (or HTTPS), whatever the stubs say: the pool managers' own.
+        pool = cast(HTTPConnectionPool, found)
+        self.cert_verify(pool, request.url, verify, cert)  # type: ignore[no-untyped-call]
+        return pool, self.request_url(request, proxies)
 
 
 def no_retry_adapter() -> HTTPAdapter:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import requests
 
     from ._config import Settings
+    from ._posting import PreparedPost
     from ._retry import RetryPolicy
 
 __all__ = [
@@ -32,8 +33,6 @@ __all__ = [
     "post_once",
     "transport_for",
 ]
-
-_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
 class SwitchedOff:
@@ -64,6 +63,9 @@ class SessionTransport:
     host name resolves to is tried for at most the time left; the name lookup itself is
     bounded by the system's resolver. An answer's body is read up to 4 MiB (the API's are
     far smaller); the rest is left unread and the connection dropped.
+
+    Every batch goes through one :class:`PreparedPost`: the request is prepared, and its
+    connection pool chosen, once per session, not once per batch.
     """
 
     def __init__(self, client: Any, track_url: str, *, timeout: float) -> None:
@@ -73,6 +75,7 @@ class SessionTransport:
         self._host = urlsplit(track_url).netloc.rpartition("@")[2]
         self._deadlines = RequestDeadlines(timeout)
         self._session: requests.Session | None = None
+        self._post: PreparedPost | None = None
 
     def __repr__(self) -> str:
         return f"SessionTransport(url={self._url!r})"
@@ -101,13 +104,17 @@ class SessionTransport:
 
     def send(self, body: bytes) -> Response:
         """POST ``body`` to ``/api/v2/batch``; see :class:`Transport`."""
-        session = self._http()
+        post = self._post
+        if post is None:
+            from ._posting import PreparedPost
+
+            post = self._post = PreparedPost(self._http(), self._url)
         with self._deadlines.request() as watch:
             left = watch.deadline - time.monotonic()
             if left <= 0:
                 raise self._late(watch)
             try:
-                response = post_once(session, self._url, body, timeout=left)
+                response = post.send(body, timeout=left)
             except http_errors() as exc:
                 if watch.expired or time.monotonic() >= watch.deadline:
                     raise self._late(watch) from exc
@@ -137,37 +144,18 @@ class SessionTransport:
 
     def close(self) -> None:
         """Close the HTTP session; a later ``send`` opens a new one."""
-        self._session = None
+        self._session = self._post = None
         self._client.close()
 
 
-_MAX_ANSWER_BYTES = 4 << 20
-_CHUNK_BYTES = 64 << 10
-
-
 def post_once(
-    session: requests.Session,
-    url: str,
-    body: bytes,
-    *,
-    timeout: float,
-    limit: int = _MAX_ANSWER_BYTES,
+    session: requests.Session, url: str, body: bytes, *, timeout: float, limit: int
 ) -> Response:
     """POST a JSON ``body`` once (no redirect followed) and read the answer, at most
     ``limit`` bytes of it. The HTTP library's errors (:func:`http_errors`) propagate."""
-    reply = session.post(
-        url,
-        data=body,
-        headers=_HEADERS,
-        timeout=timeout,
-        allow_redirects=False,
-        stream=True,
-    )
-    try:
-        answer = _read_answer(reply, limit)
-    finally:
-        reply.close()
-    return Response(reply.status_code, dict(reply.headers), answer)
+    from ._posting import PreparedPost
+
+    return PreparedPost(session, url).send(body, timeout=timeout, limit=limit)
 
 
 def http_errors() -> tuple[type[BaseException], ...]:
@@ -184,19 +172,6 @@ def http_errors() -> tuple[type[BaseException], ...]:
         http.client.HTTPException,
         OSError,
     )
-
-
-def _read_answer(reply: requests.Response, limit: int = _MAX_ANSWER_BYTES) -> bytes:
-    """The answer's body, at most ``limit`` bytes of it (a streamed reply)."""
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in reply.iter_content(_CHUNK_BYTES):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            # Not read to the end: closing the reply drops the connection.
-            break
-    return b"".join(chunks)[:limit]
 
 
 def official_client(settings: Settings) -> Any:

@@ -106,6 +106,36 @@ class RetryPolicy:
             DeliveryError: The last attempt got no response at all.
         """
         started = self._clock()
+        # The first attempt outside tenacity: most succeed, and building its machinery
+        # costs more than the rest of a batch's bookkeeping. One to retry is handed over
+        # as tenacity's own first attempt, so every rule below sees it as before.
+        first: Response | DeliveryError
+        try:
+            first = attempt()
+        except DeliveryError as error:
+            if not self._retry_error(error):
+                raise
+            first = error
+        else:
+            if not self._retry_status(first.status):
+                return first, 0
+        return self._retry(attempt, first, started)
+
+    def _retry(
+        self, attempt: Callable[[], Response], first: Response | DeliveryError, started: float
+    ) -> tuple[Response, int]:
+        """Tenacity's loop after a ``first`` outcome worth retrying, replayed as its own
+        first attempt; see :meth:`run`."""
+        outcomes = [first]
+
+        def again() -> Response:
+            if not outcomes:
+                return attempt()
+            outcome = outcomes.pop()
+            if isinstance(outcome, DeliveryError):
+                raise outcome
+            return outcome
+
         retries = 0
         asked = False  # whether the upcoming wait is the server's (Retry-After)
 
@@ -146,7 +176,7 @@ class RetryPolicy:
             # RetryError: its response, or its DeliveryError raised again.
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
-        response = retrying(attempt)
+        response = retrying(again)
         return response, retries
 
     def _wait(self, state: tenacity.RetryCallState) -> tuple[float, bool]:
