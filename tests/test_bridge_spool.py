@@ -316,3 +316,34 @@ class TestServerWords:
             assert len(letter.field or "") <= 200
         assert status.dead_letter_bytes < 5_000  # two short rows, not 20 MB
         assert status.file_bytes < 1_000_000
+
+
+class TestSpoolSize:
+    def test_an_outage_keeps_the_spool_file_within_max_spool_bytes_and_counts_evictions(
+        self, spooled: dict[str, Any], spool_path: Path, emulator: TrackAPIEmulator
+    ) -> None:
+        # The API down, the queue full: every event spills. Twice the bound goes to
+        # the spool; the file, its -wal and its -shm stay within it (a tenth for a moment).
+        emulator.set_faults(DOWN)
+        bound = 1024 * 1024  # the smallest max_spool_bytes allowed
+        bridge = cio.configure(
+            **{**spooled, "max_spool_bytes": bound, "max_queue_size": 100, "batch_size": 50}
+        )
+        files = [spool_path.with_name(spool_path.name + s) for s in ("", "-wal", "-shm")]
+
+        def on_disk() -> int:
+            return sum(f.stat().st_size for f in files if f.exists())
+
+        peak = 0
+        for i in range(6000):
+            bridge.submit(snapshot(i))
+            peak = max(peak, on_disk())
+        bridge.shutdown(WAIT)
+        peak = max(peak, on_disk())
+        stats = bridge.stats()
+        assert peak <= bound * 1.10
+        assert (stats.spooled, stats.dropped, stats.failed) == (6000, 0, 0)
+        assert stats.evicted > 2000
+        assert balanced(stats)
+        # Each spooled event still waits, or was counted evicted: none lost uncounted.
+        assert spool_pending(spool_path) + stats.evicted == stats.spooled

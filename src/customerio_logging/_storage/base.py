@@ -53,12 +53,14 @@ class SpoolStatus:
         path: The spool file (or, for another backend, where it keeps the spool).
         pending: Operations waiting to be sent.
         leased: Of those, the ones a sender has claimed right now.
-        bytes: The waiting operations' size.
-        max_bytes: The bound beyond which the oldest are evicted.
+        bytes: The waiting operations' size (their bodies).
+        max_bytes: The bound on the storage's size: beyond it the oldest waiting
+            operations are evicted (see :class:`Storage`).
         oldest: When the oldest waiting operation was spooled (Unix seconds).
         newest: When the newest was.
         dead_letters: Rows in the dead letter.
-        file_bytes: The file's size on disk, write-ahead log included.
+        file_bytes: What the storage takes where it keeps the spool: for a file, its
+            size on disk, write-ahead log and the log's index included.
         site_id: The workspace whose events these are, once one wrote here.
         dead_letter_bytes: The dead letter's size (bodies and texts).
         dead_letter_max_bytes: The bound beyond which its oldest rows are evicted.
@@ -120,7 +122,12 @@ class Storage(Protocol):
 
     Delivery is at least once: an operation stays stored until :meth:`ack` (sent) or
     :meth:`dead_letter` (refused for good) removes it, or until eviction makes room past
-    the storage's byte bound (the oldest first, and counted). A sender that dies between
+    the storage's byte bound (the oldest first, and counted). The bound is on all the
+    storage takes where it keeps the spool, not only the waiting operations' bodies:
+    their keys and indexes, the dead letter, and for a file its write-ahead log
+    (:attr:`SpoolStatus.file_bytes`). Each write evicts enough to stay within it, give
+    or take one eviction's step; a bound too small for the storage's own structure
+    bounds the waiting operations' bytes alone. A sender that dies between
     sending and acking leaves its rows to be sent again when their lease ends; every
     operation keeps its id, so the API drops the duplicate.
 
@@ -168,7 +175,7 @@ class Storage(Protocol):
 
         Returns:
             How many operations (the oldest, maybe some of ``ops``) were evicted to stay
-            within the byte bound.
+            within the byte bound (see the class).
         """
         ...
 

@@ -19,8 +19,8 @@ from .._wire import BODY_OVERHEAD, Operation, shorten
 from .base import DeadLetterRow, SpoolStatus
 from .leases import FRESH_LEASE, REPLAY_LEASE, owner_is_gone, owner_token
 from .sqlite_connection import DEFAULT_WAIT, SpoolConnection
-from .sqlite_path import sibling
 from .sqlite_schema import DEAD_LETTER_BYTES, meta_int
+from .sqlite_size import FileBudget, file_pages, free_pages, on_disk
 
 __all__ = ["DEAD_LETTER_SHARE", "DEAD_LETTER_TEXT", "MAX_DEAD_LETTERS", "SQLiteSpool"]
 
@@ -31,8 +31,9 @@ DEAD_LETTER_SHARE = 4
 texts together); the oldest rows go first beyond it, counted in the file.
 
 A share of the spool's own bound rather than a setting of its own: whatever the API
-refuses, the file then holds at most 1.25 times ``max_spool_bytes`` of data, and a requeue
-of every dead letter fits in the spool. A quarter, because the dead letter is there for a
+refuses, the dead letter then takes at most about a quarter of the file, which stays
+within ``max_spool_bytes`` (the waiting operations have the rest), and a requeue of every
+dead letter fits in the spool. A quarter, because the dead letter is there for a
 person to read, fix the cause and requeue, not to keep everything: at the default 100 MiB
 that is 25 MiB, at least 800 rows even at the Track API's 32,000-byte limit per
 operation, and the full ``MAX_DEAD_LETTERS`` rows of events averaging 2.6 KB.
@@ -49,6 +50,10 @@ _KEEP = _INSERT + "DO UPDATE SET lease_owner = NULL, lease_until = NULL"
 """Add, or release a row already there to replay."""
 _RESERVE = _INSERT + "DO NOTHING"
 """Add leased; a row already there (spooled, or claimed by replay) is left as it is."""
+_Row = tuple[str, str, str | None, bytes, float, str | None, float | None]
+"""A ``spool`` row as ``add`` writes it: id, action, name, body, created, lease."""
+_EVICTION_ROUNDS = 8  # rounds of eviction in one write, at most (one, almost always)
+_EVICTION_PAGE = 512  # rows read at a time while looking for the last one to evict
 
 
 class SQLiteSpool:
@@ -65,9 +70,10 @@ class SQLiteSpool:
             unsafe place is refused (:class:`~.base.SpoolUnavailableError`) and left as
             it is: a symbolic link, a file or folder of another user's, a folder other
             users can write to without the sticky bit (see ``sqlite_path``).
-        max_bytes: Bound on the waiting operations' bytes; the oldest are evicted
-            beyond it. The dead letter has its own bound, a share of it (see
-            ``DEAD_LETTER_SHARE``).
+        max_bytes: Bound on the file's size on disk, with its write-ahead log and the
+            log's index: writes evict the oldest waiting operations to stay within it
+            (see ``sqlite_size``; below 1 MiB it bounds their bytes alone). The dead
+            letter has a bound of its own within it (see ``DEAD_LETTER_SHARE``).
         site_id: The workspace whose events this process spools and replays. A file
             holding another workspace's events is refused. None (the CLI's read-only
             views) accepts any.
@@ -91,7 +97,11 @@ class SQLiteSpool:
         self.dead_letter_max_bytes = max_bytes // DEAD_LETTER_SHARE
         self._clock = clock
         self._file = SpoolConnection(
-            self.path, site_id=site_id, track_url=track_url, on_problem=on_problem
+            self.path,
+            site_id=site_id,
+            track_url=track_url,
+            on_problem=on_problem,
+            max_bytes=max_bytes,
         )
 
     def __repr__(self) -> str:
@@ -120,17 +130,18 @@ class SQLiteSpool:
 
         Returns:
             How many operations (the oldest, maybe some of ``ops``) were evicted to
-            stay within ``max_bytes``.
+            keep the file within ``max_bytes``.
         """
         if not ops:
             return 0
         now = self._clock()
         owner, until = (owner_token(), now + FRESH_LEASE) if lease else (None, None)
-        rows = [(op.id, op.action, op.name, op.body, now, owner, until) for op in ops]
+        rows: list[_Row] = [(op.id, op.action, op.name, op.body, now, owner, until) for op in ops]
         opens = wait is None if open_file is None else open_file
         with self._file.transaction(wait=wait, open_file=opens) as conn:
-            conn.executemany(_RESERVE if lease else _KEEP, rows)
-            return _evict(conn, self.max_bytes)
+            return _write(
+                conn, _RESERVE if lease else _KEEP, rows, self.max_bytes, self._file.budget
+            )
 
     def claim(self, limit: int, *, max_bytes: int = BATCH_BODY_BYTES) -> list[Operation]:
         """Take up to ``limit`` waiting operations, oldest first, for this process to send.
@@ -283,9 +294,6 @@ class SQLiteSpool:
             dead_bytes = meta_int(conn, "dead_letter_bytes")
             dead_evicted = meta_int(conn, "dead_letters_evicted")
             site = conn.execute("SELECT value FROM meta WHERE key = 'site_id'").fetchone()
-        file_bytes = sum(
-            p.stat().st_size for p in (self.path, sibling(self.path, "-wal")) if p.exists()
-        )
         return SpoolStatus(
             path=str(self.path),
             pending=pending,
@@ -295,7 +303,7 @@ class SQLiteSpool:
             oldest=oldest,
             newest=newest,
             dead_letters=dead,
-            file_bytes=file_bytes,
+            file_bytes=on_disk(self.path),
             site_id=None if site is None else str(site[0]),
             dead_letter_bytes=dead_bytes,
             dead_letter_max_bytes=self.dead_letter_max_bytes,
@@ -350,22 +358,86 @@ class SQLiteSpool:
         self._file.reset_after_fork()
 
 
-def _evict(conn: sqlite3.Connection, max_bytes: int) -> int:
-    """Delete the oldest waiting rows until the rest fit in ``max_bytes``; how many."""
-    used = meta_int(conn, "spool_bytes")
-    if used <= max_bytes:
+def _write(
+    conn: sqlite3.Connection,
+    sql: str,
+    rows: list[_Row],
+    max_bytes: int,
+    budget: FileBudget | None,
+) -> int:
+    """Write ``rows`` with ``sql``, evicting as they go (see ``_parts``); how many went."""
+    evicted = 0
+    for part in [rows] if budget is None or len(rows) == 1 else _parts(rows, budget):
+        conn.executemany(sql, part)
+        evicted += _evict(conn, max_bytes, budget)
+    return evicted
+
+
+def _evict(conn: sqlite3.Connection, max_bytes: int, budget: FileBudget | None) -> int:
+    """Delete the oldest waiting rows until the file's pages in use fit in ``budget``
+    (the waiting rows' bytes in ``max_bytes`` when there is none); how many."""
+    if budget is None:
+        used = meta_int(conn, "spool_bytes")
+        if used <= max_bytes:
+            return 0
+        # Free a little more than the excess, so that a full spool evicts once per
+        # twentieth of its size rather than on every write.
+        return _delete_oldest(conn, used - max_bytes + max_bytes // 20)
+    evicted = 0
+    for _ in range(_EVICTION_ROUNDS):
+        pages = file_pages(conn)
+        if pages > budget.pages:
+            # Only then are its free pages counted: one statement less on every write
+            # until the spool first fills.
+            pages -= free_pages(conn)
+        if pages <= budget.pages:
+            break
+        # The waiting rows' share of the pages in use says how many of their bytes free
+        # that many pages; a round that frees too few (dead letters share the pages,
+        # rows on pages left part full) is followed by another.
+        share = meta_int(conn, "spool_bytes") / (pages * budget.page_size)
+        want = (pages - budget.pages + budget.step) * budget.page_size
+        deleted = _delete_oldest(conn, max(1, int(want * share)))
+        if not deleted:
+            break
+        evicted += deleted
+    return evicted
+
+
+def _parts(rows: list[_Row], budget: FileBudget) -> Iterator[list[_Row]]:
+    """``rows`` in parts of at most half an eviction's step of bodies (each at least one
+    row): evicting after each part keeps a large write from growing the file past its
+    budget before the first eviction."""
+    most = budget.step * budget.page_size // 2
+    start, size = 0, 0
+    for end, row in enumerate(rows):
+        size += len(row[3])
+        if size > most and end > start:
+            yield rows[start:end]
+            start, size = end, len(row[3])
+    yield rows[start:]
+
+
+def _delete_oldest(conn: sqlite3.Connection, size: int) -> int:
+    """Delete the oldest waiting rows whose bodies add up to ``size`` bytes (every row,
+    if they all add up to less); how many.
+
+    Reads the rows' lengths oldest first, and no further than needed: a window over the
+    whole table would read every row of a full spool on each eviction."""
+    total, last = 0, None
+    rows = conn.execute("SELECT seq, length(body) FROM spool ORDER BY seq")
+    try:
+        while total < size and (page := rows.fetchmany(_EVICTION_PAGE)):
+            for seq, length in page:
+                total += length
+                last = seq
+                if total >= size:
+                    break
+    finally:
+        rows.close()
+    if last is None:
         return 0
-    # Free a little more than the excess, so that a full spool evicts once per
-    # twentieth of its size rather than on every write.
-    target = used - max_bytes + max_bytes // 20
-    row = conn.execute(
-        "SELECT seq FROM (SELECT seq, SUM(length(body)) OVER (ORDER BY seq) AS total "
-        "FROM spool) WHERE total >= ? ORDER BY seq LIMIT 1",
-        (target,),
-    ).fetchone()
-    if row is None:
-        return conn.execute("DELETE FROM spool").rowcount
-    return conn.execute("DELETE FROM spool WHERE seq <= ?", (row[0],)).rowcount
+    return int(conn.execute("DELETE FROM spool WHERE seq <= ?", (last,)).rowcount)
 
 
 def _release_dead_owners(conn: sqlite3.Connection, now: float) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .base import SpoolBusyError, SpoolUnavailableError
 from .sqlite_file import OPEN_WAIT, is_busy, open_spool_file, plain
+from .sqlite_size import FileBudget, keep_within
 
 __all__ = [
     "DEFAULT_WAIT",
@@ -62,6 +63,8 @@ class SpoolConnection:
         site_id: The workspace the file must belong to; None accepts any.
         track_url: The API host, checked like ``site_id``.
         on_problem: Told, in words, when a corrupt or foreign file was moved aside.
+        max_bytes: The spool's byte bound, which the file, its log and its index are
+            kept within (see ``sqlite_size``).
     """
 
     def __init__(
@@ -71,11 +74,16 @@ class SpoolConnection:
         site_id: str | None,
         track_url: str | None,
         on_problem: Callable[[str], None] | None,
+        max_bytes: int,
     ) -> None:
         self.path = path
         self._site_id = site_id
         self._track_url = track_url
         self._on_problem = on_problem
+        self._max_bytes = max_bytes
+        self.budget: FileBudget | None = None
+        """The open file's budget of pages in use; None before it opens, and for a bound
+        too small for one (see ``sqlite_size.file_budget``)."""
         self._lock = threading.RLock()
         self._holder: int | None = None  # the thread inside a transaction
         self._conn: sqlite3.Connection | None = None
@@ -222,6 +230,13 @@ class SpoolConnection:
         if opened.moved is not None and self._on_problem is not None:
             with contextlib.suppress(Exception):  # a notice must not undo a sound open
                 self._on_problem(opened.moved)
+        try:
+            self.budget = keep_within(opened.conn, self._max_bytes)
+        except sqlite3.Error as exc:
+            opened.conn.close()
+            raise SpoolUnavailableError(
+                f"the spool at {self.path} cannot be opened: {plain(exc)}"
+            ) from None
         return opened.conn
 
     def _open_elsewhere(self, real: Path) -> bool:
