@@ -134,8 +134,9 @@ class Settings:
             (``CUSTOMERIO_SPOOL_PATH``). ``None``: one file per workspace in the user's
             state directory (see :attr:`spool_file`). ``False`` (or ``"off"``) disables
             the spool: such events are then counted as failed or dropped.
-        max_spool_bytes: Most bytes of operations waiting in the spool; beyond it the
-            oldest are evicted and counted.
+        max_spool_bytes: Most bytes the spool takes on disk (for the SQLite file, its
+            write-ahead log included); beyond it the oldest waiting operations are evicted
+            and counted.
         on_full: What happens to an event logged while the queue is full: ``"spill"``
             writes it to the spool (the default when the spool is on), ``"drop"`` counts
             and drops it (the default without a spool).

@@ -190,9 +190,11 @@ def _print_status(status: SpoolStatus) -> None:
     print(f"spool:         {status.path}")
     print(f"workspace:     {status.site_id or 'none recorded yet'}")
     being_sent = f" ({status.leased} being sent right now)" if status.leased else ""
-    print(f"waiting:       {plural(status.pending, 'operation')}{being_sent}")
-    share = 100 * status.bytes / status.max_bytes
-    print(f"size:          {_size(status.bytes)} of {_size(status.max_bytes)} ({share:.0f}%)")
+    bodies = f", {_size(status.bytes)} of JSON" if status.pending else ""
+    print(f"waiting:       {plural(status.pending, 'operation')}{bodies}{being_sent}")
+    # The bound is on the file's size on disk (its log included): that is what fills up.
+    share = 100 * status.file_bytes / status.max_bytes
+    print(f"size:          {_size(status.file_bytes)} of {_size(status.max_bytes)} ({share:.0f}%)")
     now = time.time()
     if status.oldest is not None and status.newest is not None:
         print(f"oldest:        {_when(status.oldest, now)}")
@@ -204,7 +206,6 @@ def _print_status(status: SpoolStatus) -> None:
         gone = f"; {plural(evicted, 'older one')} evicted to stay within it" if evicted else ""
         kept, bound = _size(status.dead_letter_bytes), _size(status.dead_letter_max_bytes)
         print(f"               {kept} of {bound}{gone}")
-    print(f"file:          {_size(status.file_bytes)} on disk")
 
 
 def _when(timestamp: float, now: float) -> str:
