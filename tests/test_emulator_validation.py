@@ -43,6 +43,33 @@ MALFORMED_BODIES = [
 
 
 class TestRequestBody:
+    @pytest.mark.parametrize(
+        ("value", "status"), [(b"18446744073709551616", 200), (b'"\\ud800"', 400)]
+    )
+    def test_what_orjson_refuses_is_read_as_before(
+        self,
+        emulator: TrackAPIEmulator,
+        session: requests.Session,
+        value: bytes,
+        status: int,
+    ) -> None:
+        # The emulator parses with orjson when it can. What orjson refuses, the standard
+        # library reads: an integer beyond 64 bits is taken; a lone surrogate, escaped, is
+        # JSON but no text (the API's UTF-8 cannot carry it): the whole body is refused,
+        # never a dropped connection.
+        op = batch_op(attributes={"y": 1})
+        document = json.dumps({"batch": [op]}).encode()
+        document = document.replace(b'"attributes": {', b'"attributes": {"x": ' + value + b", ")
+        response = session.post(f"{emulator.url}/api/v2/batch", data=document, timeout=HTTP_TIMEOUT)
+        assert response.status_code == status, response.text
+        if status == 200:
+            [kept] = emulator.operations
+            assert kept["attributes"]["x"] == 2**64
+        else:
+            [error] = response.json()["errors"]
+            assert error["reason"] == "invalid_json"
+            assert emulator.operations == []
+
     @pytest.mark.parametrize(("body", "reason", "field"), MALFORMED_BODIES)
     def test_malformed_body_gets_400(
         self,

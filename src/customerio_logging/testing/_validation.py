@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -80,7 +81,7 @@ class Problem:
 def read_batch(body: bytes) -> list[Any] | Problem:
     """The operations of a ``/api/v2/batch`` body, or what makes the whole request invalid."""
     try:
-        document = json.loads(body)
+        document = _loads(body)
     except (UnicodeDecodeError, ValueError):
         return Problem(INVALID_JSON, "body", "body is not valid JSON")
     if not isinstance(document, dict):
@@ -117,7 +118,7 @@ def v1_operation(action: str, customer_id: str, body: bytes) -> dict[str, Any] |
 
 def _v1_document(body: bytes) -> dict[str, Any] | None:
     try:
-        document = json.loads(body)
+        document = _loads(body)
     except (UnicodeDecodeError, ValueError):
         return None
     return document if isinstance(document, dict) else None
@@ -280,6 +281,37 @@ def _check_device(op: dict[str, Any], *, need_platform: bool) -> Problem | None:
             f"device.platform must be one of {list(DEVICE_PLATFORMS)}",
         )
     return None
+
+
+def _orjson_loads() -> Callable[[bytes], Any] | None:
+    try:
+        from orjson import loads
+    except ImportError:
+        return None
+    return loads
+
+
+_fast_loads = _orjson_loads()
+
+
+def _loads(body: bytes) -> Any:
+    """A request's JSON document, through orjson first when it is installed (a third of
+    the standard library's cost); what orjson refuses (a 65-bit integer, NaN, UTF-16) is
+    parsed, or refused, by the standard library.
+
+    Raises:
+        ValueError: Not JSON; or JSON holding a lone surrogate (``"\\ud800"``), which is
+            no text at all: the API's UTF-8 cannot carry it, and nothing after this
+            could handle it.
+    """
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(body)
+        except ValueError:  # orjson.JSONDecodeError
+            pass
+    document = json.loads(body)
+    json.dumps(document, ensure_ascii=False).encode()  # UnicodeEncodeError: a surrogate
+    return document
 
 
 def _json_size(value: object) -> int:
