@@ -332,6 +332,35 @@ class TestFork:
         bridge._pid = -1  # as in a child forked without os.fork's hooks
         assert bridge.track("u1", "after").result(5.0).status == "sent"
 
+    def test_a_child_forked_without_the_hooks_never_reuses_its_parents_next_id(
+        self, emulator: TrackAPIEmulator
+    ) -> None:
+        # A direct call's id is made before the bridge notices the fork: it took the next
+        # random part the parent had drawn ahead, which the parent then used as well (the
+        # same id for two events within one millisecond: the API drops one as a duplicate).
+        code = textwrap.dedent(
+            """
+            import ctypes, os
+            import customerio_logging as cio
+            from customerio_logging import _wire
+
+            cio.configure(flush_interval=60.0, spool_path=False)
+            cio.track("u1", "warm")  # random parts drawn ahead, in the parent
+            read, write = os.pipe()
+            pid = ctypes.PyDLL(None).fork()  # libc's fork(): no at-fork hook runs
+            if pid == 0:
+                receipt = cio.track("u1", "in_child")
+                os.write(write, receipt.id[10:].encode())
+                cio.flush(5.0)
+                os._exit(0)
+            os.waitpid(pid, 0)
+            child = os.read(read, 64).decode()
+            print("repeated" if child == _wire.new_ulid(0.0)[10:] else "fresh")
+            """
+        )
+        result = run_python("-c", code, emulator=emulator, check=True)
+        assert result.stdout.split() == ["fresh"]
+
 
 class TestOutcomes:
     def test_an_invalid_event_resolves_invalid_with_its_field(

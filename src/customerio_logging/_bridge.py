@@ -180,11 +180,11 @@ class Bridge(DirectCalls):
         Raises:
             InvalidEventError: With ``strict=True`` only: it cannot be sent.
         """
+        if self._pid != os.getpid():  # before the id: in a hook-less fork, ids are the parent's
+            self._adopt_after_fork()
         direct = Direct(snapshot, Receipt(new_ulid(snapshot.created)), target)
-        if self._strict and self._enabled and not _routing.active:
-            self._checked(direct)
-        else:
-            self.submit(direct)
+        strict = self._strict and self._enabled and not _routing.active
+        (self._checked if strict else self.submit)(direct)
         return direct.receipt
 
     def _routed(self, item: Snapshot | Direct | Operation) -> bool:
