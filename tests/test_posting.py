@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import re
 import shutil
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import requests
@@ -453,3 +455,41 @@ class TestSessionTransportReuse:
             assert transport.send(b'{"batch":[]}').status == 200
             transport.close()
         assert len(server.requests) == 2
+
+
+class TestStandIns:
+    """What is not requests' own sending gets Session.post itself, and sees the batches."""
+
+    def test_a_test_double_on_http_adapter_send_sees_the_batch(self) -> None:
+        # What `responses` does: HTTPAdapter.send replaced, after the first batch went out.
+        seen: list[bytes] = []
+
+        def double(adapter: object, request: requests.PreparedRequest, **_: object) -> object:
+            assert isinstance(request.body, bytes)
+            seen.append(request.body)
+            reply = requests.Response()
+            reply.status_code, reply.raw = 200, io.BytesIO(b"{}")
+            return reply
+
+        with serving() as server, _session() as session:
+            post = PreparedPost(session, server.url + "/api/v2/batch")
+            assert post.send(b'{"n":1}', timeout=5.0).status == 200
+            with mock.patch("requests.adapters.HTTPAdapter.send", double):
+                answer = post.send(b'{"n":2}', timeout=5.0)
+            assert post.send(b'{"n":3}', timeout=5.0).status == 200
+        assert (answer.status, answer.body) == (200, b"{}")
+        assert seen == [b'{"n":2}']
+        assert [wire.split(b"\r\n\r\n", 1)[1] for wire in server.requests] == [
+            b'{"n":1}',
+            b'{"n":3}',
+        ]
+
+    def test_an_adapter_the_app_mounted_sends_the_batch(self) -> None:
+        with serving() as server, _session() as session:
+            adapter = requests.adapters.HTTPAdapter()
+            session.mount("http://", adapter)
+            with mock.patch.object(adapter, "send", wraps=adapter.send) as sent:
+                post = PreparedPost(session, server.url + "/api/v2/batch")
+                assert post.send(b'{"n":1}', timeout=5.0).status == 200
+            assert sent.call_count == 1
+        assert server.requests[0].endswith(b'{"n":1}')
