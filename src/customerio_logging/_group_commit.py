@@ -30,7 +30,7 @@ class GroupCommit(Generic[T]):
     leader) writes every item waiting, its own included, in one transaction, and marks
     each with the outcome before it lets go. Callers that came meanwhile take the turn
     in their own time and find their item written already, or lead the next group. A
-    single caller pays a few attribute reads more than writing alone.
+    caller alone (no one waiting, the turn free) writes at once, for the cost of a lock.
 
     A caller waits at most ``wait`` seconds for the turn, as it would for the spool's own
     lock. After that, an item no leader took is written by its caller alone with no
@@ -62,6 +62,13 @@ class GroupCommit(Generic[T]):
 
     def write(self, item: T) -> bool:
         """Write ``item``, alone or with others; True when it was kept (see ``write``)."""
+        if not self._waiting and self._turn.acquire(blocking=False):
+            # Alone: no one to group with, no one to wait for. One who comes meanwhile
+            # waits for the turn, and leads the next group.
+            try:
+                return self._write([item], self._wait)
+            finally:
+                self._turn.release()
         end = time.monotonic() + self._wait
         slot = _Slot(item)
         key = id(slot)
