@@ -61,7 +61,6 @@ class SpillBuffer(Generic[T]):
             ordinary waits). Never raises.
         idle: Done when nothing was put for a while (a busy spool's deferred writes).
         wait: Most seconds the writer thread waits for a busy spool per group.
-        capacity: Most events held.
     """
 
     def __init__(
@@ -70,12 +69,10 @@ class SpillBuffer(Generic[T]):
         *,
         idle: Callable[[], None],
         wait: float,
-        capacity: int = SPILL_CAPACITY,
     ) -> None:
         self._write = write
         self._idle = idle
         self._wait = wait
-        self._capacity = capacity
         self._stopped = False
         self.at_fork_reinit()
 
@@ -106,7 +103,7 @@ class SpillBuffer(Generic[T]):
         """Hand ``item`` over to the writer; O(1). False when the caller must write it
         itself: the buffer is full or stopped, or no writer thread can run now."""
         items = self._items
-        if self._stopped or len(items) >= self._capacity:
+        if self._stopped or len(items) >= SPILL_CAPACITY:
             return False
         if self._thread is None and not self._start():
             return False
