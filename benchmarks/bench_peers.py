@@ -309,8 +309,7 @@ def ours_direct() -> Contender:
 
     return Contender(
         "customerio-logging (cio.track)",
-        "the bridge above; cio.track('u1', 'plan_changed', from_='free', to='pro'), "
-        "receipt unused",
+        "the bridge above; cio.track('u1', 'plan_changed', from_='free', to='pro'), receipt unused",
         send,
         cio.flush,
         lambda: None,  # shut down with the structlog contender's bridge

@@ -20,14 +20,19 @@ What it measures (all in one run, baselines included, nothing hard-coded):
     events/s against the emulator's v1 endpoint.
 (g) The library switched off (``configure(enabled=False)``): µs a tagged stdlib record
     costs over an untagged one, both through ``NullHandler`` + ``CustomerIOHandler``.
-(o) An outage burst in a child process (``spool_outage.py``): 1,000,000 tagged calls
+(o) µs per call during an outage: the call of (b) against a bridge whose API cannot be
+    reached (a closed port), spool on, queue full, so that every call spills; each chunk
+    is timed until what it spilled is on disk. (n) is (b) again, paired with it.
+(f1), (f4) µs per call with ``durability="disk"`` (a spool write before each call
+    returns, as (f)): from one thread, and from 4 threads at once (group commit).
+(s) An outage burst in a child process (``spool_outage.py``): 1,000,000 tagged calls
     with the API unreachable and the spool on; the spool's peak size on disk (with its
     ``-wal`` and ``-shm``) against ``max_spool_bytes``, and the peak RSS growth.
 
 It prints a table (median and best of several timed chunks per metric) and the ratios
 against their targets: (b)/(a) <= 2.0, (t)/(b) <= 1.0, (c) difference <= 0.3 µs,
 (d'') dispatch-thread CPU <= 3 µs per event, (g) difference <= 0.1 µs, (d)/(e) >= 30,
-(o) peak on disk <= 1.10 x max_spool_bytes and peak RSS growth <= 20 MB.
+(o)/(n) <= 2.0, (s) peak on disk <= 1.10 x max_spool_bytes and peak RSS growth <= 20 MB.
 
 The emulator runs in a child process, so its request parsing does not compete for this
 process's GIL (inside the process it costs about as much CPU per event as the bridge
@@ -51,9 +56,11 @@ import gc
 import logging
 import multiprocessing
 import os
+import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +81,9 @@ TARGET_DISPATCH_CPU_US = 3.0  # (d''): the dispatch thread's CPU per event in (d
 TARGET_DIRECT_RATIO = 1.0  # (t)/(b): a direct call costs no more than a tagged log call
 TARGET_THROUGHPUT_RATIO = 30.0  # (d)/(e) events/s, at least
 TARGET_OFF_EXTRA_US = 0.1  # (g): switched off, a tagged call costs what an untagged one does
+TARGET_OUTAGE_RATIO = 2.0  # (o)/(n): during an outage a log call costs at most twice a normal one
+OUTAGE_QUEUE = 100  # the outage bridge's queue (and batch): full from the start
+DISK_THREADS = 4  # (f4)
 
 EVENT = "plan_changed"
 FLUSH_TIMEOUT = 60.0
@@ -307,6 +317,196 @@ def stdlib_logger(name: str, handlers: Sequence[logging.Handler]) -> logging.Log
     return logger
 
 
+# -- (o), (n): an outage; (f1), (f4): durability="disk" from one thread and from several ---
+
+
+@dataclass(slots=True)
+class OutageResults:
+    outage_us: Series = field(default_factory=Series)  # (o) until spilled to disk
+    normal_us: Series = field(default_factory=Series)  # (n), paired with (o)
+    left_pct: Series = field(default_factory=Series)  # (o): chunk still spilling at its end
+    disk_one_us: Series = field(default_factory=Series)  # (f1)
+    disk_threads_us: Series = field(default_factory=Series)  # (f4)
+
+
+def closed_port_url() -> str:
+    """An http:// URL on 127.0.0.1 where nothing listens: an API that cannot be reached."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def outage_bridge(spool: str) -> cio.Bridge:
+    """A started bridge whose API cannot be reached, with a spool and a queue of
+    OUTAGE_QUEUE: its thread holds one batch in the retry backoff (the first retry 15-30 s
+    away), the queue stays full, and every further call spills."""
+    settings = cio.Settings(
+        site_id="bench-site",
+        api_key="bench-key",
+        track_url=closed_port_url(),
+        batch_size=OUTAGE_QUEUE,
+        max_queue_size=OUTAGE_QUEUE,
+        retry_base_delay=30.0,
+        retry_max_delay=30.0,
+        spool_path=spool,
+        install_signal_handlers=False,
+    )
+    return cio.Bridge(settings).start()
+
+
+def spilled(bridge: cio.Bridge) -> int:
+    """Events in the outage bridge's memory beyond its queue and its batch in the backoff:
+    those still in the spill buffer."""
+    return max(0, bridge.stats().queue_depth - 2 * OUTAGE_QUEUE)
+
+
+def outage_loop(log: Any, bridge: cio.Bridge, left: list[int]) -> Callable[[int], None]:
+    """``n`` tagged calls, then the wait until the spill buffer is written: a backlog left
+    to the writer thread would flatter the calls. What was left is appended to ``left``."""
+    calls = tagged_loop(log)
+
+    def loop(n: int) -> None:
+        calls(n)
+        left.append(spilled(bridge))
+        deadline = time.monotonic() + FLUSH_TIMEOUT
+        while spilled(bridge) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+
+    return loop
+
+
+def run_outage_phase(
+    plan: Plan, emu: RemoteEmulator, out: TextIO, results: OutageResults, problems: Problems
+) -> None:
+    """(o) against (n), chunk by chunk, alternating which goes first: the tagged call of
+    (b) during an outage (API unreachable, spool on, queue full: it spills), timed until
+    what it spilled is on disk; and the same call with the API up, as in (b)."""
+    calls = max(1000, plan.structlog_calls // 2)
+    progress(f"(o)/(n): {plan.chunks} x {calls:,} calls each")
+    emu.reset()
+    sent, left, warm = 0, [], 200
+    with tempfile.TemporaryDirectory() as folder:
+        bridge = outage_bridge(os.path.join(folder, "outage.sqlite3"))
+        try:
+            # Each logger is used at once: it keeps the chain configured at its first use.
+            down = outage_loop(structlog_logger(bridged_chain(bridge), out), bridge, left)
+            down(2 * OUTAGE_QUEUE + warm)  # the queue, the batch in the backoff, and spills
+            up = tagged_loop(structlog_logger(bridged_chain(), out))
+            up(warm)
+            sent += warm
+            for index in range(plan.warmup_chunks + plan.chunks):
+                for variant in ("o", "n") if index % 2 == 0 else ("n", "o"):
+                    if variant == "o":
+                        ns = timed_ns(down, calls, gc_off=True)
+                        series = results.outage_us
+                    else:
+                        up(warm)
+                        problems.check(
+                            cio.flush(FLUSH_TIMEOUT), "(n) a warm-up flush did not finish"
+                        )
+                        ns = timed_ns(up, calls, gc_off=True)
+                        problems.check(cio.flush(FLUSH_TIMEOUT), "(n) a flush did not finish")
+                        sent += warm + calls
+                        series = results.normal_us
+                    if index >= plan.warmup_chunks:
+                        series.samples.append(ns / calls / 1000)
+                        if variant == "o":
+                            results.left_pct.samples.append(100 * left[-1] / calls)
+        finally:
+            bridge.shutdown(2.0)
+        stats = bridge.stats()
+        problems.check(
+            stats.spooled == stats.enqueued and stats.queue_depth == 0,
+            f"(o) {stats.spooled} of {stats.enqueued} events spooled, {stats.dropped} dropped",
+        )
+        assert bridge.spool is not None
+        pending = bridge.spool.pending()
+        problems.check(pending == stats.enqueued, f"(o) {pending} events on disk")
+    accepted, rejected = emu.counts()
+    problems.check(
+        accepted == sent and rejected == 0,
+        f"(n) the emulator accepted {accepted} of {sent} events ({rejected} rejected)",
+    )
+    emu.reset()
+
+
+def threaded(loop: Callable[[int], None], threads: int) -> Callable[[int], None]:
+    """``loop``, its ``n`` calls shared out among ``threads`` threads running at once."""
+
+    def run(n: int) -> None:
+        workers = [threading.Thread(target=loop, args=(n // threads,)) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    return run
+
+
+def run_disk_threads_phase(
+    plan: Plan, emu: RemoteEmulator, out: TextIO, results: OutageResults, problems: Problems
+) -> None:
+    """(f1) against (f4): durability="disk" calls from one thread, and the same number from
+    DISK_THREADS threads at once (their spool writes grouped: group commit)."""
+    calls = max(1000, plan.structlog_calls // 5)
+    progress(f"(f1)/(f4): {plan.chunks} x {calls:,} calls each, 1 and {DISK_THREADS} threads")
+    warm = 200
+    with tempfile.TemporaryDirectory() as folder:
+        for index in range(plan.warmup_chunks + plan.chunks):
+            for variant in ("f1", "f4") if index % 2 else ("f4", "f1"):
+                spool = os.path.join(folder, f"threads-{index}-{variant}.sqlite3")
+                idle = idle_bridge(emu, calls + warm, spool)
+                loop = tagged_loop(structlog_logger(bridged_chain(idle), out))
+                loop(warm)
+                run = loop if variant == "f1" else threaded(loop, DISK_THREADS)
+                ns = timed_ns(run, calls, gc_off=True)
+                assert idle.spool is not None
+                written = idle.spool.pending()
+                idle.spool.close()
+                problems.check(written == calls + warm, f"({variant}) {written} events on disk")
+                if index >= plan.warmup_chunks:
+                    series = results.disk_one_us if variant == "f1" else results.disk_threads_us
+                    series.samples.append(ns / calls / 1000)
+
+
+def outage_rows(plan: Plan, r: OutageResults) -> list[tuple[str, str, str, str, str]]:
+    """The table's rows for (o), (n), (f1) and (f4)."""
+    outage = f"{plan.chunks} x {max(1000, plan.structlog_calls // 2):,}"
+    disk = f"{plan.chunks} x {max(1000, plan.structlog_calls // 5):,}"
+    return [
+        (label, f"{series.median:.2f}", f"{series.min:.2f}", "µs/call", size)
+        for label, series, size in (
+            ("(o) outage: (b) with the API unreachable, spilling", r.outage_us, outage),
+            ("(n) (b), paired with (o)", r.normal_us, outage),
+            ("(f1) durability='disk', 1 thread", r.disk_one_us, disk),
+            (f"(f4) durability='disk', {DISK_THREADS} threads at once", r.disk_threads_us, disk),
+        )
+    ]
+
+
+def outage_check(r: OutageResults) -> tuple[str, str, str, bool]:
+    """(o)/(n) against its target, as the report's checks are."""
+    ratio = r.outage_us.median / r.normal_us.median
+    return (
+        "(o)/(n)",
+        f"{ratio:.2f}x",
+        f"<= {TARGET_OUTAGE_RATIO:g}x",
+        ratio <= TARGET_OUTAGE_RATIO,
+    )
+
+
+def outage_notes(r: OutageResults) -> None:
+    print(
+        f"(o): API unreachable (a closed port), spool on, queue of {OUTAGE_QUEUE} full; each "
+        f"chunk timed until its spills are on disk (median {r.left_pct.median:.0f}% of a "
+        f"chunk was still in the spill buffer when its last call returned)"
+    )
+    print(
+        f"(f4): {r.disk_threads_us.median:.1f} µs per call from {DISK_THREADS} threads at once "
+        f"against (f1) {r.disk_one_us.median:.1f} µs from one (group commit); no target"
+    )
+
+
 # -- the phases ---------------------------------------------------------------------------
 
 
@@ -333,6 +533,7 @@ class Results:
     off_untagged_us: Series = field(default_factory=Series)  # (g) switched off, untagged
     off_tagged_us: Series = field(default_factory=Series)  # (g) switched off, tagged
     off_extra_us: Series = field(default_factory=Series)  # (g) paired differences
+    outage: OutageResults = field(default_factory=OutageResults)  # (o), (n), (f1), (f4)
 
 
 def run_structlog_phase(
@@ -587,6 +788,7 @@ def report(plan: Plan, results: Results) -> bool:
     disk = f"{plan.chunks} x {max(1000, plan.structlog_calls // 5):,}"
     us_row("(f) (b0) with durability='disk' (a spool write per call)", r.disk_us, disk)
     us_row("(f0) (b0), paired with (f)", r.memory_us, disk)
+    rows.extend(outage_rows(plan, r.outage))
     us_row("(c1) stdlib untagged, NullHandler", r.null_us, stdlib)
     us_row("(c2) stdlib untagged, NullHandler + CustomerIOHandler", r.handler_us, stdlib)
     us_row("(c) CustomerIOHandler extra (paired c2 - c1)", r.handler_extra_us, stdlib)
@@ -681,6 +883,7 @@ def report(plan: Plan, results: Results) -> bool:
             f">= {TARGET_THROUGHPUT_RATIO:g}x",
             throughput_ratio >= TARGET_THROUGHPUT_RATIO,
         ),
+        outage_check(r.outage),
     ]
     print()
     print(f"{'ratio (medians)':<18}  {'value':>10}  {'target':<10}  result")
@@ -692,10 +895,11 @@ def report(plan: Plan, results: Results) -> bool:
         f"durability='disk' adds {r.disk_us.median - r.memory_us.median:+.1f} µs per call "
         f"({r.disk_us.median / r.memory_us.median:.1f}x (f0)); no target, a figure for the README"
     )
+    outage_notes(r.outage)
     print(f"mode: {plan.name}; best = min time (max events/s); Python {sys.version.split()[0]}")
     print(
-        "gc: disabled inside the timed chunks of (a), (b), (b0), (t), (t0), (c); "
-        "enabled in (d), (e)"
+        "gc: disabled inside the timed chunks of (a), (b), (b0), (t), (t0), (c), (f), (o), "
+        "(n), (f1), (f4); enabled in (d), (e)"
     )
     print("emulator: child process on 127.0.0.1")
     print(
@@ -738,6 +942,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 run_structlog_phase(plan, emu, out, results, problems)
                 run_durability_phase(plan, emu, out, results, problems)
+                run_disk_threads_phase(plan, emu, out, results.outage, problems)
+                run_outage_phase(plan, emu, out, results.outage, problems)
                 run_handler_phase(plan, results)
                 run_end_to_end_phase(plan, emu, out, results, problems)
                 run_client_phase(plan, emu, results, problems)

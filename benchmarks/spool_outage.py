@@ -1,4 +1,4 @@
-"""Phase (o) of ``bench_pipeline.py``: the spool's size on disk through an API outage.
+"""Phase (s) of ``bench_pipeline.py``: the spool's size on disk through an API outage.
 
 A burst of tagged structlog calls while the Track API is unreachable (a closed port on
 127.0.0.1), the spool on with ``on_full="spill"`` and a ``max_spool_bytes`` small enough
@@ -82,7 +82,7 @@ def run_spool_outage_phase(quick: bool) -> OutageResult:
     """Run the burst in a child process and return what it measured."""
     plan = OUTAGE_QUICK if quick else OUTAGE_FULL
     print(
-        f"... (o): outage burst of {plan.events:,} events, "
+        f"... (s): outage burst of {plan.events:,} events, "
         f"max_spool_bytes={plan.max_spool_bytes / _MIB:g} MiB, in a child process",
         file=sys.stderr,
         flush=True,
@@ -107,16 +107,16 @@ def outage_problems(result: OutageResult) -> list[str]:
     r = result
     found: list[str] = []
     if r.enqueued != r.plan.events + _WARM_UP:
-        found.append(f"(o) {r.enqueued} events enqueued of {r.plan.events + _WARM_UP}")
+        found.append(f"(s) {r.enqueued} events enqueued of {r.plan.events + _WARM_UP}")
     if r.spooled + r.dropped + r.failed != r.enqueued:
         found.append(
-            f"(o) {r.enqueued} enqueued, but {r.spooled} spooled + {r.dropped} dropped + "
+            f"(s) {r.enqueued} enqueued, but {r.spooled} spooled + {r.dropped} dropped + "
             f"{r.failed} failed"
         )
     if r.evicted == 0:
-        found.append("(o) nothing was evicted: the burst did not fill the spool")
+        found.append("(s) nothing was evicted: the burst did not fill the spool")
     if r.pending + r.evicted != r.spooled:
-        found.append(f"(o) {r.pending} left + {r.evicted} evicted != {r.spooled} spooled")
+        found.append(f"(s) {r.pending} left + {r.evicted} evicted != {r.spooled} spooled")
     return found
 
 
@@ -129,7 +129,7 @@ def report_spool_outage(result: OutageResult) -> bool:
     mode = "full" if plan == OUTAGE_FULL else "quick: fewer events and a smaller spool"
     print()
     print(
-        f"(o) outage burst ({mode}): {plan.events:,} tagged structlog calls, API unreachable, "
+        f"(s) outage burst ({mode}): {plan.events:,} tagged structlog calls, API unreachable, "
         f"on_full='spill', max_spool_bytes={plan.max_spool_bytes / _MIB:g} MiB, "
         f"max_queue_size={plan.max_queue_size:,}"
     )
@@ -142,7 +142,7 @@ def report_spool_outage(result: OutageResult) -> bool:
         f"    app thread {r.call_us:.1f} µs CPU per call (spill writes included); "
         f"{r.seconds:.1f} s to shutdown's end"
     )
-    print(f"{'outage (o)':<24}  {'value':>10}  {'target':<10}  result")
+    print(f"{'spool (s)':<24}  {'value':>10}  {'target':<10}  result")
     print(
         f"{'peak on disk / max':<24}  {r.disk_ratio:>9.2f}x  "
         f"{f'<= {TARGET_DISK_RATIO:.2f}x':<10}  {'PASS' if ok_disk else 'MISS'}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from typing import Any
 
 from . import _routing
@@ -47,7 +48,6 @@ class Bridge(DirectCalls):
             user_attributes=settings.user_attributes,
         )
         self._durable = settings.durability == "disk"
-        self._spool_when_full = settings.on_full == "spill"
         self._strict = settings.strict
         self._enabled = settings.enabled
         self._warn_unknown = bool(settings.events) and settings.unknown_events == "warn"
@@ -62,7 +62,7 @@ class Bridge(DirectCalls):
             max_spool_bytes=settings.max_spool_bytes,
             closed=lambda: self._dispatcher.closed,
         )
-        self._sender = Sender(
+        self._sender = sender = Sender(
             settings,
             taxonomy=self._taxonomy,
             writer=self._writer,
@@ -70,7 +70,6 @@ class Bridge(DirectCalls):
             client=lambda: self.client,
             schedule_idle=lambda delay: self._dispatcher.schedule_idle(delay),
         )
-        sender = self._sender
         self._dispatcher: Dispatcher[Snapshot | Direct | Operation] = Dispatcher(
             process=sender.process,
             send=sender.send,
@@ -85,17 +84,20 @@ class Bridge(DirectCalls):
         # The process whose state this is; 0 once a fork hook reset it for a child
         # whose thread is still to start (see submit).
         self._pid = os.getpid()
-        self._restart = False
-        self._shut_down = False
-        self._shutdown = Shutdown(
-            dispatcher=self._dispatcher, sender=sender, writer=self._writer, ledger=self._ledger
-        )
+        self._restart = self._shut_down = False
         self._overflow = Overflow(
+            settings,
             dispatcher=self._dispatcher,
             sender=sender,
             writer=self._writer,
             ledger=self._ledger,
-            max_queue_size=settings.max_queue_size,
+        )
+        self._shutdown = Shutdown(
+            dispatcher=self._dispatcher,
+            sender=sender,
+            writer=self._writer,
+            ledger=self._ledger,
+            overflow=self._overflow,
         )
 
     def __repr__(self) -> str:
@@ -166,13 +168,7 @@ class Bridge(DirectCalls):
             self._warn_if_unknown(capture)
         if self._durable:
             return self._overflow.write_ahead(capture)
-        if self._dispatcher.submit(capture):
-            return True
-        if self._spool_when_full or (self._writer.spool is not None and self._dispatcher.closed):
-            # Queue full, or logged after shutdown (an exit hook that ran after ours).
-            return self._overflow.spill(capture)
-        self._overflow.drop(capture)
-        return False
+        return self._dispatcher.submit(capture) or self._overflow.refused(capture)
 
     def submit_direct(self, snapshot: Snapshot, target: Target) -> Receipt:
         """Queue a direct call's snapshot and target (see ``DirectCalls``); its receipt.
@@ -241,10 +237,12 @@ class Bridge(DirectCalls):
             # deadline for the whole exit, spent once.
             return self._dispatcher.depth == 0
         wait = self.settings.shutdown_timeout if timeout is None else timeout
-        lost_before = self._ledger.lost
-        done = self._dispatcher.flush(wait)
+        lost_before, end = self._ledger.lost, time.monotonic() + wait
+        # The spill buffer first: a local write, where the queue may wait on the network.
+        spilled = self._overflow.flush(wait)
+        done = self._dispatcher.flush(max(0.0, end - time.monotonic()))
         self._ledger.say_warnings()
-        return done and self._ledger.lost == lost_before
+        return spilled and done and self._ledger.lost == lost_before
 
     def request_flush(self) -> None:
         """Ask the dispatch thread to send what is queued now, without waiting for it."""
@@ -269,8 +267,7 @@ class Bridge(DirectCalls):
 
     def stats(self) -> Stats:
         """A snapshot of the counters."""
-        dispatcher = self._dispatcher
-        return self._ledger.stats(lambda: (dispatcher.taken, dispatcher.queued, dispatcher.depth))
+        return self._ledger.stats(self._overflow.waiting)
 
     def carry_counters(self, before: Stats) -> None:
         """Go on counting from a bridge this one replaces (see flush_or_spool): what that
@@ -297,6 +294,7 @@ class Bridge(DirectCalls):
         self._writer.after_fork_in_child()
         self._ledger.at_fork_reinit()
         self._dispatcher.at_fork_reinit()
+        self._overflow.at_fork_reinit()
         self._unknown = UnknownEventWarnings(self._taxonomy)
         self._shutdown_lock = threading.RLock()
         # A new client and session for the default transport; the parent's is left

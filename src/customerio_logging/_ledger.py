@@ -32,7 +32,8 @@ class Stats:
     Every tagged event this process captured ends in exactly one of ``sent``,
     ``failed``, ``invalid``, ``dropped``, ``spooled`` or ``dead_lettered``, or is still
     waiting (``queue_depth``); so ``enqueued`` equals their sum. While events move the
-    snapshot may be off by the one event in hand. What replay does with the spool (whose
+    snapshot may be off by the events in hand (a batch being settled, a group of spilled
+    events being written). What replay does with the spool (whose
     operations may come from other processes, or an earlier run) is counted apart:
     ``replayed``, ``replay_refused`` and ``evicted``.
 
@@ -50,14 +51,15 @@ class Stats:
         replayed: Operations from the spool the API accepted.
         dead_lettered: Operations the API refused for good (dead-lettered).
         batches: Batch requests made, replay's included.
-        queue_depth: Events waiting in memory, including the batch being sent.
+        queue_depth: Events waiting in memory, including the batch being sent and the
+            spill buffer (events the full queue did not take, being written to the spool).
         last_error: The latest problem, in words; never a secret or a payload.
         replay_refused: Operations from the spool the API refused (dead-lettered).
         evicted: Operations removed unsent from a full spool (``max_spool_bytes``).
         deferred: Events that could not be written to the spool at once because it was
             busy (another process writing, or a log call's short wait: ``CALLER_WAIT``)
             and were kept in memory (at most ``max_queue_size``) to be written by the
-            dispatch thread as soon as it could. Not a final state: each is also counted
+            library's threads as soon as they could. Not a final state: each is also counted
             where it ended (``spooled`` once written).
     """
 

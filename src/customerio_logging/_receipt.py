@@ -57,7 +57,9 @@ class Receipt:
     Cheap when nobody looks at it: no lock, thread or event of its own. ``result()``
     waits on a thread; ``await receipt`` waits in asyncio without blocking the loop;
     ``add_done_callback(fn)`` calls ``fn(receipt)`` once the outcome is known, on the
-    thread that resolves it (the dispatch thread, usually: keep it short, never block).
+    thread that resolves it (one of the library's: the dispatch thread, usually, or the
+    spill buffer's writer for a call the full queue did not take; keep it short, never
+    block).
 
     Attributes:
         id: The operation's ULID, as sent to Customer.io (``id`` on named actions).

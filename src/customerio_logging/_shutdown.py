@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ._direct import Direct
     from ._dispatch import Dispatcher
     from ._ledger import Ledger, Stats
+    from ._overflow import Overflow
     from ._sending import Sender
     from ._storage import DeadLetterRow
     from ._writer import SpoolWriter
@@ -48,6 +49,7 @@ class Shutdown:
             what is left, and replays the spool.
         writer: Writes what is left to the spool.
         ledger: Counts what could not be kept.
+        overflow: Holds the spill buffer, written to the spool at the end too.
     """
 
     def __init__(
@@ -57,11 +59,13 @@ class Shutdown:
         sender: Sender,
         writer: SpoolWriter,
         ledger: Ledger,
+        overflow: Overflow,
     ) -> None:
         self._dispatcher = dispatcher
         self._sender = sender
         self._writer = writer
         self._ledger = ledger
+        self._overflow = overflow
         self.deadline: float | None = None
         """When shutdown must be done (monotonic); None until it began."""
         self._ended: float | None = None  # when run() was done but for on_error
@@ -89,7 +93,7 @@ class Shutdown:
             inform(f"{_events(before.queue_depth)} pending, waiting up to {wait:g} s")
         self._end(wait, deadline)
         self._ledger.say_warnings()
-        undelivered = _undelivered(before, self._stats())
+        undelivered = _undelivered(before, self._stats(), self._overflow.spilled)
         if undelivered:
             warn(undelivered)
         self._ended = time.monotonic()
@@ -116,6 +120,9 @@ class Shutdown:
         pacer.set_deadline(time.monotonic())
         # Writing to disk ends by then too, however busy the spool is.
         end = deadline + EXIT_MARGIN
+        # The spill buffer first: its events were logged before what is still queued.
+        overflow = self._overflow
+        overflow.close(time_left(end))
         writer = self._writer
         if writer.has_deferred:
             writer.write_deferred(time_left(end))
@@ -126,23 +133,28 @@ class Shutdown:
             thread.join(time_left(deadline))
         if thread is None or not thread.is_alive():
             transport.close()
-            writer.close()
         else:
             # A thread still at work would race the close; it is a daemon and ends
             # with the interpreter, so what it holds must be on disk first.
             self._rescue_in_flight(thread, end)
+        # The group the spill writer holds is written within its own wait, by ``end``.
+        if overflow.join(time_left(end)) and (thread is None or not thread.is_alive()):
+            writer.close()
         writer.drop_deferred(wait)
 
     def _reserve(self, wait: float) -> Callable[[int], float] | None:
         """Seconds to keep back from sending to spool what is left; None without need."""
-        writer = self._writer
-        if writer.spool is None or not (self._dispatcher.depth or writer.deferred_events):
+        writer, overflow = self._writer, self._overflow
+        if writer.spool is None or not (
+            self._dispatcher.depth or writer.deferred_events or overflow.spilled
+        ):
             return None
         # Opened now, not first at the deadline, when something may need it.
         writer.open(min(wait, 1.0))
 
         def reserve(queued: int) -> float:
-            return min(wait / 2, _EXIT_RESERVE + (queued + writer.deferred_events) * _EXIT_COST)
+            held = queued + writer.deferred_events + overflow.spilled
+            return min(wait / 2, _EXIT_RESERVE + held * _EXIT_COST)
 
         return reserve
 
@@ -172,8 +184,7 @@ class Shutdown:
         return min(deadline + EXIT_MARGIN, max(deadline, ended + _REPORT_GRACE))
 
     def _stats(self) -> Stats:
-        dispatcher = self._dispatcher
-        return self._ledger.stats(lambda: (dispatcher.taken, dispatcher.queued, dispatcher.depth))
+        return self._ledger.stats(self._overflow.waiting)
 
     def _replay_at_exit(self, until: float) -> None:
         """Everything fresh was delivered with time to spare: replay the spool until
@@ -267,9 +278,10 @@ def _events(count: int) -> str:
     return f"{count} event" if count == 1 else f"{count} events"
 
 
-def _undelivered(before: Stats, after: Stats) -> str | None:
+def _undelivered(before: Stats, after: Stats, spilling: int) -> str | None:
     """What the shutdown between ``before`` and ``after`` could not deliver, in words; None
-    when nothing."""
+    when nothing. ``spilling``: events the spill buffer's writer still holds (a spool
+    stalled past the deadline)."""
     parts = [
         (after.spooled - before.spooled, "spooled (sent later, by replay)"),
         (after.dropped - before.dropped, "dropped"),
@@ -280,7 +292,8 @@ def _undelivered(before: Stats, after: Stats) -> str | None:
         ),
         # Without a spool to rescue them, a batch whose request hangs past the deadline:
         # lost if the process ends.
-        (after.queue_depth, "in a request left unanswered"),
+        (after.queue_depth - spilling, "in a request left unanswered"),
+        (spilling, "still being written to the spool"),
     ]
     said = [f"{count} {what}" for count, what in parts if count > 0]
     if not said:

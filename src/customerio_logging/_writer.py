@@ -38,9 +38,9 @@ class SpoolWriter:
 
     A log call waits at most ``CALLER_WAIT`` for the spool. What a busy spool cannot take
     in that time is kept in memory (counted ``deferred``; at most ``max_queue_size``
-    events besides reservations) and written by the dispatch thread's next try
-    (:meth:`write_deferred`). Nothing here raises: a spool problem is counted and
-    warned about.
+    events besides reservations) and written by the next try of the dispatch thread or
+    the spill buffer's writer (:meth:`write_deferred`). Nothing here raises: a spool
+    problem is counted and warned about.
 
     Args:
         spool: The spool; None when there is none (every write then returns False).
@@ -113,22 +113,36 @@ class SpoolWriter:
         if self.spool is not None:
             self.spool.close()
 
-    def for_log_call(self, op: Operation, *, lease: bool) -> Kept | None:
-        """Spool ``op`` for a log call, which waits at most ``CALLER_WAIT`` for the spool.
+    def for_log_calls(
+        self,
+        ops: list[Operation],
+        *,
+        lease: bool,
+        wait: float | None,
+        open_file: bool | None = None,
+    ) -> Kept | None:
+        """Spool operations for log calls, in one transaction, waiting at most ``wait``
+        seconds for the spool (a log call's own thread: ``CALLER_WAIT`` at most).
 
         A spool that stays busy longer (another process writing, or a signal handler
-        run in the middle of this thread's own write) does not lose the event: it is
-        kept in memory, counted ``deferred``, and written by the dispatch thread as soon
-        as it can. After shutdown there is no thread left to do that: the call then
-        writes itself, with the spool's ordinary waits.
+        run in the middle of this thread's own write) does not lose the events: they are
+        kept in memory, counted ``deferred``, and written by the library's threads as
+        soon as they can. After shutdown there is no thread left to do that: a log call
+        then writes itself, with the spool's ordinary waits (``wait=None``).
+
+        Args:
+            ops: The operations (a group of log calls' events).
+            lease: Reserve them for this process's queue (see :meth:`store`).
+            wait: Most seconds to wait; None after shutdown.
+            open_file: Open the spool if need be (see :meth:`store`); a log call never does.
 
         Returns:
-            How it was kept (see :meth:`store`); None when the spool is off or unusable.
+            How they were kept (see :meth:`store`); None when the spool is off or unusable.
         """
-        closed = self._closed()
-        wait = None if closed else CALLER_WAIT
-        kept = self.store([op], lease=lease, wait=wait, defer=True, untaken=True)
-        if kept and self.has_deferred and not closed:
+        kept = self.store(
+            ops, lease=lease, wait=wait, open_file=open_file, defer=True, untaken=True
+        )
+        if kept and self.has_deferred and not self._closed():
             # Deferred by a signal handler that interrupted this very write: now.
             self.write_deferred(CALLER_WAIT, blocking=False)
         return kept
