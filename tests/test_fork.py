@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import textwrap
 from typing import Any
 
 import pytest
@@ -98,3 +99,24 @@ class TestMultiprocessing:
     ) -> None:
         assert "pool-workers " in _fork_app(emulator, "--via", "mp-pool").stdout
         assert_each_once(emulator, _users("p", "q", "w0-", "w1-", "w2-", "w3-"))
+
+
+def test_the_dispatch_threads_first_send_imports_nothing(emulator: TrackAPIEmulator) -> None:
+    # A fork while a thread imports leaves that module's import lock held in the child,
+    # whose own thread would then wait for it forever: what the first send needs is
+    # imported when the bridge is built, on the app's thread.
+    program = textwrap.dedent(
+        f"""
+        import sys
+        import customerio_logging as cio
+
+        cio.configure(site_id={emulator.site_id!r}, api_key={emulator.api_key!r},
+                      track_url={emulator.url!r}, spool_path=False)
+        before = set(sys.modules)
+        cio.track("u1", "signed_up")
+        assert cio.flush(10)
+        print(sorted(set(sys.modules) - before))
+        """
+    )
+    result = run_python("-c", program, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"

@@ -76,6 +76,12 @@ class SessionTransport:
         self._deadlines = RequestDeadlines(timeout)
         self._session: requests.Session | None = None
         self._post: PreparedPost | None = None
+        # Imported and read here, on the thread that builds the bridge, never by the
+        # dispatch thread's first send: a fork while a thread imports leaves that module's
+        # import lock held in the child, whose own first send would wait for it forever.
+        from . import _adapter, _posting  # noqa: F401
+
+        self._agent = _user_agent()
 
     def __repr__(self) -> str:
         return f"SessionTransport(url={self._url!r})"
@@ -89,7 +95,7 @@ class SessionTransport:
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             session.headers["User-Agent"] = (
-                f"{_user_agent()} {session.headers.get('User-Agent', '')}".strip()
+                f"{self._agent} {session.headers.get('User-Agent', '')}".strip()
             )
             # requests re-reads the environment on every request (proxies, CA bundle),
             # scanning all of os.environ each time. Read it once, here, by requests' own
