@@ -322,6 +322,28 @@ class TestServerWords:
 
 
 class TestSpoolSize:
+    def test_a_large_spilled_group_keeps_the_file_within_max_spool_bytes(
+        self, spooled: dict[str, Any], spool_path: Path, emulator: TrackAPIEmulator
+    ) -> None:
+        # The spill writer fell behind (the app logging in a tight loop): it takes a
+        # thousand events at once. However large its group, the spool's write-ahead log
+        # must not outgrow a small bound.
+        emulator.set_faults(DOWN)
+        bound = 1024 * 1024
+        bridge = cio.configure(
+            **{**spooled, "max_spool_bytes": bound, "max_queue_size": 100, "batch_size": 50}
+        )
+        files = [spool_path.with_name(spool_path.name + s) for s in ("", "-wal", "-shm")]
+        peak = 0
+        for group in range(4):
+            spilled = [snapshot(i) for i in range(group * 1000, (group + 1) * 1000)]
+            bridge._overflow._write_spilled(spilled, None)
+            peak = max(peak, sum(f.stat().st_size for f in files if f.exists()))
+        stats = bridge.stats()
+        assert stats.spooled == 4000
+        assert stats.evicted > 0
+        assert peak <= bound * 1.10
+
     def test_an_outage_keeps_the_spool_file_within_max_spool_bytes_and_counts_evictions(
         self, spooled: dict[str, Any], spool_path: Path, emulator: TrackAPIEmulator
     ) -> None:

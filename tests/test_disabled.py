@@ -33,7 +33,7 @@ def _no_capture(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a switched-off library captured a call")
 
     monkeypatch.setattr(handler, "capture_record", refuse)
-    monkeypatch.setattr(processor, "capture_event_dict", refuse)
+    monkeypatch.setattr(processor, "snapshot_event_dict", refuse)
 
 
 class TestConfigureSwitchedOff:

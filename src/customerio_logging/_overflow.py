@@ -26,6 +26,11 @@ memory (``deferred``): longer than a log call may wait, as no app thread waits o
 _SPOOLED = Outcome("spooled")
 
 
+_GROUP_SHARE = 40
+"""A group from the spill buffer is spooled in transactions of at most this share of
+``max_spool_bytes`` each (the spool's own eviction step)."""
+
+
 class Overflow:
     """A bridge's ways to keep an event beside its queue.
 
@@ -59,6 +64,7 @@ class Overflow:
         self._ledger = ledger
         self._max_queue_size = settings.max_queue_size
         self._spill_when_full = settings.on_full == "spill"
+        self._group_bytes = max(1, settings.max_spool_bytes // _GROUP_SHARE)
         self._buffer: SpillBuffer[Item] = SpillBuffer(
             self._write_spilled, idle=self._write_deferred, wait=SPILL_WAIT
         )
@@ -156,8 +162,17 @@ class Overflow:
         ops = [op for item in items if (op := build(item, letters)) is not None]
         if letters:
             self._writer.dead_letters(letters, wait=wait, open_file=True)
-        if ops:
-            self._keep(ops, wait, open_file=True)
+        # In transactions of at most a share of the bound each: a transaction's pages all
+        # sit in the spool's write-ahead log until it is checkpointed, and a small spool's
+        # log must not outgrow it (max_spool_bytes bounds the file and its log together).
+        start, size = 0, 0
+        for end, op in enumerate(ops):
+            size += len(op.body)
+            if size > self._group_bytes and end > start:
+                self._keep(ops[start:end], wait, open_file=True)
+                start, size = end, len(op.body)
+        if start < len(ops):
+            self._keep(ops[start:], wait, open_file=True)
 
     def _write_deferred(self) -> None:
         """The spill writer's idle round: what a busy spool left in memory."""
