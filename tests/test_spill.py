@@ -16,6 +16,7 @@ import pytest
 
 import customerio_logging as cio
 from customerio_logging._capture import Snapshot
+from customerio_logging._group_commit import GroupCommit
 from customerio_logging._shutdown import EXIT_MARGIN
 from customerio_logging._spill import SPILL_CAPACITY, SPILL_GROUP, THREAD_NAME
 from customerio_logging._storage import CALLER_WAIT
@@ -280,6 +281,47 @@ class TestGroupCommit:
         assert took < CALLER_WAIT + 0.5, took
         stats = bridge.stats()
         assert (stats.dropped, stats.failed) == (0, 0), stats
+
+    def test_a_call_whose_item_a_leader_holds_returns_only_once_it_is_written(self) -> None:
+        # A leader took this call's item into its group, and its commit is slow (a
+        # stalled disk): the call must not return, True, before its item is on disk.
+        wait = 0.25
+        written: list[str] = []
+        alone_in, alone_go, group_in, group_go = (threading.Event() for _ in range(4))
+
+        def write(items: list[str], _wait: float) -> bool:
+            if items == ["a"]:
+                alone_in.set()
+                alone_go.wait(WAIT)
+            else:
+                group_in.set()
+                group_go.wait(WAIT)
+            written.extend(items)
+            return True
+
+        commit: GroupCommit[str] = GroupCommit(write, wait=wait)
+        returned: dict[str, tuple[bool, bool]] = {}  # item: (result, written by then)
+
+        def call(item: str) -> None:
+            kept = commit.write(item)
+            returned[item] = (kept, item in written)
+
+        first = threading.Thread(target=call, args=("a",))
+        first.start()
+        assert alone_in.wait(WAIT)  # "a" writes alone, holding the turn
+        callers = [threading.Thread(target=call, args=(item,)) for item in ("b", "c")]
+        for thread in callers:
+            thread.start()
+        assert wait_until(lambda: len(commit._waiting) == 2, WAIT)
+        alone_go.set()  # one of "b", "c" leads a group of both; its commit hangs
+        assert group_in.wait(WAIT)
+        for thread in callers:
+            thread.join(3 * wait)  # past both of a caller's waits for the turn
+        assert [t.is_alive() for t in callers] == [True, True], returned
+        group_go.set()
+        for thread in (first, *callers):
+            thread.join(WAIT)
+        assert returned == {item: (True, True) for item in "abc"}, returned
 
 
 def _spill_app(spool: Path, *args: object, status: int = 0) -> list[dict[str, Any]]:
