@@ -162,6 +162,28 @@ class TestSpillBuffer:
         assert (stats.spooled, stats.queue_depth, stats.dropped) == (200, 0, 0), stats
         assert spool_pending(Path(spooled["spool_path"])) == 200
 
+    def test_flush_after_shutdown_is_false_while_the_spill_writer_holds_a_group(
+        self, spooled: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        down = MockTransport(Response(503))
+        bridge = cio.configure(
+            **{**spooled, "max_retries": 0}, batch_size=1, max_queue_size=QUEUE, transport=down
+        )
+        spy = SpoolSpy(bridge, monkeypatch)
+        spy.hold.clear()
+        for i in range(200):
+            bridge.submit(snapshot(i))
+        assert spy.held.wait(WAIT)
+        bridge.shutdown(0.1)  # the writer's group outlives it (a stalled disk)
+        assert bridge.stats().queue_depth > 0
+        assert bridge.flush(0) is False
+        spy.hold.set()
+        assert wait_until(lambda: bridge.stats().queue_depth == 0, WAIT)
+        assert bridge.flush(0) is True
+        stats = bridge.stats()
+        assert (stats.spooled, stats.dropped) == (200, 0), stats
+        assert balanced(stats), stats
+
     def test_a_full_spill_buffer_has_the_call_write_its_own_event(
         self, spooled: dict[str, Any], gated: GatedTransport, monkeypatch: pytest.MonkeyPatch
     ) -> None:
