@@ -18,7 +18,7 @@ import customerio_logging as cio
 from customerio_logging._capture import Snapshot
 from customerio_logging._group_commit import GroupCommit
 from customerio_logging._shutdown import EXIT_MARGIN
-from customerio_logging._spill import SPILL_CAPACITY, SPILL_GROUP, THREAD_NAME
+from customerio_logging._spill import SPILL_CAPACITY, SPILL_GROUP, THREAD_NAME, SpillBuffer
 from customerio_logging._storage import CALLER_WAIT
 from customerio_logging._wire import Operation, Response
 from customerio_logging.testing import MockTransport
@@ -249,6 +249,34 @@ class TestSpillBuffer:
         assert why in (stats.last_error or ""), stats.last_error
         outcome = receipt.result(0)
         assert (outcome.reason, why in (outcome.message or "")) == ("queue", True), outcome
+
+    def test_a_put_in_the_middle_of_the_writers_start_starts_no_second_writer(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A signal handler that logs, landing while the first spill starts the writer:
+        # the start's lock is reentrant, so the handler's put went in and started one of
+        # its own, and the interrupted start then a second (two writers, one joined).
+        written: list[str] = []
+        buffer: SpillBuffer[str] = SpillBuffer(
+            lambda items, _wait: written.extend(items), idle=lambda: None, wait=1.0
+        )
+        started: list[threading.Thread] = []
+        real_start = threading.Thread.start
+
+        def start(thread: threading.Thread) -> None:
+            if thread.name == THREAD_NAME:
+                started.append(thread)
+                if len(started) == 1:
+                    assert buffer.put("from the handler")
+            real_start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", start)
+        assert buffer.put("interrupted")
+        assert buffer.flush(WAIT)
+        assert len(started) == 1, started
+        assert sorted(written) == ["from the handler", "interrupted"]
+        buffer.stop(WAIT)
+        assert buffer.join(WAIT)
 
 
 class TestGroupCommit:
