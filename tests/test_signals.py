@@ -215,7 +215,7 @@ class TestSigterm:
         assert app.rest() == ["previous handler ran: signum=15 sent=30"]
         assert_each_once(emulator, users("u", 30))
 
-    @pytest.mark.parametrize("lock", ["counters", "markers", "wake", "shutdown"])
+    @pytest.mark.parametrize("lock", ["counters", "markers", "wake", "shutdown", "receipts"])
     def test_the_handler_never_deadlocks_on_a_lock_the_main_thread_holds(
         self, emulator: TrackAPIEmulator, lock: str
     ) -> None:

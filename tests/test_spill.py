@@ -16,8 +16,9 @@ import pytest
 
 import customerio_logging as cio
 from customerio_logging._capture import Snapshot
+from customerio_logging._group_commit import GroupCommit
 from customerio_logging._shutdown import EXIT_MARGIN
-from customerio_logging._spill import SPILL_CAPACITY, SPILL_GROUP, THREAD_NAME
+from customerio_logging._spill import SPILL_CAPACITY, SPILL_GROUP, THREAD_NAME, SpillBuffer
 from customerio_logging._storage import CALLER_WAIT
 from customerio_logging._wire import Operation, Response
 from customerio_logging.testing import MockTransport
@@ -161,6 +162,28 @@ class TestSpillBuffer:
         assert (stats.spooled, stats.queue_depth, stats.dropped) == (200, 0, 0), stats
         assert spool_pending(Path(spooled["spool_path"])) == 200
 
+    def test_flush_after_shutdown_is_false_while_the_spill_writer_holds_a_group(
+        self, spooled: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        down = MockTransport(Response(503))
+        bridge = cio.configure(
+            **{**spooled, "max_retries": 0}, batch_size=1, max_queue_size=QUEUE, transport=down
+        )
+        spy = SpoolSpy(bridge, monkeypatch)
+        spy.hold.clear()
+        for i in range(200):
+            bridge.submit(snapshot(i))
+        assert spy.held.wait(WAIT)
+        bridge.shutdown(0.1)  # the writer's group outlives it (a stalled disk)
+        assert bridge.stats().queue_depth > 0
+        assert bridge.flush(0) is False
+        spy.hold.set()
+        assert wait_until(lambda: bridge.stats().queue_depth == 0, WAIT)
+        assert bridge.flush(0) is True
+        stats = bridge.stats()
+        assert (stats.spooled, stats.dropped) == (200, 0), stats
+        assert balanced(stats), stats
+
     def test_a_full_spill_buffer_has_the_call_write_its_own_event(
         self, spooled: dict[str, Any], gated: GatedTransport, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -227,6 +250,34 @@ class TestSpillBuffer:
         outcome = receipt.result(0)
         assert (outcome.reason, why in (outcome.message or "")) == ("queue", True), outcome
 
+    def test_a_put_in_the_middle_of_the_writers_start_starts_no_second_writer(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A signal handler that logs, landing while the first spill starts the writer:
+        # the start's lock is reentrant, so the handler's put went in and started one of
+        # its own, and the interrupted start then a second (two writers, one joined).
+        written: list[str] = []
+        buffer: SpillBuffer[str] = SpillBuffer(
+            lambda items, _wait: written.extend(items), idle=lambda: None, wait=1.0
+        )
+        started: list[threading.Thread] = []
+        real_start = threading.Thread.start
+
+        def start(thread: threading.Thread) -> None:
+            if thread.name == THREAD_NAME:
+                started.append(thread)
+                if len(started) == 1:
+                    assert buffer.put("from the handler")
+            real_start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", start)
+        assert buffer.put("interrupted")
+        assert buffer.flush(WAIT)
+        assert len(started) == 1, started
+        assert sorted(written) == ["from the handler", "interrupted"]
+        buffer.stop(WAIT)
+        assert buffer.join(WAIT)
+
 
 class TestGroupCommit:
     def test_calls_from_several_threads_share_transactions_and_return_on_disk(
@@ -280,6 +331,47 @@ class TestGroupCommit:
         assert took < CALLER_WAIT + 0.5, took
         stats = bridge.stats()
         assert (stats.dropped, stats.failed) == (0, 0), stats
+
+    def test_a_call_whose_item_a_leader_holds_returns_only_once_it_is_written(self) -> None:
+        # A leader took this call's item into its group, and its commit is slow (a
+        # stalled disk): the call must not return, True, before its item is on disk.
+        wait = 0.25
+        written: list[str] = []
+        alone_in, alone_go, group_in, group_go = (threading.Event() for _ in range(4))
+
+        def write(items: list[str], _wait: float) -> bool:
+            if items == ["a"]:
+                alone_in.set()
+                alone_go.wait(WAIT)
+            else:
+                group_in.set()
+                group_go.wait(WAIT)
+            written.extend(items)
+            return True
+
+        commit: GroupCommit[str] = GroupCommit(write, wait=wait)
+        returned: dict[str, tuple[bool, bool]] = {}  # item: (result, written by then)
+
+        def call(item: str) -> None:
+            kept = commit.write(item)
+            returned[item] = (kept, item in written)
+
+        first = threading.Thread(target=call, args=("a",))
+        first.start()
+        assert alone_in.wait(WAIT)  # "a" writes alone, holding the turn
+        callers = [threading.Thread(target=call, args=(item,)) for item in ("b", "c")]
+        for thread in callers:
+            thread.start()
+        assert wait_until(lambda: len(commit._waiting) == 2, WAIT)
+        alone_go.set()  # one of "b", "c" leads a group of both; its commit hangs
+        assert group_in.wait(WAIT)
+        for thread in callers:
+            thread.join(3 * wait)  # past both of a caller's waits for the turn
+        assert [t.is_alive() for t in callers] == [True, True], returned
+        group_go.set()
+        for thread in (first, *callers):
+            thread.join(WAIT)
+        assert returned == {item: (True, True) for item in "abc"}, returned
 
 
 def _spill_app(spool: Path, *args: object, status: int = 0) -> list[dict[str, Any]]:

@@ -234,8 +234,9 @@ class Bridge(DirectCalls):
         """
         if self._shut_down:
             # The exit hook, then logging.shutdown() calling every handler's flush: one
-            # deadline for the whole exit, spent once.
-            return self._dispatcher.depth == 0
+            # deadline for the whole exit, spent once. The spill writer may still hold
+            # a group it could not write by then (a stalled disk).
+            return self._dispatcher.depth == 0 and self._overflow.spilled == 0
         wait = self.settings.shutdown_timeout if timeout is None else timeout
         lost_before, end = self._ledger.lost, time.monotonic() + wait
         # The spill buffer first: a local write, where the queue may wait on the network.

@@ -35,8 +35,9 @@ class GroupCommit(Generic[T]):
     A caller waits at most ``wait`` seconds for the turn, as it would for the spool's own
     lock. After that, an item no leader took is written by its caller alone with no
     wait left (a spool still held by another: kept in memory, as for any busy spool),
-    and an item a leader is writing is that leader's to settle: the caller waits for it
-    at most ``wait`` more (the leader's write is itself bounded by ``wait``).
+    and an item a leader is writing is that leader's to settle: the caller waits until
+    it has, as long as the leader's write takes (its wait for the spool is bounded by
+    ``wait``; its commit, like a caller's own, by the disk).
 
     Args:
         write: Writes a group of items, settling each (counted, receipts resolved), within
@@ -83,10 +84,13 @@ class GroupCommit(Generic[T]):
         if self._waiting.pop(key, None) is not None:
             # No turn in time, and no leader took it: alone, with no wait left.
             return self._write([item], 0.0)
-        # A leader holds it: it settles it before it lets go of the turn.
-        if self._turn.acquire(timeout=self._wait):
-            self._turn.release()
-        return slot.kept is not False
+        # A leader holds it, and settles it before it lets go of the turn: wait for that,
+        # however long its commit takes (a stalled disk), as for a write of one's own.
+        # Returning before would break both promises: a durable call would return with
+        # its event not yet on disk, and a reservation written after its event was sent
+        # (and acknowledged) would stay in the spool, to be sent again by replay.
+        with self._turn:
+            return slot.kept is not False
 
     def _lead(self, wait: float) -> None:
         """Write every item waiting, in one go, and mark each with the outcome."""

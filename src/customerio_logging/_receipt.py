@@ -14,14 +14,17 @@ Status = Literal["sent", "spooled", "dead_lettered", "invalid", "failed", "dropp
 
 # One lock for every receipt: taken only to resolve one and by those who wait or add a
 # callback, each a few attribute reads; a receipt nobody looks at owns no lock or event.
-_lock = threading.Lock()
+# Reentrant: the SIGTERM handler runs on the main thread between two bytecodes, maybe
+# while that thread holds it (waiting on a receipt, or settling one it spooled itself),
+# and the shutdown it runs settles the receipts of what is still queued.
+_lock = threading.RLock()
 
 
 def after_fork_in_child() -> None:
     """In a forked child: a new lock (a parent thread resolving a receipt may have held
     it at the fork; held for ever here, every receipt's resolve and wait would hang)."""
     global _lock
-    _lock = threading.Lock()
+    _lock = threading.RLock()
 
 
 class Outcome(NamedTuple):

@@ -83,8 +83,8 @@ class SpillBuffer(Generic[T]):
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._sleeping = False  # the writer waits on _wake (a put then wakes it)
         self._thread: threading.Thread | None = None
-        # Reentrant: a log call from a signal handler may start the thread while the
-        # interrupted code on the same thread is starting it.
+        # Reentrant: a log call from a signal handler may come while the interrupted
+        # code on the same thread is starting the thread (it then finds it, see _start).
         self._start_lock = threading.RLock()
         # Taking from the buffer, by the writer or a flush or stop on another thread,
         # and counting what was taken: one taker at a time. Each count is raised before
@@ -125,11 +125,15 @@ class SpillBuffer(Generic[T]):
                 if not threading.main_thread().is_alive():
                     return False
                 thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+                # Known before it starts: a signal handler's put in the middle of start()
+                # hands its event to this thread instead of starting a second writer.
+                self._thread = thread
                 try:
                     thread.start()
                 except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                    # What such a put left here is written by the next flush or stop.
+                    self._thread = None
                     return False
-                self._thread = thread
         return True
 
     def flush(self, timeout: float) -> bool:
@@ -166,7 +170,8 @@ class SpillBuffer(Generic[T]):
             return True
         if thread is threading.current_thread():
             return False
-        thread.join(timeout)
+        if thread.is_alive():  # not before it started (see _start): join() would raise
+            thread.join(timeout)
         return not thread.is_alive()
 
     def write_now(self, wait: float | None) -> bool:

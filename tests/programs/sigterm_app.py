@@ -27,8 +27,9 @@ parser.add_argument("--request-timeout", type=float, default=10.0)
 parser.add_argument("--batch-size", type=int, default=500)
 parser.add_argument(
     "--hold",
-    choices=["counters", "markers", "wake", "shutdown"],
-    help="SIGTERM itself while the main thread holds this lock of the bridge",
+    choices=["counters", "markers", "wake", "shutdown", "receipts"],
+    help="SIGTERM itself while the main thread holds this lock of the bridge (receipts: "
+    "the receipts' lock, with 10 direct calls queued after the events)",
 )
 parser.add_argument("--busy", action="store_true", help="log and read stats until killed")
 parser.add_argument("--self-term", action="store_true", help="send itself SIGTERM when ready")
@@ -108,12 +109,19 @@ print(
 )
 
 if args.hold:
+    from customerio_logging import _receipt
+
     bridge = cio.get_bridge()
+    if args.hold == "receipts":
+        # Held by a main thread that resolves a receipt, or waits on one (result(),
+        # await): the receipts settled by the shutdown need it too.
+        receipts = [cio.track(f"d{i}", "job_done") for i in range(10)]
     locks: dict[str, Any] = {
         "counters": bridge._ledger.lock,
         "markers": bridge._dispatcher._markers_lock,
         "wake": bridge._dispatcher._wake._cond,
         "shutdown": bridge._shutdown_lock,
+        "receipts": _receipt._lock,
     }
     lock = locks[args.hold]
     with lock:
