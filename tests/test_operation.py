@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import math
+import tracemalloc
 import uuid
 from pathlib import Path
 from typing import Any
@@ -744,3 +745,18 @@ class TestReasonCodes:
     @pytest.mark.parametrize("module", REASON_MODULES)
     def test_reasons_are_named_from_the_table_not_spelled_out(self, module: str) -> None:
         assert _literal_reasons(module) == []
+
+
+def test_an_operations_body_takes_memory_for_its_own_size() -> None:
+    # orjson writes into a buffer of 4 KiB at least: kept as it is, each queued or spooled
+    # operation would hold twenty times its size.
+    snapshots = [cap("plan_changed", user_id=f"u{i}", to="pro") for i in range(1000)]
+    taxonomy = Taxonomy()
+    tracemalloc.start()
+    try:
+        ops = [build_operation(snapshot, taxonomy) for snapshot in snapshots]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(ops) == 1000
+    assert held < 1000 * 1024  # about 400 B an operation, all its parts included
