@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gc
 import gzip
+import hashlib
 import inspect
 import json
 import multiprocessing
@@ -111,7 +112,9 @@ def ensure_environment(argv: Sequence[str]) -> None:
     if in_peers_venv():
         return
     python = VENV / "bin" / "python"
-    wanted = " ".join(REQUIREMENTS)
+    # The project's own dependencies count too: a changed pyproject.toml reinstalls.
+    project = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    wanted = " ".join((*REQUIREMENTS, f"pyproject.toml:{project}"))
     if not python.exists() or not MARKER.exists() or MARKER.read_text() != wanted:
         progress(f"creating {VENV} and installing: {wanted}")
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
