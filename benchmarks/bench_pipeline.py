@@ -40,8 +40,8 @@ itself). On a two-core machine it still competes for the cores.
 
 Run it from the project root with the project's virtualenv::
 
-    .venv/bin/python benchmarks/bench_pipeline.py            # full run, ~35 s + (o) ~2.5 min
-    .venv/bin/python benchmarks/bench_pipeline.py --quick    # short run, ~6 s + (o) ~10 s
+    .venv/bin/python benchmarks/bench_pipeline.py            # full run, about 3 min
+    .venv/bin/python benchmarks/bench_pipeline.py --quick    # short run, about 30 s
     .venv/bin/python benchmarks/bench_pipeline.py --check    # exit 1 if a target is missed
 
 Exit status: 0 on success, 1 with ``--check`` when a target is missed, 2 when a sanity
@@ -915,7 +915,7 @@ def report(plan: Plan, results: Results) -> bool:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a short run (under 30 s)")
+    parser.add_argument("--quick", action="store_true", help="a short run (about 30 s)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     return parser.parse_args(argv)
 
