@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ._limits import BATCH_BODY_BYTES
+from ._markers import Flush, Stop
 from ._wire import BODY_OVERHEAD, Operation
 
 __all__ = ["THREAD_NAME", "Dispatcher"]
@@ -20,19 +21,6 @@ IDLE_START_DELAY = 1.0
 _RESERVE_CHECK = 0.05  # seconds between looks at the queue while stopping with a reserve
 
 T = TypeVar("T")
-
-
-class _Flush:
-    """A marker in the queue: everything before it is sent when the worker reaches it."""
-
-    __slots__ = ("done",)
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-
-
-class _Stop:
-    __slots__ = ()
 
 
 class _Wake:
@@ -68,7 +56,7 @@ class _Wake:
             return self._flag
 
 
-_STOP = _Stop()
+_STOP = Stop()
 
 
 class Dispatcher(Generic[T]):
@@ -125,7 +113,7 @@ class Dispatcher(Generic[T]):
         """Empty, with no thread, and new locks: in a forked child (whose copy of the queue
         the parent sends) and when built. A stopped dispatcher stays stopped."""
         self._next_idle = 0.0  # when idle work is next due (set when the thread starts)
-        self._queue: deque[T | _Flush | _Stop] = deque()
+        self._queue: deque[T | Flush | Stop] = deque()
         self._wake = _Wake()
         self._ended = False  # the thread has left its loop for good
         self._thread: threading.Thread | None = None
@@ -196,7 +184,7 @@ class Dispatcher(Generic[T]):
             return self.depth == 0
         if thread is threading.current_thread():
             return False  # the thread cannot wait for itself
-        marker = _Flush()
+        marker = Flush()
         self._put_marker(marker)
         self._wake.set()
         if self._ended:  # after the check above: see _end
@@ -207,7 +195,7 @@ class Dispatcher(Generic[T]):
     def request_flush(self) -> None:
         """Have the thread send its partial batch now; returns without waiting."""
         if not self._closed:
-            self._put_marker(_Flush())
+            self._put_marker(Flush())
             self._wake.set()
 
     def schedule_idle(self, delay: float) -> None:
@@ -233,7 +221,7 @@ class Dispatcher(Generic[T]):
         thread = self._thread
         alive = thread is not None and thread.is_alive()
         if alive and thread is not threading.current_thread():
-            marker = _Flush()
+            marker = Flush()
             self._put_marker(marker)
             self._wake.set()
             _wait_until(marker.done.wait, marker.done.is_set, deadline, reserve, self)
@@ -260,14 +248,14 @@ class Dispatcher(Generic[T]):
                 item = self._queue.popleft()
             except IndexError:
                 return left
-            if isinstance(item, _Flush | _Stop):
+            if isinstance(item, Flush | Stop):
                 self._took_marker()
-                if isinstance(item, _Flush):
+                if isinstance(item, Flush):
                     item.done.set()
             else:
                 left.append(item)
 
-    def _put_marker(self, marker: _Flush | _Stop) -> None:
+    def _put_marker(self, marker: Flush | Stop) -> None:
         with self._markers_lock:
             self._markers += 1
             self._queue.append(marker)
@@ -302,11 +290,11 @@ class Dispatcher(Generic[T]):
                 except IndexError:  # stop() drained it meanwhile
                     break
                 kind = type(item)
-                if kind is _Flush:
+                if kind is Flush:
                     self._took_marker()
                     self._send_batch()
                     item.done.set()  # type: ignore[union-attr]
-                elif kind is _Stop:
+                elif kind is Stop:
                     self._took_marker()
                     self._send_batch()
                     self._end()
@@ -322,7 +310,7 @@ class Dispatcher(Generic[T]):
         """The thread ends: a flush that raced stop() must not wait for it in vain."""
         self._ended = True
         for item in list(self._queue):
-            if isinstance(item, _Flush):
+            if isinstance(item, Flush):
                 item.done.set()
 
     def _run_idle(self) -> None:

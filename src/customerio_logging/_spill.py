@@ -11,6 +11,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from ._markers import Flush, Stop
+
 __all__ = ["SPILL_CAPACITY", "SPILL_GROUP", "THREAD_NAME", "SpillBuffer"]
 
 T = TypeVar("T")
@@ -21,21 +23,6 @@ SPILL_CAPACITY = 4096
 SPILL_GROUP = 1000
 """Most events written in one transaction."""
 _IDLE_EVERY = 1.0  # seconds between the writer's idle rounds (a busy spool's leftovers)
-
-
-class _Flush:
-    """A marker: everything put before it is written when a taker reaches it."""
-
-    __slots__ = ("done",)
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-
-
-class _Stop:
-    """A marker: the writer thread ends when it reaches it."""
-
-    __slots__ = ()
 
 
 class SpillBuffer(Generic[T]):
@@ -79,7 +66,7 @@ class SpillBuffer(Generic[T]):
     def at_fork_reinit(self) -> None:
         """Empty, with no thread, and new locks: in a forked child (whose copy of the
         buffer the parent writes) and when built. A stopped buffer stays stopped."""
-        self._items: deque[T | _Flush | _Stop] = deque()
+        self._items: deque[T | Flush | Stop] = deque()
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._sleeping = False  # the writer waits on _wake (a put then wakes it)
         self._thread: threading.Thread | None = None
@@ -147,7 +134,7 @@ class SpillBuffer(Generic[T]):
             return self.write_now(timeout)
         if self.depth == 0:
             return True
-        marker = _Flush()
+        marker = Flush()
         self._put_marker(marker)
         return marker.done.wait(max(0.0, timeout))
 
@@ -158,7 +145,7 @@ class SpillBuffer(Generic[T]):
         self._stopped = True
         thread = self._thread
         if thread is not None and thread.is_alive():
-            self._put_marker(_Stop())
+            self._put_marker(Stop())
         self.write_now(wait)
 
     def join(self, timeout: float) -> bool:
@@ -182,21 +169,21 @@ class SpillBuffer(Generic[T]):
             self._write_next(None if end is None else max(0.0, end - time.monotonic()))
         return self._in_hand == 0
 
-    def _put_marker(self, marker: _Flush | _Stop) -> None:
+    def _put_marker(self, marker: Flush | Stop) -> None:
         with self._take_lock:
             self._items.append(marker)
             self._markers += 1
         if self._sleeping:
             self._wake.put(None)
 
-    def _take(self) -> tuple[list[T], _Flush | _Stop | None]:
+    def _take(self) -> tuple[list[T], Flush | Stop | None]:
         """The next group, up to the first marker (taken too) or ``SPILL_GROUP`` events."""
         items = self._items
         group: list[T] = []
         with self._take_lock:
             while items and len(group) < SPILL_GROUP:
                 head = items[0]
-                if isinstance(head, _Flush | _Stop):
+                if isinstance(head, Flush | Stop):
                     self._markers -= 1
                     items.popleft()
                     return group, head
@@ -216,9 +203,9 @@ class SpillBuffer(Generic[T]):
             finally:
                 with self._take_lock:
                     self._in_hand -= len(group)
-        if isinstance(marker, _Flush):
+        if isinstance(marker, Flush):
             marker.done.set()
-        return not isinstance(marker, _Stop)
+        return not isinstance(marker, Stop)
 
     def _run(self) -> None:
         items = self._items
