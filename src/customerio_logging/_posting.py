@@ -4,6 +4,7 @@ the session's own urllib3 pool: what ``Session.post`` sends, without its work pe
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import requests
@@ -135,16 +136,11 @@ class PreparedPost:
             stream=True,
         )
         try:
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in reply.iter_content(_CHUNK_BYTES):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= limit:
-                    break  # not read to the end: closing the reply drops the connection
+            # Not read to the end: closing the reply drops the connection.
+            answer, _ = _up_to(reply.iter_content(_CHUNK_BYTES), limit)
         finally:
             reply.close()
-        return Response(reply.status_code, dict(reply.headers), b"".join(chunks)[:limit])
+        return Response(reply.status_code, dict(reply.headers), answer)
 
     def _ready(self) -> tuple[_Route, HTTPConnectionPool] | None:
         """The route for the next send, and its pool: prepared again when needed; None
@@ -205,17 +201,9 @@ class _Route:
 def _read(reply: BaseHTTPResponse, limit: int) -> bytes:
     """The answer's body, decoded, at most ``limit`` bytes of it; as requests reads a
     streamed reply (``iter_content``) and closes it."""
-    chunks: list[bytes] = []
-    size = 0
-    whole = False
+    answer, whole = b"", False
     try:
-        for chunk in reply.stream(_CHUNK_BYTES, decode_content=True):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= limit:
-                break
-        else:
-            whole = True
+        answer, whole = _up_to(reply.stream(_CHUNK_BYTES, decode_content=True), limit)
     except ProtocolError as exc:
         raise requests.exceptions.ChunkedEncodingError(exc) from exc
     except DecodeError as exc:
@@ -229,7 +217,20 @@ def _read(reply: BaseHTTPResponse, limit: int) -> bytes:
             # Not read to the end, or broken: the connection is dropped, never reused.
             reply.close()
         reply.release_conn()
-    return b"".join(chunks)[:limit]
+    return answer
+
+
+def _up_to(chunks: Iterator[bytes], limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of an answer read in ``chunks``, and whether it was read
+    to its end (never more than a chunk past the limit is read)."""
+    taken: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        taken.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            return b"".join(taken)[:limit], False
+    return b"".join(taken), True
 
 
 def _sending_error(exc: Exception) -> requests.RequestException | None:
