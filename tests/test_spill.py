@@ -117,6 +117,23 @@ def _settled(bridge: cio.Bridge) -> bool:
     return bridge.stats().queue_depth <= HELD
 
 
+def _writer_held(
+    spooled: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> tuple[cio.Bridge, SpoolSpy]:
+    """200 events spilled while the API fails at once (no retry: the queue is spooled
+    quickly), the spill writer held at the spool with its first group."""
+    down = MockTransport(Response(503))
+    bridge = cio.configure(
+        **{**spooled, "max_retries": 0}, batch_size=1, max_queue_size=QUEUE, transport=down
+    )
+    spy = SpoolSpy(bridge, monkeypatch)
+    spy.hold.clear()
+    for i in range(200):
+        bridge.submit(snapshot(i))
+    assert spy.held.wait(WAIT)
+    return bridge, spy
+
+
 class TestSpillBuffer:
     def test_spilled_events_are_written_off_the_apps_thread_in_groups(
         self, spooled: dict[str, Any], gated: GatedTransport, monkeypatch: pytest.MonkeyPatch
@@ -140,17 +157,8 @@ class TestSpillBuffer:
     def test_flush_is_true_only_once_the_spill_buffer_is_written(
         self, spooled: dict[str, Any], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        # The API fails at once, and is not retried: the queue is spooled quickly; only
-        # the spill buffer can keep a flush waiting.
-        down = MockTransport(Response(503))
-        bridge = cio.configure(
-            **{**spooled, "max_retries": 0}, batch_size=1, max_queue_size=QUEUE, transport=down
-        )
-        spy = SpoolSpy(bridge, monkeypatch)
-        spy.hold.clear()
-        for i in range(200):
-            bridge.submit(snapshot(i))
-        assert spy.held.wait(WAIT)
+        # The queue is spooled quickly: only the spill buffer can keep a flush waiting.
+        bridge, spy = _writer_held(spooled, monkeypatch)
         assert bridge.flush(0.3) is False
         stats = bridge.stats()
         assert stats.queue_depth > 0, stats
@@ -165,15 +173,7 @@ class TestSpillBuffer:
     def test_flush_after_shutdown_is_false_while_the_spill_writer_holds_a_group(
         self, spooled: dict[str, Any], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        down = MockTransport(Response(503))
-        bridge = cio.configure(
-            **{**spooled, "max_retries": 0}, batch_size=1, max_queue_size=QUEUE, transport=down
-        )
-        spy = SpoolSpy(bridge, monkeypatch)
-        spy.hold.clear()
-        for i in range(200):
-            bridge.submit(snapshot(i))
-        assert spy.held.wait(WAIT)
+        bridge, spy = _writer_held(spooled, monkeypatch)
         bridge.shutdown(0.1)  # the writer's group outlives it (a stalled disk)
         assert bridge.stats().queue_depth > 0
         assert bridge.flush(0) is False
