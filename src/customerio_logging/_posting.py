@@ -151,15 +151,15 @@ class PreparedPost:
             pool = route.pool()
             if pool is not None:
                 return route, pool
-        # What Session.request does before sending, in the same order.
         session = self._session
+        adapter = session.get_adapter(self._url)
+        if not isinstance(adapter, WatchedAdapter):
+            return None  # looked at first: Session.post prepares it all again anyway
+        # What Session.request does before sending, in the same order.
         request = session.prepare_request(
             requests.Request("POST", self._url, headers=JSON_HEADERS, data=b"")
         )
         found = session.merge_environment_settings(request.url, {}, None, None, None)
-        adapter = session.get_adapter(request.url or self._url)
-        if not isinstance(adapter, WatchedAdapter):
-            return None
         pool, target = adapter.route(
             request, verify=found["verify"], cert=found["cert"], proxies=found["proxies"]
         )
