@@ -57,6 +57,7 @@ class TestEnvVars:
             "app_api_key": "CUSTOMERIO_APP_API_KEY",
             "app_url": "CUSTOMERIO_APP_URL",
             "enabled": "CUSTOMERIO_ENABLED",
+            "redis_url": "CUSTOMERIO_REDIS_URL",
         }
 
     def test_the_documented_hosts(self) -> None:
@@ -76,6 +77,7 @@ class TestPrecedence:
         "CUSTOMERIO_SPOOL_PATH": "/var/lib/app/env-spool.sqlite3",
         "CUSTOMERIO_APP_API_KEY": "env-app-key",
         "CUSTOMERIO_APP_URL": "https://env-app.example.com",
+        "CUSTOMERIO_REDIS_URL": "redis://env-redis:6379/0",
     }
 
     def test_defaults(self) -> None:
@@ -106,6 +108,7 @@ class TestPrecedence:
             ("track_url", "https://kw.example.com"),
             ("app_api_key", "kw-app-key"),
             ("app_url", "https://kw-app.example.com"),
+            ("redis_url", "redis://kw-redis:6379/1"),
         ],
     )
     def test_kwargs_beat_env(self, name: str, value: str) -> None:
@@ -715,3 +718,36 @@ class TestEnabled:
     def test_on_error_must_be_callable(self) -> None:
         with pytest.raises(ConfigurationError, match="on_error"):
             Settings(site_id="s", api_key="k", on_error="print")  # type: ignore[arg-type]
+
+
+class TestRedisUrl:
+    def test_off_unless_given(self) -> None:
+        assert Settings.from_env(environ={}, site_id="s", api_key="k").redis_url is None
+
+    def test_from_the_environment_and_never_in_the_repr(self) -> None:
+        url = "redis://:hunter2@cache.internal:6380/3"
+        settings = Settings.from_env(
+            environ={"CUSTOMERIO_REDIS_URL": f" {url} "}, site_id="s", api_key="k"
+        )
+        assert settings.redis_url == url
+        assert "hunter2" not in repr(settings)
+        assert "cache.internal" not in repr(settings)
+
+    @pytest.mark.parametrize(
+        "url", ["http://:hunter2@host:6379", "redis://:hunter2@host:port", "hunter2", "redis://"]
+    )
+    def test_a_malformed_url_is_named_but_never_echoed(self, url: str) -> None:
+        error = config_error(site_id="s", api_key="k", redis_url=url)
+        assert_names(error, "redis_url", "CUSTOMERIO_REDIS_URL")
+        assert "hunter2" not in str(error)
+
+    def test_switched_off_needs_no_redis(self) -> None:
+        settings = Settings.from_env(environ={}, enabled=False, redis_url="redis://127.0.0.1:1")
+        assert settings.redis_url is None
+
+    def test_the_location_shown_has_no_credentials(self) -> None:
+        from customerio_logging._redis_url import redis_location
+
+        assert redis_location("redis://user:hunter2@cache:6380/2") == "redis://cache:6380/2"
+        assert redis_location("rediss://:pw@[::1]") == "rediss://[::1]:6379/0"
+        assert redis_location("unix:///run/redis.sock") == "unix:///run/redis.sock"

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from ._redis_url import ENV_VAR as REDIS_ENV_VAR
+from ._redis_url import check_redis_url
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ ENV_VARS: Mapping[str, str] = {
     "app_api_key": "CUSTOMERIO_APP_API_KEY",
     "app_url": "CUSTOMERIO_APP_URL",
     "enabled": "CUSTOMERIO_ENABLED",
+    "redis_url": REDIS_ENV_VAR,
 }
 # A region passed explicitly picks its own hosts over these variables' URLs.
 _REGION_URL_SETTINGS = ("track_url", "app_url")
@@ -143,6 +146,12 @@ class Settings:
         durability: ``"memory"`` (default): events wait in memory until sent, and reach
             the spool only when they cannot be sent. ``"disk"``: every event is written to
             the spool before the log call returns, so even a killed process loses none.
+        redis_url: A Redis server shared by the fleet (``CUSTOMERIO_REDIS_URL``), e.g.
+            ``redis://:password@host:6379/0``: ``max_requests_per_second`` becomes the
+            limit of every process using it, and the backlog lives there, where any
+            process can replay it; the local spool stays as the fallback while Redis
+            cannot be reached. Needs ``pip install 'customerio-logging[redis]'``. Never
+            shown in a repr (it may hold a password).
         events: The app's event taxonomy: ``Event`` subclasses.
         unknown_events: What to do with an event whose name is not in ``events``.
         user_attributes: A ``UserAttributes`` subclass that validates ``identify`` attributes.
@@ -180,6 +189,7 @@ class Settings:
     max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES
     on_full: OnFull | None = None
     durability: Durability = "memory"
+    redis_url: str | None = field(default=None, repr=False)
     events: tuple[type[Event], ...] = ()
     unknown_events: UnknownEvents = "allow"
     user_attributes: type[UserAttributes] | None = None
@@ -218,11 +228,13 @@ class Settings:
             )
         object.__setattr__(self, "events", tuple(self.events))
         self._check_spool()
+        object.__setattr__(self, "redis_url", check_redis_url(self.redis_url))
         if not self.enabled:
             # Switched off: nothing is ever written or sent, so no spool either.
             object.__setattr__(self, "spool_path", False)
             object.__setattr__(self, "on_full", "drop")
             object.__setattr__(self, "durability", "memory")
+            object.__setattr__(self, "redis_url", None)
 
     def _check_region(self) -> None:
         region = self.region.strip().lower() if isinstance(self.region, str) else self.region

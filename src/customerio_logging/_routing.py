@@ -257,6 +257,11 @@ def pinned(given: Mapping[str, Any]) -> dict[str, Any]:
         if url_key == "track_url":
             values.pop("transport", None)  # a transport picks its own destination
     values.pop("region", None)  # a region names real hosts; the pin's are set above
+    # A fleet's Redis holds its rate limit and backlog: a test shares neither. Only a
+    # server on this machine (the test's own, as redis_server) is kept.
+    redis_url = values.get("redis_url") or os.environ.get(ENV_VARS["redis_url"], "")
+    if not (isinstance(redis_url, str) and is_loopback_url(redis_url)):
+        values["redis_url"] = ""
     return values
 
 

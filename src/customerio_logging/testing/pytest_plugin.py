@@ -20,6 +20,7 @@ call. ``@pytest.mark.customerio(strict=False)`` turns that off for one test.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -30,9 +31,10 @@ from .._config import ENV_VARS
 from .._global import pinned_bridge
 from ._events import CapturedEvents, capture_events
 from ._isolation import isolated
+from ._redis import REQUIRE_VAR, RedisServer, redis_server_binary
 from ._server import TrackAPIEmulator
 
-__all__ = ["cio_bridge", "cio_events", "track_api_emulator"]
+__all__ = ["cio_bridge", "cio_events", "redis_server", "track_api_emulator"]
 
 _MARKER = "customerio"
 _DESTINATION_VARS = ("site_id", "api_key", "track_url", "app_url", "app_api_key", "region")
@@ -129,3 +131,21 @@ def cio_bridge(
     if strict and letters:
         listed = "\n".join(f"  {x.name!r}: {x.reason} at {x.field}: {x.message}" for x in letters)
         pytest.fail(f"{len(letters)} invalid event(s) on another thread:\n{listed}")
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A ``redis-server`` of the test's own on 127.0.0.1 (a free port, persistence on, in
+    a temporary folder), stopped after the test: pass ``redis_server.url`` as
+    ``configure(redis_url=...)``. ``stop()`` and ``restart()`` stand for an outage.
+
+    Skipped when no ``redis-server`` binary is installed, unless ``CUSTOMERIO_TEST_REDIS``
+    is ``required`` (then the test fails).
+    """
+    if redis_server_binary() is None:
+        message = "redis-server is not installed (Debian: apt-get install redis-server)"
+        if os.environ.get(REQUIRE_VAR, "").strip().lower() == "required":
+            pytest.fail(message)
+        pytest.skip(message)
+    with RedisServer(tmp_path_factory.mktemp("cio-redis")) as server:
+        yield server
