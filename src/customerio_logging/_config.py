@@ -227,8 +227,8 @@ class Settings:
                 setting="unknown_events",
             )
         object.__setattr__(self, "events", tuple(self.events))
-        self._check_spool()
         object.__setattr__(self, "redis_url", check_redis_url(self.redis_url))
+        self._check_spool()
         if not self.enabled:
             # Switched off: nothing is ever written or sent, so no spool either.
             object.__setattr__(self, "spool_path", False)
@@ -314,7 +314,8 @@ class Settings:
             raise ConfigurationError(
                 f"on_full must be 'drop' or 'spill', got {self.on_full!r}", setting="on_full"
             )
-        if path is False:
+        no_spool = path is False and not self.redis_url  # Redis keeps the backlog too
+        if no_spool:
             for name, value in (("on_full", "spill"), ("durability", "disk")):
                 if getattr(self, name) == value:
                     raise ConfigurationError(
@@ -322,7 +323,7 @@ class Settings:
                         f"remove one of them",
                         setting=name,
                     )
-        on_full = self.on_full or ("drop" if path is False else "spill")
+        on_full = self.on_full or ("drop" if no_spool else "spill")
         if self.durability == "disk" and on_full == "drop":
             raise ConfigurationError(
                 "durability='disk' writes every event to the spool first, so a full queue "

@@ -1,0 +1,322 @@
+"""The fleet's storage: the backlog in Redis, shared by every process and host, and the
+local spool file while Redis cannot be reached, whose rows move to Redis once it answers.
+
+Redis is never a single point of failure: a failed Redis call marks it down for a while
+(one warning per outage), and until the next try every write goes to the local file at
+once, without waiting on Redis again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from .._limits import BATCH_BODY_BYTES
+from .._wire import Operation
+from .base import DeadLetterRow, SpoolBusyError, SpoolStatus, SpoolUnavailableError, Storage
+
+__all__ = ["FIRST_RETRY", "LONGEST_RETRY", "MOVE_BATCH", "FleetStorage"]
+
+FIRST_RETRY = 1.0
+"""Seconds after a failed Redis call before Redis is tried again; doubles each failure."""
+LONGEST_RETRY = 30.0
+"""The longest wait between two tries of a Redis that keeps failing."""
+MOVE_BATCH = 1000
+"""Rows moved from the local file to Redis at most per claim, once Redis answers again."""
+
+
+class FleetStorage:
+    """A :class:`~.base.Storage` over two: ``remote`` (Redis) while it answers, ``local``
+    (the SQLite spool file) while it does not.
+
+    - Writes go to ``remote``; when it fails they go to ``local``, and for a while
+      (``FIRST_RETRY`` doubling to ``LONGEST_RETRY``) straight to ``local``: a log call
+      never waits on a Redis that is down.
+    - ``claim`` first moves up to ``MOVE_BATCH`` rows from ``local`` to ``remote``
+      (rows left there by an outage, this process's or an earlier one's on this host),
+      then claims from ``remote``; while ``remote`` is down it claims from ``local``.
+    - Rows this process holds in ``local`` (claimed, or reserved by
+      ``durability="disk"``) are acked, released and dead-lettered there.
+    - The reads an operator makes (``status``, ``dead_letters``, ``requeue``,
+      ``purge``...) are the fleet's: ``remote``'s. ``pending`` counts both.
+
+    Args:
+        remote: The Redis storage.
+        local: The local spool file; None when ``spool_path=False`` (then Redis's errors
+            are the caller's).
+        location: Where ``remote`` is, without secrets, for the warnings.
+        on_problem: Told, in words, when Redis stops answering and when it answers again.
+        clock: Monotonic seconds; tests inject one.
+    """
+
+    def __init__(
+        self,
+        remote: Storage,
+        local: Storage | None,
+        *,
+        location: str,
+        on_problem: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.remote = remote
+        self.local = local
+        self._location = location
+        self._on_problem = on_problem
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._down_until = 0.0
+        self._backoff = 0.0
+        self._outage_warned = False
+        # Ids this process holds in the local file: claimed there, or reserved there.
+        self._held_locally: set[str] = set()
+        # Whether the local file may hold rows to move: unknown until first looked at.
+        self._local_may_hold = local_exists = self.local is not None
+        self._local_checked = not local_exists
+
+    def __repr__(self) -> str:
+        return f"<FleetStorage remote={self.remote!r} local={self.local!r}>"
+
+    # -- Redis up or down ---------------------------------------------------------------
+
+    @property
+    def remote_down(self) -> bool:
+        """True while Redis is taken as down (until its next try)."""
+        return self._clock() < self._down_until
+
+    def _use_remote(self) -> bool:
+        return self.local is None or not self.remote_down
+
+    def _failed(self, exc: SpoolUnavailableError) -> None:
+        """Redis failed: wait before the next try; warn once per outage."""
+        with self._lock:
+            self._backoff = min(LONGEST_RETRY, max(FIRST_RETRY, self._backoff * 2))
+            self._down_until = self._clock() + self._backoff
+            warn, self._outage_warned = not self._outage_warned, True
+        if self.local is None:
+            return
+        self._local_may_hold = True
+        if warn and self._on_problem is not None:
+            self._on_problem(
+                f"{exc}. Using the local spool on this host until Redis answers again "
+                f"(tried again within {LONGEST_RETRY:g}s); what is spooled meanwhile moves "
+                f"to Redis then"
+            )
+
+    def _answered(self) -> None:
+        if self._backoff == 0.0:
+            return
+        with self._lock:
+            was_down, self._backoff, self._down_until = self._outage_warned, 0.0, 0.0
+            self._outage_warned = False
+        if was_down and self.local is not None and self._on_problem is not None:
+            self._on_problem(
+                f"Redis at {self._location} answers again: the local spool's rows move to it"
+            )
+
+    # -- writing ------------------------------------------------------------------------
+
+    def add(
+        self,
+        ops: Sequence[Operation],
+        *,
+        lease: bool = False,
+        wait: float | None = None,
+        open_file: bool | None = None,
+    ) -> int:
+        """Keep ``ops``: in Redis, or in the local file while Redis is down."""
+        if not ops:
+            return 0
+        if self._use_remote():
+            try:
+                evicted = self.remote.add(ops, lease=lease, wait=wait, open_file=open_file)
+            except SpoolUnavailableError as exc:
+                if self.local is None:
+                    raise
+                self._failed(exc)
+            else:
+                self._answered()
+                return evicted
+        assert self.local is not None
+        evicted = self.local.add(ops, lease=lease, wait=wait, open_file=open_file)
+        self._local_may_hold = True
+        if lease:
+            self._held_locally.update(op.id for op in ops)
+        return evicted
+
+    def claim(self, limit: int, *, max_bytes: int = BATCH_BODY_BYTES) -> list[Operation]:
+        """Move what waits locally to Redis, then claim from Redis; from the local file
+        while Redis is down."""
+        if self._use_remote():
+            try:
+                self._move_local_rows()
+                ops = self.remote.claim(limit, max_bytes=max_bytes)
+            except SpoolUnavailableError as exc:
+                if self.local is None:
+                    raise
+                self._failed(exc)
+            else:
+                self._answered()
+                return ops
+        assert self.local is not None
+        ops = self.local.claim(limit, max_bytes=max_bytes)
+        self._held_locally.update(op.id for op in ops)
+        return ops
+
+    def _move_local_rows(self) -> None:
+        """Up to ``MOVE_BATCH`` local rows to Redis (raises Redis's errors)."""
+        local = self.local
+        if local is None or not self._local_may_hold:
+            return
+        try:
+            if not self._local_checked:
+                self._local_checked = True
+                if local.pending() == 0:
+                    self._local_may_hold = False
+                    return
+            ops = local.claim(MOVE_BATCH, max_bytes=1 << 62)
+        except (SpoolUnavailableError, SpoolBusyError):
+            return  # the local file's own problem: Redis serves meanwhile
+        if not ops:
+            self._local_may_hold = bool(self._held_locally)
+            return
+        ids = [op.id for op in ops]
+        try:
+            self.remote.add(ops)
+        except SpoolUnavailableError:
+            local.release(ids)
+            raise
+        local.ack(ids)
+
+    def ack(self, ids: Sequence[str]) -> None:
+        """Remove sent operations, wherever this process holds them."""
+        self._settle(ids, lambda storage, some: storage.ack(some))
+
+    def release(self, ids: Sequence[str]) -> None:
+        """Give back claimed operations, wherever this process holds them."""
+        self._settle(ids, lambda storage, some: storage.release(some))
+
+    def _settle(self, ids: Sequence[str], step: Callable[[Storage, Sequence[str]], None]) -> None:
+        if not ids:
+            return
+        held = self._held_locally
+        here = [i for i in ids if i in held] if held else []
+        there = [i for i in ids if i not in held] if here else list(ids)
+        if here:
+            assert self.local is not None
+            step(self.local, here)
+            held.difference_update(here)
+        if there:
+            self._remote_or_raise(lambda: step(self.remote, there))
+
+    def _remote_or_raise(self, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except SpoolUnavailableError as exc:
+            if self.local is not None:
+                self._failed(exc)
+            raise
+        self._answered()
+
+    def dead_letter(
+        self,
+        letters: Sequence[DeadLetterRow],
+        *,
+        wait: float | None = None,
+        open_file: bool | None = None,
+    ) -> int:
+        """Set operations aside: in Redis's dead letter, or the local file's while Redis
+        is down. A row this process holds locally leaves the local file either way."""
+        if not letters:
+            return 0
+        held = self._held_locally
+        local_ids = [d.id for d in letters if d.id is not None and d.id in held]
+        if self._use_remote():
+            try:
+                evicted = self.remote.dead_letter(letters, wait=wait, open_file=open_file)
+            except SpoolUnavailableError as exc:
+                if self.local is None:
+                    raise
+                self._failed(exc)
+            else:
+                self._answered()
+                if local_ids:
+                    assert self.local is not None
+                    self.local.ack(local_ids)
+                    held.difference_update(local_ids)
+                return evicted
+        assert self.local is not None
+        evicted = self.local.dead_letter(letters, wait=wait, open_file=open_file)
+        held.difference_update(local_ids)
+        return evicted
+
+    # -- the operator's reads and writes: the fleet's ------------------------------------
+
+    def requeue(self, seqs: Sequence[int] | None = None, *, reason: str | None = None) -> int:
+        """Move Redis's dead letters back to wait."""
+        return self.remote.requeue(seqs, reason=reason)
+
+    def purge(self) -> int:
+        """Delete every operation waiting in Redis (the local file is the CLI's to purge)."""
+        return self.remote.purge()
+
+    def purge_dead_letters(
+        self, seqs: Sequence[int] | None = None, *, reason: str | None = None
+    ) -> int:
+        """Delete Redis's dead letters (all, or the given rows or reason)."""
+        return self.remote.purge_dead_letters(seqs, reason=reason)
+
+    def status(self) -> SpoolStatus:
+        """Redis's status: the fleet's backlog."""
+        return self.remote.status()
+
+    def pending(self) -> int:
+        """Operations waiting in Redis and, if it may hold any, in the local file."""
+        count = 0 if self.remote_down else self.remote.pending()
+        if self.local is not None and self._local_may_hold:
+            count += self.local.pending()
+        return count
+
+    def dead_letters(
+        self, *, reason: str | None = None, limit: int | None = None
+    ) -> Iterator[DeadLetterRow]:
+        """Redis's dead letter, oldest first."""
+        return self.remote.dead_letters(reason=reason, limit=limit)
+
+    # -- connections --------------------------------------------------------------------
+
+    def prepare(self, wait: float | None = None) -> None:
+        """Connect to Redis now; if it cannot be reached, open the local file instead."""
+        try:
+            self.remote.prepare() if wait is None else self.remote.prepare(wait)
+        except SpoolUnavailableError as exc:
+            if self.local is None:
+                raise
+            self._failed(exc)
+            self.local.prepare() if wait is None else self.local.prepare(wait)
+        else:
+            self._answered()
+
+    @property
+    def is_open(self) -> bool:
+        """True once Redis, or while it is down the local file, is open."""
+        if self.local is not None and self.remote_down:
+            return self.local.is_open
+        return self.remote.is_open
+
+    def close(self) -> None:
+        """Close both connections."""
+        self.remote.close()
+        if self.local is not None:
+            self.local.close()
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: drop both connections; the child holds no rows yet."""
+        self.remote.reset_after_fork()
+        if self.local is not None:
+            self.local.reset_after_fork()
+        self._lock = threading.Lock()
+        self._reset_state()
