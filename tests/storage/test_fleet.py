@@ -106,17 +106,28 @@ class TestRoutes:
 
     def test_the_next_try_waits_a_doubling_backoff(self, rig: Rig) -> None:
         rig.remote.down = True
+        rig.fleet.add(ops("x", 1))
         waits = []
         for _ in range(7):
-            rig.fleet.add(ops("x", 1))
-            start = rig.clock()
-            while rig.fleet.remote_down:
+            tried, start = len(rig.remote.calls), rig.clock()
+            while len(rig.remote.calls) == tried:
                 rig.clock.advance(0.25)
+                rig.fleet.add(ops("x", 1))
             waits.append(rig.clock() - start)
         assert waits[0] == pytest.approx(FIRST_RETRY, abs=0.25)
         assert waits[1] == pytest.approx(2 * FIRST_RETRY, abs=0.25)
         assert max(waits) == pytest.approx(LONGEST_RETRY, abs=0.25)
         assert len(rig.warnings) == 1
+
+    def test_a_log_call_s_write_never_tries_a_redis_that_is_down(self, rig: Rig) -> None:
+        rig.remote.down = True
+        rig.fleet.add(ops("a", 1))
+        rig.clock.advance(10 * LONGEST_RETRY)
+        rig.remote.calls.clear()
+        rig.fleet.add(ops("b", 1), wait=0.05, open_file=False)
+        rig.fleet.dead_letter([make_letter("b0000")], wait=0.05)
+        assert rig.remote.calls == []
+        assert rig.local.pending() == 1
 
     def test_what_piled_up_locally_moves_to_redis_once_it_answers(self, rig: Rig) -> None:
         rig.remote.down = True
@@ -202,3 +213,19 @@ class TestRoutes:
         rig.remote.down = False
         rig.fleet.ack(["r0000"])  # not held by the child: Redis's
         assert rig.local.pending() == 2
+
+
+class TestAcksWhileDown:
+    def test_an_ack_of_redis_s_rows_waits_for_redis_without_calling_it(self, rig: Rig) -> None:
+        rig.fleet.add(ops("a", 3))
+        claimed = ids_of(rig.fleet.claim(3))
+        rig.remote.down = True
+        rig.fleet.add(ops("b", 1))  # Redis fails: taken as down
+        rig.remote.calls.clear()
+        rig.fleet.ack(claimed)
+        rig.fleet.release(claimed)
+        assert rig.remote.calls == []
+        rig.remote.down = False
+        rig.clock.advance(LONGEST_RETRY)
+        rig.fleet.claim(10)  # a try of the library's thread: Redis answers, the acks go
+        assert rig.remote.inner.pending() == 1  # b0000 only, moved from the local file

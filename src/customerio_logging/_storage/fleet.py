@@ -8,15 +8,17 @@ once, without waiting on Redis again.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 from .._limits import BATCH_BODY_BYTES
 from .._wire import Operation
 from .base import DeadLetterRow, SpoolBusyError, SpoolStatus, SpoolUnavailableError, Storage
 
-__all__ = ["FIRST_RETRY", "LONGEST_RETRY", "MOVE_BATCH", "FleetStorage"]
+__all__ = ["ACKS_KEPT", "FIRST_RETRY", "LONGEST_RETRY", "MOVE_BATCH", "FleetStorage", "Health"]
 
 FIRST_RETRY = 1.0
 """Seconds after a failed Redis call before Redis is tried again; doubles each failure."""
@@ -24,14 +26,19 @@ LONGEST_RETRY = 30.0
 """The longest wait between two tries of a Redis that keeps failing."""
 MOVE_BATCH = 1000
 """Rows moved from the local file to Redis at most per claim, once Redis answers again."""
+ACKS_KEPT = 100_000
+"""Acks of Redis's rows kept in memory while Redis is down (beyond them, those rows are
+sent again after their lease, and the API drops the duplicates by id)."""
 
 
 class FleetStorage:
     """A :class:`~.base.Storage` over two: ``remote`` (Redis) while it answers, ``local``
     (the SQLite spool file) while it does not.
 
-    - Writes go to ``remote``; when it fails they go to ``local``, and for a while
-      (``FIRST_RETRY`` doubling to ``LONGEST_RETRY``) straight to ``local``: a log call
+    - Writes go to ``remote``; when it fails they go to ``local``, and from then on
+      straight to ``local`` until Redis answers again. Only the library's own threads
+      try it again (a claim, or a write without ``wait``), each time ``FIRST_RETRY``
+      (doubling to ``LONGEST_RETRY``) has passed since the last failure: a log call
       never waits on a Redis that is down.
     - ``claim`` first moves up to ``MOVE_BATCH`` rows from ``local`` to ``remote``
       (rows left there by an outage, this process's or an earlier one's on this host),
@@ -64,15 +71,14 @@ class FleetStorage:
         self._location = location
         self._on_problem = on_problem
         self._clock = clock
-        self._lock = threading.Lock()
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._down_until = 0.0
-        self._backoff = 0.0
-        self._outage_warned = False
+        self._health = Health(self._clock, fallback=self.local is not None)
         # Ids this process holds in the local file: claimed there, or reserved there.
         self._held_locally: set[str] = set()
+        # Acks of rows in Redis made while it was down, made once it answers again.
+        self._acks_waiting: deque[str] = deque()
         # Whether the local file may hold rows to move: unknown until first looked at.
         self._local_may_hold = local_exists = self.local is not None
         self._local_checked = not local_exists
@@ -84,22 +90,18 @@ class FleetStorage:
 
     @property
     def remote_down(self) -> bool:
-        """True while Redis is taken as down (until its next try)."""
-        return self._clock() < self._down_until
+        """True while Redis is taken as down: from a failed call until one succeeds."""
+        return self._health.down
 
-    def _use_remote(self) -> bool:
-        return self.local is None or not self.remote_down
+    def _use_remote(self, *, probe: bool = True) -> bool:
+        return self._health.use_remote(probe=probe)
 
     def _failed(self, exc: SpoolUnavailableError) -> None:
-        """Redis failed: wait before the next try; warn once per outage."""
-        with self._lock:
-            self._backoff = min(LONGEST_RETRY, max(FIRST_RETRY, self._backoff * 2))
-            self._down_until = self._clock() + self._backoff
-            warn, self._outage_warned = not self._outage_warned, True
-        if self.local is None:
+        """Redis failed: taken as down; warned about once per outage."""
+        if self.local is None or not self._health.failed():
             return
         self._local_may_hold = True
-        if warn and self._on_problem is not None:
+        if self._on_problem is not None:
             self._on_problem(
                 f"{exc}. Using the local spool on this host until Redis answers again "
                 f"(tried again within {LONGEST_RETRY:g}s); what is spooled meanwhile moves "
@@ -107,12 +109,16 @@ class FleetStorage:
             )
 
     def _answered(self) -> None:
-        if self._backoff == 0.0:
+        if not self._health.answered():
             return
-        with self._lock:
-            was_down, self._backoff, self._down_until = self._outage_warned, 0.0, 0.0
-            self._outage_warned = False
-        if was_down and self.local is not None and self._on_problem is not None:
+        acks = []
+        with contextlib.suppress(IndexError):  # taken one by one: others may append
+            while True:
+                acks.append(self._acks_waiting.popleft())
+        if acks:
+            with contextlib.suppress(SpoolUnavailableError, SpoolBusyError):
+                self.remote.ack(acks)  # else replay sends them again: the API drops those
+        if self.local is not None and self._on_problem is not None:
             self._on_problem(
                 f"Redis at {self._location} answers again: the local spool's rows move to it"
             )
@@ -130,7 +136,7 @@ class FleetStorage:
         """Keep ``ops``: in Redis, or in the local file while Redis is down."""
         if not ops:
             return 0
-        if self._use_remote():
+        if self._use_remote(probe=wait is None):
             try:
                 evicted = self.remote.add(ops, lease=lease, wait=wait, open_file=open_file)
             except SpoolUnavailableError as exc:
@@ -193,11 +199,11 @@ class FleetStorage:
 
     def ack(self, ids: Sequence[str]) -> None:
         """Remove sent operations, wherever this process holds them."""
-        self._settle(ids, lambda storage, some: storage.ack(some))
+        self._settle(ids, _ack)
 
     def release(self, ids: Sequence[str]) -> None:
         """Give back claimed operations, wherever this process holds them."""
-        self._settle(ids, lambda storage, some: storage.release(some))
+        self._settle(ids, _release)
 
     def _settle(self, ids: Sequence[str], step: Callable[[Storage, Sequence[str]], None]) -> None:
         if not ids:
@@ -209,12 +215,16 @@ class FleetStorage:
             assert self.local is not None
             step(self.local, here)
             held.difference_update(here)
-        if there:
-            self._remote_or_raise(lambda: step(self.remote, there))
-
-    def _remote_or_raise(self, call: Callable[[], object]) -> None:
+        if not there:
+            return
+        if not self._use_remote():
+            # Redis is down: an ack waits for it in memory (a release needs nothing:
+            # the lease ends by itself). Never a wait on a Redis that does not answer.
+            if step is _ack and len(self._acks_waiting) + len(there) <= ACKS_KEPT:
+                self._acks_waiting.extend(there)
+            return
         try:
-            call()
+            step(self.remote, there)
         except SpoolUnavailableError as exc:
             if self.local is not None:
                 self._failed(exc)
@@ -234,7 +244,7 @@ class FleetStorage:
             return 0
         held = self._held_locally
         local_ids = [d.id for d in letters if d.id is not None and d.id in held]
-        if self._use_remote():
+        if self._use_remote(probe=wait is None):
             try:
                 evicted = self.remote.dead_letter(letters, wait=wait, open_file=open_file)
             except SpoolUnavailableError as exc:
@@ -275,7 +285,7 @@ class FleetStorage:
 
     def pending(self) -> int:
         """Operations waiting in Redis and, if it may hold any, in the local file."""
-        count = 0 if self.remote_down else self.remote.pending()
+        count = self.remote.pending() if self._use_remote() else 0
         if self.local is not None and self._local_may_hold:
             count += self.local.pending()
         return count
@@ -318,5 +328,54 @@ class FleetStorage:
         self.remote.reset_after_fork()
         if self.local is not None:
             self.local.reset_after_fork()
-        self._lock = threading.Lock()
         self._reset_state()
+
+
+class Health:
+    """Whether Redis is taken as down, and when to try it again.
+
+    Args:
+        clock: Monotonic seconds.
+        fallback: Whether there is a local file to use meanwhile (without one, every
+            call tries Redis).
+    """
+
+    def __init__(self, clock: Callable[[], float], *, fallback: bool) -> None:
+        self._clock = clock
+        self._fallback = fallback
+        self._lock = threading.Lock()
+        self.down = False
+        self._retry_at = 0.0
+        self._backoff = 0.0
+
+    def use_remote(self, *, probe: bool) -> bool:
+        """Whether to call Redis now. While it is down, only a call that may wait
+        (``probe``: the library's threads, never a log call's short write) tries it
+        again, once the backoff since the last failure has run out."""
+        if not (self.down and self._fallback):
+            return True
+        return probe and self._clock() >= self._retry_at
+
+    def failed(self) -> bool:
+        """A Redis call failed: back off. True for the first failure of an outage."""
+        with self._lock:
+            self._backoff = min(LONGEST_RETRY, max(FIRST_RETRY, self._backoff * 2))
+            self._retry_at = self._clock() + self._backoff
+            first, self.down = not self.down, True
+        return first
+
+    def answered(self) -> bool:
+        """A Redis call succeeded. True when that ends an outage."""
+        if not self.down:
+            return False
+        with self._lock:
+            ended, self.down, self._backoff = self.down, False, 0.0
+        return ended
+
+
+def _ack(storage: Storage, ids: Sequence[str]) -> None:
+    storage.ack(ids)
+
+
+def _release(storage: Storage, ids: Sequence[str]) -> None:
+    storage.release(ids)
