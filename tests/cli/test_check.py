@@ -9,9 +9,11 @@ import threading
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 
 from customerio_logging.cli import main
 from customerio_logging.testing import TrackAPIEmulator
+from customerio_logging.testing._redis import RedisServer
 
 from ..helpers import WRONG_KEY, closed_port_url, credentials
 
@@ -164,3 +166,49 @@ class TestCheck:
         assert "CUSTOMERIO_SITE_ID" in err
         assert out == ""  # nothing checked, no settings shown
         assert WRONG_KEY not in err
+
+
+class TestCheckRedis:
+    def test_a_redis_that_answers_is_shown_without_its_password(
+        self,
+        emulator: TrackAPIEmulator,
+        redis_server: RedisServer,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # The server has no password: redis-py sends none for an empty user and password.
+        url = redis_server.url.replace("redis://", "redis://:@")
+        monkeypatch.setenv("CUSTOMERIO_REDIS_URL", url)
+        assert main(["check", *credentials(emulator)]) == 0
+        out = capsys.readouterr().out
+        assert f"redis:     redis://127.0.0.1:{redis_server.port}/0" in out
+        assert f"OK: Redis at redis://127.0.0.1:{redis_server.port}/0 answers" in out
+        assert "maxmemory-policy noeviction" in out
+        assert "WARNING" not in out
+
+    def test_a_policy_that_may_evict_the_backlog_is_warned_about(
+        self,
+        emulator: TrackAPIEmulator,
+        redis_server: RedisServer,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        redis.Redis.from_url(redis_server.url).config_set("maxmemory-policy", "allkeys-lru")
+        monkeypatch.setenv("CUSTOMERIO_REDIS_URL", redis_server.url)
+        assert main(["check", *credentials(emulator)]) == 0
+        assert "WARNING: maxmemory-policy allkeys-lru lets Redis evict" in capsys.readouterr().out
+
+    def test_a_redis_that_does_not_answer_fails_the_check_in_words(
+        self,
+        emulator: TrackAPIEmulator,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        port = urlsplit(closed_port_url()).port
+        monkeypatch.setenv("CUSTOMERIO_REDIS_URL", f"redis://:hunter2@127.0.0.1:{port}/0")
+        assert main(["check", *credentials(emulator)]) == 1
+        out = capsys.readouterr().out
+        assert f"UNREACHABLE: Redis at redis://127.0.0.1:{port}/0 failed" in out
+        assert "uses its local spool" in out
+        assert "hunter2" not in out
+        assert "OK: credentials accepted" in out  # the Track API is still checked

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import requests
 
 from .._config import ENV_VARS, REGION_URLS, Settings
+from .._redis_url import redis_location
 from .._wire import shorten, status_phrase
 from ..exceptions import ConfigurationError
 from ._args import (
@@ -69,7 +70,12 @@ def _check(args: argparse.Namespace) -> int:
     print(f"site id:   {settings.site_id or 'not set'}")
     print(f"track url: {settings.track_url}")
     print(f"region:    {settings.region}")
+    if settings.redis_url is not None:
+        print(f"redis:     {redis_location(settings.redis_url)}")
     print(f"spool:     {_describe_spool(settings)}")
+    if settings.enabled and settings.redis_url is not None:
+        redis_ok = _ask_redis(settings.redis_url, args.timeout)
+        return max(_ask(settings, args.timeout), 0 if redis_ok else 1)
     if settings.enabled:
         return _ask(settings, args.timeout)
     # Switched off, the library needs no credentials; those that are set are checked
@@ -84,6 +90,31 @@ def _check(args: argparse.Namespace) -> int:
         _ask(settings, args.timeout)
     print(f"OFF: {switched_off()}: an app with these settings sends nothing; {TURN_ON}")
     return 1
+
+
+def _ask_redis(url: str, timeout: float) -> bool:
+    """Print whether the fleet's Redis answers, and warn of a policy that may evict."""
+    from .._redis_client import describe_error, make_client
+
+    client = make_client(url, timeout=timeout)
+    try:
+        client.ping()
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "?")
+    except Exception as exc:  # noqa: BLE001 - any failure is the verdict, in words
+        print(
+            f"UNREACHABLE: {describe_error(url, exc)}: each process uses its local spool "
+            "and paces itself alone until Redis answers"
+        )
+        return False
+    finally:
+        client.close()
+    print(f"OK: Redis at {redis_location(url)} answers (maxmemory-policy {policy})")
+    if not (policy == "noeviction" or policy.startswith("volatile-")):
+        print(
+            f"WARNING: maxmemory-policy {policy} lets Redis evict the backlog's keys when "
+            "it is full: set it to noeviction"
+        )
+    return True
 
 
 def _ask(settings: Settings, timeout: float) -> int:
