@@ -99,7 +99,7 @@ def _ask_redis(url: str, timeout: float) -> bool:
     client = make_client(url, timeout=timeout)
     try:
         client.ping()
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "?")
+        policy = str(client.config_get("maxmemory-policy").get("maxmemory-policy", "?"))
     except Exception as exc:  # noqa: BLE001 - any failure is the verdict, in words
         print(
             f"UNREACHABLE: {describe_error(url, exc)}: each process uses its local spool "
