@@ -3,14 +3,28 @@ stand-in for the Track API that answers 429 above its own limit."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 from typing import Any
 
+import pytest
+
+import customerio_logging as cio
 from customerio_logging._fleet_rate import fleet_burst
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 from customerio_logging.testing._redis import RedisServer
 
-from .helpers import assert_each_once, children, program, read_line, say, users
+from .helpers import (
+    assert_each_once,
+    children,
+    program,
+    read_line,
+    say,
+    snapshot,
+    users,
+    wait_until,
+)
 
 PROCESSES = 4
 RATE = 20  # max_requests_per_second in tests/programs/fleet_app.py
@@ -85,3 +99,33 @@ class TestSharedLimit:
         assert refused >= 5
         assert busiest > RATE + fleet_burst(RATE) + SCATTER
         assert all(s["flushed"] for s in stats)
+
+
+class TestRedisDown:
+    def test_a_bridge_delivers_without_its_redis_says_so_once_and_when_it_is_back(
+        self,
+        settings: dict[str, object],
+        redis_server: RedisServer,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        redis_server.stop()
+        url = f"redis://:hunter2@127.0.0.1:{redis_server.port}/0"
+        bridge = cio.configure(**settings, redis_url=url)
+        numbers = itertools.count()
+
+        def send_one() -> None:
+            bridge.submit(snapshot(next(numbers)))
+            assert bridge.flush(5.0)
+
+        with caplog.at_level(logging.WARNING, logger="customerio_logging"):
+            for _ in range(3):
+                send_one()
+            redis_server.start()
+            # Redis is asked again after a second's backoff: meanwhile, and after, the
+            # events go.
+            assert wait_until(lambda: send_one() or "answers again" in caplog.text, 10.0)
+        said = [r.getMessage() for r in caplog.records]
+        assert len([m for m in said if "not shared" in m]) == 1, said
+        assert len([m for m in said if "answers again" in m]) == 1, said
+        assert bridge.stats().sent == next(numbers)
+        assert "hunter2" not in caplog.text + repr(bridge.stats())

@@ -70,10 +70,11 @@ def fleet_burst(rate: float) -> float:
     """The fleet's burst: a tenth of a second's worth of requests, at least one.
 
     A bucket of ``b`` tokens filled at ``r`` per second lets through at most
-    ``b + r * T`` requests in any ``T`` seconds, so a one-second window of the whole
-    fleet holds at most 1.1 times ``max_requests_per_second``: a quiet fleet cannot
-    spike over the workspace's limit when it wakes. The tenth still leaves room for a
-    process that wakes a little late for its token without the fleet losing it.
+    ``b + r * T`` requests in any ``T`` seconds, so no second of the whole fleet holds
+    more than a tenth over ``max_requests_per_second`` (one over, at rates below 10): a
+    quiet fleet that wakes cannot spike past the workspace's limit. A tenth of a
+    second's tokens still wait for a process that comes a little late for its turn,
+    so the fleet does not lose the rate it is allowed.
     """
     return max(1.0, rate / 10)
 
@@ -138,11 +139,6 @@ class FleetRate:
 
     def __repr__(self) -> str:
         return f"<FleetRate {self._rate:g}/s {'down' if self._down else 'up'}>"
-
-    @property
-    def burst(self) -> float:
-        """The most requests the fleet sends back to back (:func:`fleet_burst`)."""
-        return self._burst
 
     def take(self) -> Turn | None:
         """Take a token for one request, or learn how long to wait; None while Redis
