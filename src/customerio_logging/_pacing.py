@@ -1,4 +1,5 @@
-"""When the next request may go: the request-rate limit, the 429 pause, and the waits.
+"""When the next request may go: the request-rate limit (this process's, or the fleet's
+shared bucket), the 429 pause, and the waits.
 
 Every wait here is interruptible: it ends early once shutdown sets a deadline that comes
 sooner, so no sleep outlives ``shutdown_timeout``.
@@ -9,10 +10,24 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["Pacer"]
+__all__ = ["Pacer", "SharedBucket"]
 
 _MIN_WAIT = 1e-4
+
+
+class SharedBucket(Protocol):
+    """A rate limit and a pause shared with other processes (``_fleet_rate.FleetRate``)."""
+
+    def take(self) -> tuple[float, bool] | None:
+        """Seconds to wait (0: a token was taken) and whether that is a pause; None
+        while the shared bucket cannot be used."""
+        ...
+
+    def pause(self, seconds: float) -> None:
+        """Pause every process sharing the bucket for ``seconds`` (never shortening)."""
+        ...
 
 
 class Pacer:
@@ -26,6 +41,9 @@ class Pacer:
         sleep: Waits the given seconds, returning early when woken; tests inject one
             that records instead of waiting. The default waits on a condition that
             :meth:`set_deadline` notifies.
+        shared: A bucket shared with the rest of the fleet: while it answers, it alone
+            says when a request may go (``rate`` and ``burst`` are then its business);
+            while it cannot be used, this process's own bucket paces it.
     """
 
     def __init__(
@@ -35,6 +53,7 @@ class Pacer:
         burst: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] | None = None,
+        shared: SharedBucket | None = None,
     ) -> None:
         self._rate = rate
         self._burst = burst if burst is not None else max(1.0, float(int(rate + 0.999)))
@@ -46,6 +65,7 @@ class Pacer:
         self._refilled = clock()
         self._paused_until = 0.0
         self._deadline: float | None = None
+        self._shared = shared
 
     # -- deadline ---------------------------------------------------------------------
 
@@ -88,7 +108,13 @@ class Pacer:
     # -- rate and pause ---------------------------------------------------------------
 
     def pause(self, seconds: float) -> None:
-        """Hold every request for ``seconds`` (a 429's Retry-After): the whole pipeline."""
+        """Hold every request for ``seconds`` (a 429's Retry-After): the whole pipeline,
+        and the whole fleet's when the bucket is shared."""
+        self._pause_here(seconds)
+        if self._shared is not None:
+            self._shared.pause(seconds)
+
+    def _pause_here(self, seconds: float) -> None:
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
@@ -99,14 +125,30 @@ class Pacer:
                 now = self._clock()
                 if self._deadline is not None and now >= self._deadline:
                     return False
-                self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
-                self._refilled = now
                 wait = self._paused_until - now
+            if wait <= 0:
+                turn = None if self._shared is None else self._shared.take()
+                if turn is None:
+                    wait = self._take_here()
+                else:
+                    wait, paused = turn
+                    if paused:
+                        # Kept here too: should the shared bucket fail meanwhile, this
+                        # process still waits the fleet's pause out.
+                        self._pause_here(wait)
                 if wait <= 0:
-                    # The epsilon: refills add up in floating point (10 x 0.1 is 0.999...).
-                    if self._tokens >= 1 - 1e-9:
-                        self._tokens = max(0.0, self._tokens - 1)
-                        return True
-                    # Never a vanishing wait: a spin of ever tinier sleeps helps no one.
-                    wait = max(_MIN_WAIT, (1 - self._tokens) / self._rate)
-            self.sleep(wait)
+                    return True
+            # Never a vanishing wait: a spin of ever tinier sleeps helps no one.
+            self.sleep(max(_MIN_WAIT, wait))
+
+    def _take_here(self) -> float:
+        """Take a token from this process's bucket: 0, or the seconds until one is there."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
+            self._refilled = now
+            # The epsilon: refills add up in floating point (10 x 0.1 is 0.999...).
+            if self._tokens >= 1 - 1e-9:
+                self._tokens = max(0.0, self._tokens - 1)
+                return 0.0
+            return (1 - self._tokens) / self._rate

@@ -13,6 +13,7 @@ from ._capture import Snapshot
 from ._config import Settings
 from ._delivery import Delivery, DeliveryReport, Failure, SwitchedOff, transport_for
 from ._direct import Direct
+from ._fleet_rate import fleet_rate
 from ._ledger import DeadLetter, Ledger
 from ._lifecycle import sigterm_hint
 from ._limits import MAX_NAME_BYTES
@@ -89,8 +90,10 @@ class Sender:
             transport = transport_for(settings, client=self._client())
         else:
             transport = SwitchedOff()  # never used: a switched-off bridge queues nothing
-        pacer = Pacer(settings.max_requests_per_second)
         problem = self._ledger.warn_problem
+        # With redis_url, the rate limit and the 429 pause are the whole fleet's.
+        fleet = fleet_rate(settings, on_problem=problem, on_back=self._ledger.warn_later)
+        pacer = Pacer(settings.max_requests_per_second, shared=fleet)
         policy = RetryPolicy.from_settings(settings, pacer=pacer)
         self.delivery = Delivery(transport, pacer=pacer, policy=policy, on_problem=problem)
         spool = self._writer.spool

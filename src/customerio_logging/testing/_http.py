@@ -9,6 +9,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +35,8 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    # When it was read whole (Unix seconds): what a rate limit sees.
+    received_at: float = field(default_factory=time.time)
 
 
 @dataclass(slots=True)

@@ -41,6 +41,8 @@ class RecordedRequest:
             ``"drop"``, ``"drop_after_accept"`` (scripted or drawn), ``"max_request_bytes"``,
             ``"reject_ops"``, ``"trickle"`` (a normal answer, sent a byte at a time) or
             ``"delay"`` (a normal answer, sent late).
+        received_at: When the request was read whole (Unix seconds), before it was
+            answered: the times a rate is measured by. Not compared by ``==``.
 
     Requests for the emulator's own ``/_emulator/`` paths are not recorded.
     """
@@ -52,6 +54,7 @@ class RecordedRequest:
     body_bytes: int
     errors: list[dict[str, Any]] = field(default_factory=list)
     fault: str | None = None
+    received_at: float = field(default=0.0, compare=False)
 
 
 class Recorder:
@@ -144,6 +147,7 @@ class Recorder:
             body_bytes=len(request.body),
             errors=reply.errors,
             fault=reply.fault,
+            received_at=request.received_at,
         )
         with self._state:
             self._requests.append(recorded)
