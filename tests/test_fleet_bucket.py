@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from customerio_logging._fleet_rate import MAX_BACKOFF, FleetRate, fleet_burst
+from customerio_logging._fleet_rate import FleetRate, fleet_burst
 from customerio_logging._pacing import Pacer
-from customerio_logging._redis_client import make_client, namespace
+from customerio_logging._redis_client import LONGEST_RETRY, make_client, namespace
 from customerio_logging.testing._redis import RedisServer
 
 from .helpers import FakeClock, in_fork
@@ -178,7 +178,7 @@ class TestRedisDown:
             clock.advance(backoff)
         assert shared.take() is None  # the try after a 30 s wait: still down
         redis_server.start()
-        clock.advance(MAX_BACKOFF - 0.1)
+        clock.advance(LONGEST_RETRY - 0.1)
         assert shared.take() is None  # not asked before the 30 s are over
         clock.advance(0.1)
         assert shared.take() is not None

@@ -8,7 +8,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from ._redis_client import describe_error, make_client, namespace
+from ._redis_client import (
+    FIRST_RETRY,
+    Health,
+    describe_error,
+    make_client,
+    namespace,
+)
 from ._redis_url import redis_location
 
 if TYPE_CHECKING:
@@ -60,11 +66,6 @@ end
 return 1
 """
 
-FIRST_BACKOFF = 1.0
-"""Seconds before Redis is tried again after it first failed; doubled each failure."""
-MAX_BACKOFF = 30.0
-"""The longest wait between two tries of a Redis that keeps failing."""
-
 
 def fleet_burst(rate: float) -> float:
     """The fleet's burst: a tenth of a second's worth of requests, at least one.
@@ -94,7 +95,7 @@ class FleetRate:
     Each :meth:`take` is one call of a Lua script, which Redis runs atomically. While
     Redis fails (or takes longer than the client's timeout), :meth:`take` answers None
     at once, so the caller paces itself alone, and Redis is tried again after
-    ``FIRST_BACKOFF`` seconds, doubling up to ``MAX_BACKOFF``. ``on_problem`` hears once
+    ``FIRST_RETRY`` seconds, doubling up to ``LONGEST_RETRY``. ``on_problem`` hears once
     per outage, ``on_back`` once when Redis answers again. Call it from one thread: the
     dispatch thread (every call may wait up to the client's timeout).
 
@@ -128,22 +129,19 @@ class FleetRate:
         self._pause_key = f"{prefix}rate:pause"
         self._on_problem = on_problem
         self._on_back = on_back
-        self._clock = clock
         client = client if client is not None else make_client(url)
         # register_script does no I/O: the script is loaded on its first call.
         self._take = client.register_script(_TAKE)
         self._pause = client.register_script(_PAUSE)
-        self._down = False
-        self._backoff = 0.0
-        self._retry_at = 0.0
+        self._health = Health(clock, fallback=True)
 
     def __repr__(self) -> str:
-        return f"<FleetRate {self._rate:g}/s {'down' if self._down else 'up'}>"
+        return f"<FleetRate {self._rate:g}/s {'down' if self._health.down else 'up'}>"
 
     def take(self) -> Turn | None:
         """Take a token for one request, or learn how long to wait; None while Redis
         cannot be used (pace locally meanwhile)."""
-        if self._down and self._clock() < self._retry_at:
+        if not self._health.use_remote(probe=True):
             return None
         try:
             wait, paused = self._take(
@@ -160,7 +158,7 @@ class FleetRate:
     def pause(self, seconds: float) -> None:
         """Pause every process of the fleet for ``seconds`` (a 429's Retry-After), unless
         a longer pause is already set; a no-op while Redis cannot be used."""
-        if seconds <= 0 or (self._down and self._clock() < self._retry_at):
+        if seconds <= 0 or not self._health.use_remote(probe=True):
             return
         try:
             self._pause(keys=[self._pause_key], args=[math.ceil(seconds * 1000)])
@@ -170,20 +168,15 @@ class FleetRate:
         self._answered()
 
     def _failed(self, exc: Exception) -> None:
-        self._backoff = FIRST_BACKOFF if not self._down else min(MAX_BACKOFF, self._backoff * 2)
-        self._retry_at = self._clock() + self._backoff
-        if not self._down:
-            self._down = True
+        if self._health.failed():
             self._on_problem(
                 f"{describe_error(self._url, exc)}; the fleet's rate limit is not shared "
                 f"meanwhile: this process sends up to max_requests_per_second on its own "
-                f"(Redis is tried again after {FIRST_BACKOFF:g} s, then less often)"
+                f"(Redis is tried again after {FIRST_RETRY:g} s, then less often)"
             )
 
     def _answered(self) -> None:
-        if self._down:
-            self._down = False
-            self._backoff = 0.0
+        if self._health.answered():
             self._on_back(
                 f"Redis at {redis_location(self._url)} answers again: "
                 f"max_requests_per_second is shared by the fleet again"

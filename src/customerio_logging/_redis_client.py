@@ -1,5 +1,6 @@
 """One way to reach the fleet's Redis: clients with bounded waits and no hidden retries,
-the keys' namespace, and what a Redis error becomes in words without secrets.
+the keys' namespace, what a Redis error becomes in words without secrets, and when a
+Redis that failed is tried again.
 
 Shared by the Redis storage and the fleet's rate limit. redis-py is imported only here
 and only when a Redis URL is configured (it is the optional ``[redis]`` extra).
@@ -8,6 +9,8 @@ and only when a Redis URL is configured (it is the optional ``[redis]`` extra).
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._redis_url import redis_location
@@ -15,10 +18,23 @@ from ._redis_url import redis_location
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["REDIS_TIMEOUT", "describe_error", "is_redis_error", "make_client", "namespace"]
+__all__ = [
+    "FIRST_RETRY",
+    "LONGEST_RETRY",
+    "REDIS_TIMEOUT",
+    "Health",
+    "describe_error",
+    "is_redis_error",
+    "make_client",
+    "namespace",
+]
 
 REDIS_TIMEOUT = 1.0
 """Seconds one Redis call may take on a thread of the library's (connecting included)."""
+FIRST_RETRY = 1.0
+"""Seconds after a failed Redis call before Redis is tried again; doubles each failure."""
+LONGEST_RETRY = 30.0
+"""The longest wait between two tries of a Redis that keeps failing."""
 
 
 def namespace(site_id: str | None, track_url: str | None) -> str:
@@ -73,3 +89,45 @@ def describe_error(url: str, exc: BaseException) -> str:
     if len(text) > 200:
         text = text[:200] + "..."
     return f"Redis at {redis_location(url)} failed ({kind}: {text})"
+
+
+class Health:
+    """Whether Redis is taken as down, and when to try it again.
+
+    Args:
+        clock: Monotonic seconds.
+        fallback: Whether there is a local file to use meanwhile (without one, every
+            call tries Redis).
+    """
+
+    def __init__(self, clock: Callable[[], float], *, fallback: bool) -> None:
+        self._clock = clock
+        self._fallback = fallback
+        self._lock = threading.Lock()
+        self.down = False
+        self._retry_at = 0.0
+        self._backoff = 0.0
+
+    def use_remote(self, *, probe: bool) -> bool:
+        """Whether to call Redis now. While it is down, only a call that may wait
+        (``probe``: the library's threads, never a log call's short write) tries it
+        again, once the backoff since the last failure has run out."""
+        if not (self.down and self._fallback):
+            return True
+        return probe and self._clock() >= self._retry_at
+
+    def failed(self) -> bool:
+        """A Redis call failed: back off. True for the first failure of an outage."""
+        with self._lock:
+            self._backoff = min(LONGEST_RETRY, max(FIRST_RETRY, self._backoff * 2))
+            self._retry_at = self._clock() + self._backoff
+            first, self.down = not self.down, True
+        return first
+
+    def answered(self) -> bool:
+        """A Redis call succeeded. True when that ends an outage."""
+        if not self.down:
+            return False
+        with self._lock:
+            ended, self.down, self._backoff = self.down, False, 0.0
+        return ended

@@ -9,21 +9,17 @@ once, without waiting on Redis again.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 from .._limits import BATCH_BODY_BYTES
+from .._redis_client import FIRST_RETRY, LONGEST_RETRY, Health
 from .._wire import Operation
 from .base import DeadLetterRow, SpoolBusyError, SpoolStatus, SpoolUnavailableError, Storage
 
-__all__ = ["ACKS_KEPT", "FIRST_RETRY", "LONGEST_RETRY", "MOVE_BATCH", "FleetStorage", "Health"]
+__all__ = ["ACKS_KEPT", "FIRST_RETRY", "LONGEST_RETRY", "MOVE_BATCH", "FleetStorage"]
 
-FIRST_RETRY = 1.0
-"""Seconds after a failed Redis call before Redis is tried again; doubles each failure."""
-LONGEST_RETRY = 30.0
-"""The longest wait between two tries of a Redis that keeps failing."""
 MOVE_BATCH = 1000
 """Rows moved from the local file to Redis at most per claim, once Redis answers again."""
 ACKS_KEPT = 100_000
@@ -329,48 +325,6 @@ class FleetStorage:
         if self.local is not None:
             self.local.reset_after_fork()
         self._reset_state()
-
-
-class Health:
-    """Whether Redis is taken as down, and when to try it again.
-
-    Args:
-        clock: Monotonic seconds.
-        fallback: Whether there is a local file to use meanwhile (without one, every
-            call tries Redis).
-    """
-
-    def __init__(self, clock: Callable[[], float], *, fallback: bool) -> None:
-        self._clock = clock
-        self._fallback = fallback
-        self._lock = threading.Lock()
-        self.down = False
-        self._retry_at = 0.0
-        self._backoff = 0.0
-
-    def use_remote(self, *, probe: bool) -> bool:
-        """Whether to call Redis now. While it is down, only a call that may wait
-        (``probe``: the library's threads, never a log call's short write) tries it
-        again, once the backoff since the last failure has run out."""
-        if not (self.down and self._fallback):
-            return True
-        return probe and self._clock() >= self._retry_at
-
-    def failed(self) -> bool:
-        """A Redis call failed: back off. True for the first failure of an outage."""
-        with self._lock:
-            self._backoff = min(LONGEST_RETRY, max(FIRST_RETRY, self._backoff * 2))
-            self._retry_at = self._clock() + self._backoff
-            first, self.down = not self.down, True
-        return first
-
-    def answered(self) -> bool:
-        """A Redis call succeeded. True when that ends an outage."""
-        if not self.down:
-            return False
-        with self._lock:
-            ended, self.down, self._backoff = self.down, False, 0.0
-        return ended
 
 
 def _ack(storage: Storage, ids: Sequence[str]) -> None:
