@@ -13,7 +13,7 @@ import redis
 
 from customerio_logging._fleet_rate import FleetRate, fleet_burst
 from customerio_logging._pacing import Pacer
-from customerio_logging._redis_client import LONGEST_RETRY, make_client, namespace
+from customerio_logging._redis_client import LONGEST_RETRY, REDIS_TIMEOUT, make_client, namespace
 from customerio_logging.testing._redis import RedisServer
 
 from .helpers import FakeClock, in_fork
@@ -110,9 +110,23 @@ class TestSharedBucket:
         fleet(redis_server.url).pause(5.0)
         pacer = Pacer(RATE, shared=fleet(redis_server.url))
         started = time.monotonic()
-        pacer.set_deadline(started + 0.2)
+        pacer.set_deadline(started + 1.5)
         assert not pacer.acquire()
-        assert 0.15 < time.monotonic() - started < 2.0
+        assert 1.4 < time.monotonic() - started < 3.5
+
+    def test_redis_is_not_asked_when_the_deadline_comes_sooner_than_its_timeout(self) -> None:
+        voices = Voices()
+        with socket.socket() as silent:  # accepts connections, never answers
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+            pacer = Pacer(1000.0, shared=fleet(url, voices))
+            started = time.monotonic()
+            pacer.set_deadline(started + REDIS_TIMEOUT / 2)
+            assert pacer.acquire()  # this process's own bucket: no Redis call to wait on
+            took = time.monotonic() - started
+        assert took < REDIS_TIMEOUT / 2, took
+        assert voices.problems == []
 
     def test_an_idle_bucket_and_an_ended_pause_leave_no_key(
         self, redis_server: RedisServer, direct: redis.Redis

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from ._redis_client import REDIS_TIMEOUT
+
 __all__ = ["Pacer", "SharedBucket"]
 
 _MIN_WAIT = 1e-4
@@ -127,7 +129,9 @@ class Pacer:
                     return False
                 wait = self._paused_until - now
             if wait <= 0:
-                turn = None if self._shared is None else self._shared.take()
+                # A Redis call may take REDIS_TIMEOUT: not when the deadline comes sooner.
+                shared = self._shared if self.remaining(REDIS_TIMEOUT) >= REDIS_TIMEOUT else None
+                turn = None if shared is None else shared.take()
                 if turn is None:
                     wait = self._take_here()
                 else:
