@@ -16,31 +16,19 @@ from typing import Any
 
 from .._limits import BATCH_BODY_BYTES
 from .._wire import BODY_OVERHEAD, Operation, shorten
-from .base import DeadLetterRow, SpoolStatus
+from .base import (
+    DEAD_LETTER_SHARE,
+    DEAD_LETTER_TEXT,
+    MAX_DEAD_LETTERS,
+    DeadLetterRow,
+    SpoolStatus,
+)
 from .leases import FRESH_LEASE, REPLAY_LEASE, owner_is_gone, owner_token
 from .sqlite_connection import DEFAULT_WAIT, SpoolConnection
 from .sqlite_schema import DEAD_LETTER_BYTES, meta_int
 from .sqlite_size import FileBudget, file_pages, free_pages, on_disk
 
 __all__ = ["DEAD_LETTER_SHARE", "DEAD_LETTER_TEXT", "MAX_DEAD_LETTERS", "SQLiteSpool"]
-
-MAX_DEAD_LETTERS = 10_000
-"""Dead-letter rows kept; the oldest go first beyond it."""
-DEAD_LETTER_SHARE = 4
-"""The dead letter keeps at most ``max_bytes // DEAD_LETTER_SHARE`` bytes (its bodies and
-texts together); the oldest rows go first beyond it, counted in the file.
-
-A share of the spool's own bound rather than a setting of its own: whatever the API
-refuses, the dead letter then takes at most about a quarter of the file, which stays
-within ``max_spool_bytes`` (the waiting operations have the rest), and a requeue of every
-dead letter fits in the spool. A quarter, because the dead letter is there for a
-person to read, fix the cause and requeue, not to keep everything: at the default 100 MiB
-that is 25 MiB, at least 800 rows even at the Track API's 32,000-byte limit per
-operation, and the full ``MAX_DEAD_LETTERS`` rows of events averaging 2.6 KB.
-"""
-DEAD_LETTER_TEXT = 1000
-"""Characters kept of a dead letter's message (its reason and field: a fifth of it),
-whoever writes it: the dead letter never keeps a payload's worth of words."""
 
 _INSERT = (
     "INSERT INTO spool (id, action, name, body, created, lease_owner, lease_until) "

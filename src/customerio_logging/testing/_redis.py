@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .._redis_url import redis_location
+
 __all__ = ["RedisServer", "RedisServerMissingError", "redis_server_binary"]
 
 _START_WAIT = 10.0  # seconds a server may take to answer after it was started
@@ -52,9 +54,17 @@ class RedisServer:
         directory: Where the server keeps its files; a new temporary folder (removed at
             :meth:`stop` for good) when None.
         port: The port; a free one when None. A restart keeps it.
+        password: The password clients must give (``--requirepass``); it is in
+            :attr:`url`. None: no password.
     """
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None, port: int | None = None):
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        *,
+        password: str | None = None,
+    ):
         binary = redis_server_binary()
         if binary is None:
             raise RedisServerMissingError(
@@ -65,16 +75,19 @@ class RedisServer:
         self._own_directory = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="cio-redis-"))
         self.port = port or _free_port()
+        self._password = password
         self._process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<RedisServer {self.url} {state}>"
+        return f"<RedisServer {redis_location(self.url)} {state}>"  # never the password
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``: what ``configure(redis_url=...)`` takes."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://127.0.0.1:<port>/0`` (``redis://:<password>@...`` with a password):
+        what ``configure(redis_url=...)`` takes."""
+        auth = "" if self._password is None else f":{self._password}@"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def running(self) -> bool:
@@ -86,6 +99,7 @@ class RedisServer:
         if self.running:
             return self
         log = (self.directory / "redis.log").open("ab")
+        auth = [] if self._password is None else ["--requirepass", self._password]
         try:
             self._process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
                 [
@@ -99,6 +113,7 @@ class RedisServer:
                     "--daemonize", "no",
                     "--protected-mode", "yes",
                     "--maxmemory-policy", "noeviction",
+                    *auth,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -119,7 +134,7 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
