@@ -1,6 +1,6 @@
 """What every Storage backend must do, written against the protocol alone.
 
-Each test runs once per backend in ``BACKENDS`` (only SQLite today): a new backend adds
+Each test runs once per backend in ``BACKENDS`` (SQLite and Redis): a new backend adds
 its factory there and inherits the whole contract. Time is an injected clock.
 """
 
@@ -23,8 +23,10 @@ from customerio_logging._storage import (
     open_storage,
 )
 from customerio_logging._storage.leases import FRESH_LEASE, REPLAY_LEASE
+from customerio_logging._storage.redis import RedisStorage
 from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging._wire import Operation, batch_body
+from customerio_logging.testing._redis import RedisServer
 
 from ..helpers import (
     BIG,
@@ -40,15 +42,31 @@ from ..helpers import (
 
 
 class _Factory(Protocol):
-    def __call__(self, place: Path, *, max_bytes: int, clock: Callable[[], float]) -> Storage: ...
+    def __call__(
+        self, request: pytest.FixtureRequest, *, max_bytes: int, clock: Callable[[], float]
+    ) -> Storage: ...
 
 
-def _sqlite(place: Path, *, max_bytes: int, clock: Callable[[], float]) -> Storage:
+def _sqlite(
+    request: pytest.FixtureRequest, *, max_bytes: int, clock: Callable[[], float]
+) -> Storage:
+    place: Path = request.getfixturevalue("tmp_path")
     return SQLiteSpool(place / "spool.sqlite3", max_bytes=max_bytes, site_id=SITE, clock=clock)
 
 
-BACKENDS: dict[str, _Factory] = {"sqlite": _sqlite}
-"""Each backend's factory: a storage at ``place`` (a folder of its own per test)."""
+def _redis(
+    request: pytest.FixtureRequest, *, max_bytes: int, clock: Callable[[], float]
+) -> Storage:
+    server: RedisServer = request.getfixturevalue("shared_redis")
+    # The same workspace, and an API host of the test's own: a namespace of its own.
+    host = f"https://{request.node.nodeid}"
+    return RedisStorage(server.url, max_bytes=max_bytes, site_id=SITE, track_url=host, clock=clock)
+
+
+BACKENDS: dict[str, _Factory] = {"redis": _redis, "sqlite": _sqlite}
+"""Each backend's factory: a storage of the test's own (a file in its folder, keys in a
+namespace of its own), the same for every storage the test makes. A factory asks for
+the fixtures it needs."""
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -63,13 +81,13 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def new_storage(
-    factory: _Factory, tmp_path: Path, clock: FakeClock
+    factory: _Factory, request: pytest.FixtureRequest, clock: FakeClock
 ) -> Iterator[Callable[..., Storage]]:
     """Storages on one shared place (as several processes would see it), closed at the end."""
     made: list[Storage] = []
 
     def make(*, max_bytes: int = BIG) -> Storage:
-        storage = factory(tmp_path, max_bytes=max_bytes, clock=clock)
+        storage = factory(request, max_bytes=max_bytes, clock=clock)
         made.append(storage)
         return storage
 
