@@ -1,8 +1,9 @@
 """The spool behind one seam: the Storage protocol, and the backend settings ask for.
 
-The bridge and replay speak only :class:`Storage`; :func:`open_storage` picks the backend
-(today the SQLite file; a Redis backend plugs in there). The three fork functions keep
-the spool's connections sound across ``os.fork()``; the process's lifecycle registers them.
+The bridge and replay speak only :class:`Storage`; :func:`open_storage` picks the backend:
+the SQLite file, or with ``redis_url`` the fleet's Redis with the file as its fallback.
+The three fork functions keep the spool's connections sound across ``os.fork()``; the
+process's lifecycle registers them.
 """
 
 from __future__ import annotations
@@ -46,22 +47,40 @@ def open_storage(
 ) -> Storage | None:
     """The storage ``settings`` ask for; None when the spool is off.
 
-    Nothing is opened yet: the storage opens on first use, or at
-    :meth:`Storage.prepare`.
+    With ``redis_url``, a :class:`~.fleet.FleetStorage`: the backlog in Redis, and the
+    spool file (unless ``spool_path=False``) while Redis cannot be reached. Nothing is
+    opened yet: the storage opens on first use, or at :meth:`Storage.prepare`.
 
     Args:
-        settings: Where the spool is (``spool_file``), its bound (``max_spool_bytes``)
-            and the workspace it must belong to (``site_id``, ``track_url``).
+        settings: Where the spool is (``spool_file``, ``redis_url``), its bound
+            (``max_spool_bytes``) and the workspace it must belong to (``site_id``,
+            ``track_url``).
         on_problem: Told, in words, of a problem the storage worked around (a damaged
-            spool file moved aside for a fresh one).
+            spool file moved aside for a fresh one, Redis down or back).
     """
     path = settings.spool_file
-    if path is None:
-        return None
-    return SQLiteSpool(
-        path,
+    local = None
+    if path is not None:
+        local = SQLiteSpool(
+            path,
+            max_bytes=settings.max_spool_bytes,
+            site_id=settings.site_id,
+            track_url=settings.track_url,
+            on_problem=on_problem,
+        )
+    if settings.redis_url is None:
+        return local
+    from .._redis_url import redis_location
+    from .fleet import FleetStorage
+    from .redis import RedisStorage
+
+    remote = RedisStorage(
+        settings.redis_url,
         max_bytes=settings.max_spool_bytes,
         site_id=settings.site_id,
         track_url=settings.track_url,
         on_problem=on_problem,
+    )
+    return FleetStorage(
+        remote, local, location=redis_location(settings.redis_url), on_problem=on_problem
     )

@@ -1,0 +1,168 @@
+"""The fleet's backlog in Redis, end to end, in separate processes standing for hosts:
+a backlog drained by another host, a killed process's claim taken over after its lease,
+and Redis down (the local spool, then the move to Redis).
+
+Each "host" has a state directory of its own (``XDG_STATE_HOME``), so no two share a
+spool file: what one leaves, another can only find in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from customerio_logging._storage.redis import RedisStorage
+from customerio_logging.testing import FaultPlan, TrackAPIEmulator
+from customerio_logging.testing._redis import RedisServer
+
+from .helpers import (
+    BIG,
+    assert_each_once,
+    program,
+    run_python,
+    spool_pending,
+    start_python,
+    users,
+    wait_until,
+)
+
+TIMEOUT = 90.0
+DOWN = FaultPlan(failure_rate=1.0, failure_statuses=(503,))
+LEASE = 3.0  # seconds: the replay lease of the processes that stand for other hosts
+
+
+@pytest.fixture
+def emulator() -> Iterator[TrackAPIEmulator]:
+    with TrackAPIEmulator() as running:
+        yield running
+
+
+@pytest.fixture
+def backlog(emulator: TrackAPIEmulator, redis_server: RedisServer) -> Iterator[RedisStorage]:
+    """The fleet's backlog as the test sees it (the emulator's workspace, in Redis)."""
+    storage = RedisStorage(
+        redis_server.url, max_bytes=BIG, site_id=emulator.site_id, track_url=emulator.url
+    )
+    yield storage
+    storage.close()
+
+
+def host(tmp_path: Path, name: str, redis_url: str) -> dict[str, str]:
+    """The environment of a process on host ``name``: its own state directory."""
+    return {
+        "CUSTOMERIO_REDIS_URL": redis_url,
+        "XDG_STATE_HOME": str(tmp_path / name),
+        "CUSTOMERIO_SPOOL_PATH": "",  # the default: the host's state directory
+    }
+
+
+def local_pending(tmp_path: Path, name: str) -> int:
+    """Operations waiting in host ``name``'s own spool file (0 when it has none)."""
+    files = list((tmp_path / name).rglob("spool-*.sqlite3"))
+    assert len(files) <= 1, files
+    return spool_pending(files[0]) if files else 0
+
+
+def run_app(
+    emulator: TrackAPIEmulator, env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    result = run_python(program("spool_app"), *args, emulator=emulator, env=env, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def replayed(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    stats: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    return stats
+
+
+class TestSharedBacklog:
+    def test_what_three_processes_left_is_drained_by_a_fourth_on_another_host(
+        self,
+        emulator: TrackAPIEmulator,
+        redis_server: RedisServer,
+        backlog: RedisStorage,
+        tmp_path: Path,
+    ) -> None:
+        emulator.set_faults(DOWN)
+        for i in range(3):
+            env = host(tmp_path, f"host{i}", redis_server.url)
+            run_app(emulator, env, "log", "1000", "--prefix", f"h{i}-")
+        assert emulator.operations == []
+        assert backlog.pending() == 3000
+        assert [local_pending(tmp_path, f"host{i}") for i in range(3)] == [0, 0, 0]
+
+        emulator.set_faults(None)
+        env = host(tmp_path, "host3", redis_server.url)
+        stats = replayed(run_app(emulator, env, "replay", "--timeout", "60"))
+        assert_each_once(emulator, users("h0-", 1000) | users("h1-", 1000) | users("h2-", 1000))
+        assert stats["replayed"] == 3000
+        assert backlog.pending() == 0
+
+
+class TestTakeover:
+    def test_rows_a_killed_process_held_are_delivered_by_another_after_the_lease(
+        self,
+        emulator: TrackAPIEmulator,
+        redis_server: RedisServer,
+        backlog: RedisStorage,
+        tmp_path: Path,
+    ) -> None:
+        emulator.set_faults(DOWN)
+        run_app(emulator, host(tmp_path, "host0", redis_server.url), "log", "150")
+        assert backlog.pending() == 150
+        # The API hangs on its answer: the holder claims a batch and waits, rows leased.
+        emulator.set_faults(FaultPlan(failure_rate=1.0, failure_statuses=(503,), delay=60))
+        command = [program("other_host_app"), "pod-a", LEASE, "replay", "--timeout", "60"]
+        holder = start_python(
+            *command, emulator=emulator, env=host(tmp_path, "host1", redis_server.url)
+        )
+        try:
+            assert wait_until(lambda: backlog.status().leased == 150, 30), holder.stderr
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.communicate(timeout=TIMEOUT)
+        # Nobody here can tell that pod-a is gone: its rows wait for their lease.
+        assert backlog.claim(1000) == []
+        assert wait_until(lambda: backlog.status().leased == 0, 4 * LEASE)
+
+        emulator.set_faults(None)
+        taker = host(tmp_path, "host2", redis_server.url)
+        command = [program("other_host_app"), "pod-b", LEASE, "replay", "--timeout", "60"]
+        result = run_python(*command, emulator=emulator, env=taker, timeout=TIMEOUT, check=True)
+        stats = replayed(result)
+        assert_each_once(emulator, users("u", 150))
+        assert stats["replayed"] == 150
+        assert backlog.pending() == 0
+
+
+class TestRedisDown:
+    def test_events_wait_in_the_local_spool_and_reach_redis_and_the_api_later(
+        self,
+        emulator: TrackAPIEmulator,
+        redis_server: RedisServer,
+        backlog: RedisStorage,
+        tmp_path: Path,
+    ) -> None:
+        redis_server.stop()
+        emulator.set_faults(DOWN)
+        env = host(tmp_path, "host0", redis_server.url)
+        result = run_app(emulator, env, "log", "1000")
+        assert local_pending(tmp_path, "host0") == 1000
+        warnings = [line for line in result.stderr.splitlines() if "local spool" in line]
+        assert len(warnings) == 1, result.stderr
+        assert "127.0.0.1" in warnings[0]
+
+        redis_server.start()
+        emulator.set_faults(None)
+        stats = replayed(run_app(emulator, env, "replay", "--timeout", "60"))
+        assert_each_once(emulator, users("u", 1000))
+        assert stats["replayed"] == 1000
+        assert local_pending(tmp_path, "host0") == 0
+        assert backlog.pending() == 0
