@@ -22,6 +22,7 @@ from customerio_logging._storage import (
     Storage,
     open_storage,
 )
+from customerio_logging._storage.fleet import FleetStorage
 from customerio_logging._storage.leases import FRESH_LEASE, REPLAY_LEASE
 from customerio_logging._storage.redis import RedisStorage
 from customerio_logging._storage.sqlite import SQLiteSpool
@@ -63,7 +64,16 @@ def _redis(
     return RedisStorage(server.url, max_bytes=max_bytes, site_id=SITE, track_url=host, clock=clock)
 
 
-BACKENDS: dict[str, _Factory] = {"redis": _redis, "sqlite": _sqlite}
+def _fleet(
+    request: pytest.FixtureRequest, *, max_bytes: int, clock: Callable[[], float]
+) -> Storage:
+    """Redis with the file as its fallback, as ``open_storage`` makes it for redis_url."""
+    local = _sqlite(request, max_bytes=max_bytes, clock=clock)
+    remote = _redis(request, max_bytes=max_bytes, clock=clock)
+    return FleetStorage(remote, local, location="redis://127.0.0.1/0")
+
+
+BACKENDS: dict[str, _Factory] = {"fleet": _fleet, "redis": _redis, "sqlite": _sqlite}
 """Each backend's factory: a storage of the test's own (a file in its folder, keys in a
 namespace of its own), the same for every storage the test makes. A factory asks for
 the fixtures it needs."""
