@@ -29,6 +29,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
         "CUSTOMERIO_APP_API_KEY",
         "CUSTOMERIO_APP_URL",
         "CUSTOMERIO_ENABLED",
+        "CUSTOMERIO_REDIS_URL",
     ):
         monkeypatch.delenv(var, raising=False)
     # The default spool lives in the user's state directory: keep each test's apart,

@@ -104,8 +104,9 @@ class RedisStorage:
         max_bytes: The bound above; writes evict the oldest waiting operations to stay
             within it. The dead letter has a bound of its own within it (see
             ``DEAD_LETTER_SHARE``).
-        site_id: The workspace whose events these are. Keys holding another workspace's
-            are refused. None (the CLI's read-only views) accepts any.
+        site_id: The workspace whose events these are: with ``track_url``, it names the
+            keys' namespace. Keys whose meta names another workspace (a namespace
+            collision) are refused.
         track_url: The API host the events are for.
         on_problem: Told, in words, when Redis may evict the backlog (its
             ``maxmemory-policy``). Errors are raised, not told.
