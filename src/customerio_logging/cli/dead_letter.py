@@ -20,7 +20,7 @@ from ._args import Subcommands, add_group
 from ._interrupt import StopRequest
 from ._output import iso, plural, switched_off
 from ._progress import Progress
-from ._spool_access import add_spool_command, check_spool_file, locate, note, open_spool
+from ._spool_access import SpoolLocation, add_spool_command, locate, note
 
 __all__ = ["register"]
 
@@ -37,7 +37,8 @@ def register(commands: Subcommands) -> None:
             "sent: the ones the Track API refused, with its reason, and invalid events "
             f"(reason only). It keeps the newest {MAX_DEAD_LETTERS:,}, within "
             f"1/{DEAD_LETTER_SHARE} of max_spool_bytes; older ones are evicted and counted "
-            "(see: spool status)."
+            "(see: spool status). With a Redis URL (--redis-url, CUSTOMERIO_REDIS_URL) "
+            "these commands work on the fleet's dead letter, in Redis."
         ),
         epilog=(
             "example:\n  python -m customerio_logging dead-letter list --spool-path "
@@ -60,7 +61,8 @@ def _add_list(commands: Subcommands) -> None:
         description=(
             "Show the newest dead letters, oldest of them first: seq (to pick rows for "
             "requeue and purge), when, operation id, event name, reason, field and the "
-            "API's message. --spool-path alone suffices: no credentials needed."
+            "API's message. --spool-path alone suffices: no credentials needed; else the "
+            "site id (no API key) finds the workspace's spool."
         ),
         epilog=(
             "examples:\n  python -m customerio_logging dead-letter list --spool-path "
@@ -68,7 +70,7 @@ def _add_list(commands: Subcommands) -> None:
             "  python -m customerio_logging dead-letter list --reason invalid_identifier "
             "--json"
         ),
-        failure="the spool file cannot be read (busy, unreadable)",
+        failure="the spool cannot be read (busy, unreadable, Redis unreachable)",
     )
     how_many = listing.add_mutually_exclusive_group()
     how_many.add_argument(
@@ -175,25 +177,26 @@ def _count(text: str) -> int:
 
 def _dead_letter_list(args: argparse.Namespace) -> int:
     """Print the newest dead letters as a table, or as JSON lines."""
-    path, settings = locate(args)
-    if not os.path.lexists(path):
-        print(f"no spool at {path}: no dead letters", file=sys.stderr if args.json else sys.stdout)
+    where = locate(args)
+    if where.missing:
+        print(f"no spool at {where}: no dead letters", file=sys.stderr if args.json else sys.stdout)
         return 0
     limit = None if args.all else args.limit
-    with open_spool(path, settings) as spool:
+    with where.open() as spool:
         # Read oldest first (the spool's order), keeping the last ``limit``: the newest.
         newest: deque[DeadLetterRow] = deque(maxlen=limit)
         total = 0
         for row in spool.dead_letters(reason=args.reason):
             newest.append(row)
             total += 1
+    _note_local_dead_letters(where)
     if args.json:
         for row in newest:
             print(json.dumps(row.as_json(), ensure_ascii=False))
         return 0
     which = f" with reason {args.reason}" if args.reason else ""
     if not newest:
-        print(f"no dead letters{which} in {path}")
+        print(f"no dead letters{which} in {where}")
         return 0
     for line in _table(newest, shutil.get_terminal_size((120, 24)).columns):
         print(line)
@@ -226,13 +229,31 @@ def _table(rows: Sequence[DeadLetterRow], width: int) -> list[str]:
     return [header, *(line(c, r.message) for c, r in zip(cells, rows, strict=True))]
 
 
+def _note_local_dead_letters(where: SpoolLocation) -> None:
+    """With Redis: say that this host's spool file has dead letters of its own."""
+    local = where.local_rows()
+    if local is not None and local.dead_letters:
+        note(
+            f"this host's spool file {local.path} holds "
+            f"{plural(local.dead_letters, 'dead letter')} too, set aside while Redis was "
+            f"down (see: python -m customerio_logging dead-letter list --spool-path "
+            f"{local.path})"
+        )
+
+
 def _dead_letter_export(args: argparse.Namespace) -> int:
     """Write the dead letters as JSON lines to stdout or a private file."""
-    path, settings = locate(args)
-    exists = os.path.lexists(path)
-    if exists:
-        check_spool_file(path)  # before --output is made: a wrong path leaves no file
-    where = "stdout" if args.output is None else args.output
+    where = locate(args)
+    with contextlib.ExitStack() as stack:
+        # Opened (a file checked, Redis reached) before --output is made: a wrong path,
+        # or a Redis down, leaves no file.
+        spool = None if where.missing else stack.enter_context(where.open())
+        return _export(spool, where, args)
+
+
+def _export(spool: Storage | None, where: SpoolLocation, args: argparse.Namespace) -> int:
+    """Write ``spool``'s dead letters (None: no spool there) where ``--output`` says."""
+    target = "stdout" if args.output is None else args.output
     try:
         output = sys.stdout if args.output is None else _private_file(args.output)
     except OSError as exc:
@@ -241,23 +262,23 @@ def _dead_letter_export(args: argparse.Namespace) -> int:
         return 1
     count = 0
     try:
-        if not exists:
-            print(f"no spool at {path}: no dead letters", file=sys.stderr)
+        if spool is None:
+            print(f"no spool at {where}: no dead letters", file=sys.stderr)
         else:
-            with open_spool(path, settings) as spool:
-                for row in spool.dead_letters(reason=args.reason):
-                    output.write(json.dumps(row.as_json(), ensure_ascii=False) + "\n")
-                    count += 1
+            for row in spool.dead_letters(reason=args.reason):
+                output.write(json.dumps(row.as_json(), ensure_ascii=False) + "\n")
+                count += 1
             output.flush()
     except OSError as exc:  # a full disk: what was written is incomplete
         reason = exc.strerror or type(exc).__name__
-        print(f"FAILED: cannot write {where}: {reason}", file=sys.stderr)
+        print(f"FAILED: cannot write {target}: {reason}", file=sys.stderr)
         return 1
     finally:
         if output is not sys.stdout:
             with contextlib.suppress(OSError):  # flushed above; a failed write was reported
                 output.close()
-    print(f"exported {plural(count, 'dead letter')} to {where}", file=sys.stderr)
+    print(f"exported {plural(count, 'dead letter')} to {target}", file=sys.stderr)
+    _note_local_dead_letters(where)
     return 0
 
 
@@ -281,11 +302,11 @@ REQUEUE_BATCH = 500
 
 def _dead_letter_requeue(args: argparse.Namespace) -> int:
     """Move the chosen dead letters back into the spool, for the next replay."""
-    path, settings = locate(args)
-    if not os.path.lexists(path):
-        print(f"no spool at {path}: no dead letters")
+    where = locate(args)
+    if where.missing:
+        print(f"no spool at {where}: no dead letters")
         return 0
-    with open_spool(path, settings) as spool:
+    with where.open() as spool:
         chosen = _requeueable(spool, args)
         if chosen:
             moved, stopped = _requeue(spool, chosen, args)
@@ -295,7 +316,7 @@ def _dead_letter_requeue(args: argparse.Namespace) -> int:
         # What else still matches stayed: rows without an operation (invalid events).
         stayed = _matching(spool, args) - left
     print(
-        f"moved {plural(moved, 'dead letter')} back into the spool at {path}; the next "
+        f"moved {plural(moved, 'dead letter')} back into the spool at {where}; the next "
         "replay sends them (the app's, or: python -m customerio_logging spool replay)"
     )
     if moved and not enabled_in_env():
@@ -355,21 +376,21 @@ def _requeue(spool: Storage, chosen: list[int], args: argparse.Namespace) -> tup
 
 def _dead_letter_purge(args: argparse.Namespace) -> int:
     """Delete the chosen dead letters, once ``--yes`` confirms it."""
-    path, settings = locate(args)
-    if not os.path.lexists(path):
-        print(f"no spool at {path}: no dead letters")
+    where = locate(args)
+    if where.missing:
+        print(f"no spool at {where}: no dead letters")
         return 0
-    with open_spool(path, settings) as spool:
+    with where.open() as spool:
         if not args.yes:
             count = _matching(spool, args)
             print(
                 f"refusing without --yes: this would delete {plural(count, 'dead letter')} "
-                f"from {path}, for good",
+                f"from {where}, for good",
                 file=sys.stderr,
             )
             return 1
         deleted = spool.purge_dead_letters(args.seq, reason=args.reason)
-    print(f"deleted {plural(deleted, 'dead letter')} from {path}")
+    print(f"deleted {plural(deleted, 'dead letter')} from {where}")
     return 0
 
 

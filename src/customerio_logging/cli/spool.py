@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -16,32 +15,21 @@ from .._delivery import Delivery, transport_for
 from .._pacing import Pacer
 from .._replay import Replayer
 from .._retry import RetryPolicy
-from .._storage import (
-    SpoolBusyError,
-    SpoolStatus,
-    SpoolUnavailableError,
-    Storage,
-    open_storage,
-)
+from .._storage import SpoolBusyError, SpoolStatus, SpoolUnavailableError, Storage
 from .._wire import Response, Transport, status_phrase
 from ..exceptions import DeliveryError
-from ._args import (
-    Subcommands,
-    add_group,
-    credential_overrides,
-    positive_seconds,
-)
+from ._args import Subcommands, add_group, positive_seconds
 from ._interrupt import StopRequest
 from ._output import iso, not_sent_while_off, plural
 from ._progress import Progress
 from ._spool_access import (
+    LocalRows,
+    SpoolLocation,
     add_spool_command,
-    check_spool_file,
     locate,
-    max_spool_bytes,
+    location_of,
     note,
-    open_spool,
-    spool_file,
+    replay_settings,
 )
 
 __all__ = ["register"]
@@ -57,11 +45,16 @@ def register(commands: Subcommands) -> None:
         description=(
             "The spool is the SQLite file where events wait when they cannot be sent now "
             "(the API unreachable, the queue full, the process exiting); the app replays it "
-            "by itself. These commands show it, send what waits, or delete it."
+            "by itself. With a Redis URL (--redis-url, CUSTOMERIO_REDIS_URL) it is the "
+            "fleet's backlog in Redis, shared by every process and host of the workspace, "
+            "and each host's file keeps only what waited while Redis was down. These "
+            "commands show it, send what waits, or delete it."
         ),
         epilog=(
-            "example:\n  python -m customerio_logging spool status --spool-path "
-            "/var/lib/app/spool.sqlite3"
+            "examples:\n  python -m customerio_logging spool status --spool-path "
+            "/var/lib/app/spool.sqlite3\n"
+            "  CUSTOMERIO_REDIS_URL=redis://redis.internal:6379/0 CUSTOMERIO_SITE_ID=... "
+            "python -m customerio_logging spool status"
         ),
         failure="the spool cannot be used, or the command failed (see its --help)",
     )
@@ -79,8 +72,10 @@ def _add_status(commands: Subcommands) -> None:
         description=(
             "Show the spool file, its workspace, the operations waiting (and how many a "
             "sender holds right now), their size against the bound, the oldest and newest, "
-            "and the dead letter's size. --spool-path alone suffices: no credentials needed. "
-            "A missing file is reported, never created."
+            "and the dead letter's size. --spool-path alone suffices: no credentials needed; "
+            "else the site id (no API key) finds the workspace's file. A missing file is "
+            "reported, never created. With a Redis URL, the same for the fleet's backlog in "
+            "Redis, and a line for what this host's spool file still holds."
         ),
         epilog=(
             "examples:\n  python -m customerio_logging spool status --spool-path "
@@ -88,7 +83,7 @@ def _add_status(commands: Subcommands) -> None:
             "  CUSTOMERIO_SITE_ID=... CUSTOMERIO_TRACK_API_KEY=... "
             "python -m customerio_logging spool status --json"
         ),
-        failure="the spool file cannot be read (busy, unreadable)",
+        failure="the spool cannot be read (busy, unreadable, Redis unreachable)",
     )
     status.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -103,11 +98,13 @@ def _add_replay(commands: Subcommands) -> None:
             "Send what waits in the spool, a batch at a time, with the library's retries "
             "and rate limit, until nothing is left or the API cannot be reached. "
             "Operations the API refuses go to the dead letter (see dead-letter list); that "
-            "is reported, not a failure. Needs the workspace's credentials; a spool "
-            "holding another workspace's events is refused, and so is a replay while "
-            "CUSTOMERIO_ENABLED=0 switches the library off. Progress goes to stderr: a "
-            "line redrawn on a terminal, else a line every tenth or 10 seconds. Ctrl-C "
-            "stops after the request in flight, a second Ctrl-C at once."
+            "is reported, not a failure. With a Redis URL, what waits in this host's spool "
+            "file moves to Redis first, then the fleet's backlog is sent beside the running "
+            "apps: what one of them is sending is not sent twice. Needs the workspace's "
+            "credentials; a spool holding another workspace's events is refused, and so is "
+            "a replay while CUSTOMERIO_ENABLED=0 switches the library off. Progress goes to "
+            "stderr: a line redrawn on a terminal, else a line every tenth or 10 seconds. "
+            "Ctrl-C stops after the request in flight, a second Ctrl-C at once."
         ),
         epilog=(
             "example:\n  CUSTOMERIO_SITE_ID=... CUSTOMERIO_TRACK_API_KEY=... "
@@ -116,7 +113,7 @@ def _add_replay(commands: Subcommands) -> None:
         failure=(
             "operations could not be sent now (unreachable, credentials refused, "
             "--timeout, Ctrl-C, the library switched off by CUSTOMERIO_ENABLED=0) and wait "
-            "for the next run, or the spool cannot be used"
+            "for the next run, or the spool cannot be used (Redis unreachable)"
         ),
     )
     replay.add_argument(
@@ -143,8 +140,9 @@ def _add_purge(commands: Subcommands) -> None:
         description=(
             "Delete every operation waiting in the spool: no replay sends them (one a "
             "running app is sending at that moment may still arrive). The dead "
-            "letter is kept (see dead-letter purge). Without --yes, say how many would go "
-            "and delete nothing."
+            "letter is kept (see dead-letter purge). With a Redis URL, the fleet's backlog "
+            "in Redis; this host's spool file is left alone (--spool-path purges it). "
+            "Without --yes, say how many would go and delete nothing."
         ),
         epilog=(
             "example:\n  python -m customerio_logging spool purge --spool-path "
@@ -166,24 +164,56 @@ def _batch_size(text: str) -> int:
 
 def _spool_status(args: argparse.Namespace) -> int:
     """Print what the spool holds; a missing file is shown as empty and left missing."""
-    path, settings = locate(args)
-    exists = os.path.lexists(path)
-    if exists:
-        with open_spool(path, settings) as spool:
-            status = spool.status()
-    else:
-        bound = max_spool_bytes(settings)
-        status = SpoolStatus(str(path), 0, 0, 0, bound, None, None, 0, 0, None)
-    if args.json:
-        print(json.dumps({**dataclasses.asdict(status), "exists": exists}))
-        return 0
-    if not exists:
-        print(f"no spool at {path}: nothing waits")
+    where = locate(args)
+    if where.missing:
+        status = SpoolStatus(str(where), 0, 0, 0, where.max_bytes, None, None, 0, 0, None)
+        if args.json:
+            print(json.dumps({**dataclasses.asdict(status), "backend": "file", "exists": False}))
+            return 0
+        print(f"no spool at {where}: nothing waits")
         print("waiting:       0 operations")
         print("dead letters:  0")
         return 0
+    with where.open() as spool:
+        # Shown as the location is: a Redis URL may hold a password.
+        status = dataclasses.replace(spool.status(), path=str(where))
+    local = where.local_rows()
+    if args.json:
+        shown = {**dataclasses.asdict(status), "exists": True, **_backend(where, local)}
+        print(json.dumps(shown))
+        return 0
     _print_status(status)
+    if local is not None:
+        _print_local_rows(local)
     return 0
+
+
+def _backend(where: SpoolLocation, local: LocalRows | None) -> dict[str, object]:
+    """``status --json``'s fields saying where the spool is."""
+    if where.redis_url is None:
+        return {"backend": "file"}
+    return {
+        "backend": "redis",
+        "namespace": where.namespace,
+        "local_path": None if where.file is None else str(where.file),
+        "local_pending": 0 if local is None else local.pending,
+        "local_dead_letters": 0 if local is None else local.dead_letters,
+    }
+
+
+def _print_local_rows(local: LocalRows) -> None:
+    """What this host's spool file holds beside Redis, kept there while Redis was down."""
+    if local.pending:
+        print(
+            f"this host:     {plural(local.pending, 'operation')} in the spool file "
+            f"{local.path} (kept while Redis was down) move to Redis at the next replay"
+        )
+    if local.dead_letters:
+        print(
+            f"this host:     {plural(local.dead_letters, 'dead letter')} in the spool file "
+            f"{local.path} (see: python -m customerio_logging dead-letter list "
+            f"--spool-path {local.path})"
+        )
 
 
 def _print_status(status: SpoolStatus) -> None:
@@ -315,31 +345,36 @@ class _Sender:
 
 def _spool_replay(args: argparse.Namespace) -> int:
     """Send what waits, round after round, until nothing is left or a round cannot send."""
-    settings = Settings.from_env(**credential_overrides(args), spool_path=args.spool_path)
+    settings = replay_settings(args)
     if not settings.enabled:
         return not_sent_while_off()
-    path = spool_file(settings)
-    if not os.path.lexists(path):
-        print(f"no spool at {path}: nothing waits")
+    where = location_of(settings)
+    if where.missing:
+        print(f"no spool at {where}: nothing waits")
         return 0
-    check_spool_file(path)
+    local = where.local_rows()
     if args.timeout is not None:
         # One request must not outlast the whole replay.
         timeout = min(settings.request_timeout, args.timeout)
         settings = dataclasses.replace(settings, request_timeout=timeout)
+    spool = where.open_to_send()
     sender = _Sender(settings, args.timeout)
-    spool = open_storage(settings, on_problem=note)
-    assert spool is not None  # spool_file() above: the settings name one
     problems: list[Exception] = []
     batch_size = args.batch_size or settings.batch_size
     replayer = Replayer(spool, sender.delivery, batch_size=batch_size, on_problem=problems.append)
     try:
-        total = spool.status().pending
+        total = spool.pending()
         if not total:
-            print(f"the spool at {path} is empty: nothing waits")
+            print(f"the spool at {where} is empty: nothing waits")
             return 0
         host = urlsplit(settings.track_url).netloc
-        print(f"replaying {plural(total, 'operation')} from {path} to {host}", file=sys.stderr)
+        print(f"replaying {plural(total, 'operation')} from {where} to {host}", file=sys.stderr)
+        if local is not None and local.pending:
+            print(
+                f"{local.pending} of them wait in this host's spool file {local.path}: "
+                "moved to Redis first",
+                file=sys.stderr,
+            )
         sent, refused, failure = _replay_rounds(replayer, sender, total, problems)
         if failure is not None and not problems:
             failure = sender.timed_out() or failure
@@ -422,19 +457,33 @@ def _replay_verdict(spool: Storage, sent: int, refused: Counter[str], failure: s
 
 def _spool_purge(args: argparse.Namespace) -> int:
     """Delete every waiting operation, once ``--yes`` confirms it."""
-    path, settings = locate(args)
-    if not os.path.lexists(path):
-        print(f"no spool at {path}: nothing to delete")
+    where = locate(args)
+    if where.missing:
+        print(f"no spool at {where}: nothing to delete")
         return 0
-    with open_spool(path, settings) as spool:
+    with where.open() as spool:
         if not args.yes:
-            pending = spool.status().pending
+            pending = spool.pending()
             print(
                 f"refusing without --yes: this would delete {plural(pending, 'operation')} "
-                f"waiting in {path}, unsent",
+                f"waiting in {where}, unsent",
                 file=sys.stderr,
             )
+            _note_local_rows_stay(where)
             return 1
         deleted = spool.purge()
-    print(f"deleted {plural(deleted, 'waiting operation')} from {path}")
+    print(f"deleted {plural(deleted, 'waiting operation')} from {where}")
+    _note_local_rows_stay(where)
     return 0
+
+
+def _note_local_rows_stay(where: SpoolLocation) -> None:
+    """With Redis: say that what waits in this host's spool file is not purged."""
+    local = where.local_rows()
+    if local is not None and local.pending:
+        note(
+            f"{plural(local.pending, 'operation')} in this host's spool file {local.path} "
+            "(kept while Redis was down) stay, and move to Redis at the next replay; "
+            f"to delete them: python -m customerio_logging spool purge --spool-path "
+            f"{local.path}"
+        )
