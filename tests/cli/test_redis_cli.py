@@ -242,6 +242,17 @@ class TestReplay:
         assert "refused:       1 (1 blocked_by_test)" in capsys.readouterr().out
         assert not fleet.local_file.exists()
 
+    def test_it_paces_itself_with_the_fleets_rate_limit(
+        self, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        fleet.fill(_ops(3))
+        direct = redis.Redis.from_url(fleet.url)
+        bucket = f"{namespace(fleet.emulator.site_id, fleet.emulator.url)}rate:bucket"
+        assert not direct.exists(bucket)
+        assert main(["spool", "replay", *fleet.args(api_key=True), "--batch-size", "1"]) == 0
+        assert direct.exists(bucket)  # each request took its token from the fleet's bucket
+        assert len(fleet.emulator.accepted_ids()) == 3
+
     def test_it_needs_the_api_key(
         self, api: TrackAPIEmulator, capsys: pytest.CaptureFixture[str]
     ) -> None:

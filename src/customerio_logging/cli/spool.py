@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from .._config import Settings
 from .._delivery import Delivery, transport_for
+from .._fleet_rate import fleet_rate
 from .._pacing import Pacer
 from .._replay import Replayer
 from .._retry import RetryPolicy
@@ -305,7 +306,9 @@ class _Sender:
 
     def __init__(self, settings: Settings, timeout: float | None) -> None:
         self._timeout = timeout
-        self._pacer = Pacer(settings.max_requests_per_second)
+        # With redis_url, the fleet's limit: a replay beside the running apps shares it.
+        shared = fleet_rate(settings, on_problem=note, on_back=note)
+        self._pacer = Pacer(settings.max_requests_per_second, shared=shared)
         if timeout is not None:
             self._pacer.set_deadline(time.monotonic() + timeout)
         self._credentials_refused = False
