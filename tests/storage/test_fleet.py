@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from customerio_logging._storage import SpoolBusyError, SpoolUnavailableError, Storage
-from customerio_logging._storage.fleet import FIRST_RETRY, LONGEST_RETRY, FleetStorage
+from customerio_logging._storage.fleet import FIRST_RETRY, LOCAL_LOOK, LONGEST_RETRY, FleetStorage
 from customerio_logging._storage.sqlite import SQLiteSpool
 
 from ..helpers import BIG, SITE, FakeClock, ids_of, make_letter, make_op
@@ -229,3 +229,33 @@ class TestAcksWhileDown:
         rig.clock.advance(LONGEST_RETRY)
         rig.fleet.claim(10)  # a try of the library's thread: Redis answers, the acks go
         assert rig.remote.inner.pending() == 1  # b0000 only, moved from the local file
+
+
+class TestTheLocalFileLookedAtAgain:
+    def test_rows_another_process_leaves_later_are_moved_after_a_while(
+        self, rig: Rig, tmp_path: Path
+    ) -> None:
+        assert rig.fleet.claim(10) == []  # the file is empty: not looked at for a while
+        other = SQLiteSpool(tmp_path / "local.sqlite3", max_bytes=BIG, site_id=SITE)
+        other.add(ops("late", 2))  # another process of the host, during its outage
+        other.close()
+        assert rig.fleet.claim(10) == []
+        rig.clock.advance(LOCAL_LOOK)
+        assert ids_of(rig.fleet.claim(10)) == ["late0000", "late0001"]
+        assert rig.local.pending() == 0
+
+    def test_evictions_a_move_causes_in_redis_are_told(self, tmp_path: Path) -> None:
+        warnings: list[str] = []
+        remote = SQLiteSpool(tmp_path / "redis.sqlite3", max_bytes=1024 * 1024, site_id=SITE)
+        local = SQLiteSpool(tmp_path / "local.sqlite3", max_bytes=BIG, site_id=SITE)
+        fleet = FleetStorage(remote, local, location="redis://x", on_problem=warnings.append)
+        try:
+            big = [make_op(f"b{i:04d}", size=20_000) for i in range(40)]
+            remote.add(big[:20])
+            local.add(big[20:])
+            fleet.claim(1)
+            [warning] = warnings
+            assert "evicted from the backlog in Redis" in warning
+            assert "max_spool_bytes is full" in warning
+        finally:
+            fleet.close()

@@ -1,9 +1,21 @@
 """The fleet's storage: the backlog in Redis, shared by every process and host, and the
 local spool file while Redis cannot be reached, whose rows move to Redis once it answers.
 
-Redis is never a single point of failure: a failed Redis call marks it down for a while
-(one warning per outage), and until the next try every write goes to the local file at
-once, without waiting on Redis again.
+How :class:`FleetStorage` routes:
+
+- Writes go to Redis; when it fails they go to the local file, and from then on
+  straight there until Redis answers again (one warning per outage). Only the library's
+  own threads try Redis again (a claim, or a write without ``wait``), each time
+  ``FIRST_RETRY`` (doubling to ``LONGEST_RETRY``) has passed since the last failure: a
+  log call never waits on a Redis that is down.
+- ``claim`` first moves up to ``MOVE_BATCH`` rows from the local file to Redis (rows left
+  there by an outage, this process's or another's on this host; a file found empty is
+  looked at again every ``LOCAL_LOOK`` seconds), then claims from Redis; while Redis is
+  down it claims from the local file.
+- Rows this process holds in the local file (claimed, or reserved by
+  ``durability="disk"``) are acked, released and dead-lettered there.
+- The reads an operator makes (``status``, ``dead_letters``, ``requeue``, ``purge``...)
+  are the fleet's: Redis's. ``pending`` counts both.
 """
 
 from __future__ import annotations
@@ -12,16 +24,22 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from .._limits import BATCH_BODY_BYTES
 from .._redis_client import FIRST_RETRY, LONGEST_RETRY, Health
 from .._wire import Operation
 from .base import DeadLetterRow, SpoolBusyError, SpoolStatus, SpoolUnavailableError, Storage
 
-__all__ = ["ACKS_KEPT", "FIRST_RETRY", "LONGEST_RETRY", "MOVE_BATCH", "FleetStorage"]
+T = TypeVar("T")
+
+__all__ = ["ACKS_KEPT", "FIRST_RETRY", "LOCAL_LOOK", "LONGEST_RETRY", "MOVE_BATCH", "FleetStorage"]
 
 MOVE_BATCH = 1000
 """Rows moved from the local file to Redis at most per claim, once Redis answers again."""
+LOCAL_LOOK = 60.0
+"""Seconds between two looks at a local file found empty (another process of the host
+may leave rows there: its claims, should it die, or its writes during an outage)."""
 ACKS_KEPT = 100_000
 """Acks of Redis's rows kept in memory while Redis is down (beyond them, those rows are
 sent again after their lease, and the API drops the duplicates by id)."""
@@ -29,20 +47,7 @@ sent again after their lease, and the API drops the duplicates by id)."""
 
 class FleetStorage:
     """A :class:`~.base.Storage` over two: ``remote`` (Redis) while it answers, ``local``
-    (the SQLite spool file) while it does not.
-
-    - Writes go to ``remote``; when it fails they go to ``local``, and from then on
-      straight to ``local`` until Redis answers again. Only the library's own threads
-      try it again (a claim, or a write without ``wait``), each time ``FIRST_RETRY``
-      (doubling to ``LONGEST_RETRY``) has passed since the last failure: a log call
-      never waits on a Redis that is down.
-    - ``claim`` first moves up to ``MOVE_BATCH`` rows from ``local`` to ``remote``
-      (rows left there by an outage, this process's or an earlier one's on this host),
-      then claims from ``remote``; while ``remote`` is down it claims from ``local``.
-    - Rows this process holds in ``local`` (claimed, or reserved by
-      ``durability="disk"``) are acked, released and dead-lettered there.
-    - The reads an operator makes (``status``, ``dead_letters``, ``requeue``,
-      ``purge``...) are the fleet's: ``remote``'s. ``pending`` counts both.
+    (the SQLite spool file) while it does not (see the module's docstring).
 
     Args:
         remote: The Redis storage.
@@ -75,9 +80,10 @@ class FleetStorage:
         self._held_locally: set[str] = set()
         # Acks of rows in Redis made while it was down, made once it answers again.
         self._acks_waiting: deque[str] = deque()
-        # Whether the local file may hold rows to move: unknown until first looked at.
-        self._local_may_hold = local_exists = self.local is not None
-        self._local_checked = not local_exists
+        # Whether the local file may hold rows to move (its writes, or an outage's), and
+        # when to look at it again otherwise.
+        self._local_may_hold = False
+        self._next_look = 0.0
 
     def __repr__(self) -> str:
         return f"<FleetStorage remote={self.remote!r} local={self.local!r}>"
@@ -119,6 +125,22 @@ class FleetStorage:
                 f"Redis at {self._location} answers again: the local spool's rows move to it"
             )
 
+    def _on_remote(self, call: Callable[[], T], *, probe: bool = True) -> tuple[T] | None:
+        """``(call(),)`` made on Redis; None when Redis is not to be tried now, or failed
+        (then taken as down): the caller uses the local file instead. Without a local
+        file, Redis's error is the caller's."""
+        if not self._use_remote(probe=probe):
+            return None
+        try:
+            result = call()
+        except SpoolUnavailableError as exc:
+            if self.local is None:
+                raise
+            self._failed(exc)
+            return None
+        self._answered()
+        return (result,)
+
     # -- writing ------------------------------------------------------------------------
 
     def add(
@@ -132,16 +154,12 @@ class FleetStorage:
         """Keep ``ops``: in Redis, or in the local file while Redis is down."""
         if not ops:
             return 0
-        if self._use_remote(probe=wait is None):
-            try:
-                evicted = self.remote.add(ops, lease=lease, wait=wait, open_file=open_file)
-            except SpoolUnavailableError as exc:
-                if self.local is None:
-                    raise
-                self._failed(exc)
-            else:
-                self._answered()
-                return evicted
+        done = self._on_remote(
+            lambda: self.remote.add(ops, lease=lease, wait=wait, open_file=open_file),
+            probe=wait is None,
+        )
+        if done is not None:
+            return done[0]
         assert self.local is not None
         evicted = self.local.add(ops, lease=lease, wait=wait, open_file=open_file)
         self._local_may_hold = True
@@ -152,17 +170,14 @@ class FleetStorage:
     def claim(self, limit: int, *, max_bytes: int = BATCH_BODY_BYTES) -> list[Operation]:
         """Move what waits locally to Redis, then claim from Redis; from the local file
         while Redis is down."""
-        if self._use_remote():
-            try:
-                self._move_local_rows()
-                ops = self.remote.claim(limit, max_bytes=max_bytes)
-            except SpoolUnavailableError as exc:
-                if self.local is None:
-                    raise
-                self._failed(exc)
-            else:
-                self._answered()
-                return ops
+
+        def from_remote() -> list[Operation]:
+            self._move_local_rows()
+            return self.remote.claim(limit, max_bytes=max_bytes)
+
+        done = self._on_remote(from_remote)
+        if done is not None:
+            return done[0]
         assert self.local is not None
         ops = self.local.claim(limit, max_bytes=max_bytes)
         self._held_locally.update(op.id for op in ops)
@@ -171,27 +186,33 @@ class FleetStorage:
     def _move_local_rows(self) -> None:
         """Up to ``MOVE_BATCH`` local rows to Redis (raises Redis's errors)."""
         local = self.local
-        if local is None or not self._local_may_hold:
+        if local is None:
             return
         try:
-            if not self._local_checked:
-                self._local_checked = True
+            if not self._local_may_hold:
+                if self._clock() < self._next_look:
+                    return
+                self._next_look = self._clock() + LOCAL_LOOK
                 if local.pending() == 0:
-                    self._local_may_hold = False
                     return
             ops = local.claim(MOVE_BATCH, max_bytes=1 << 62)
         except (SpoolUnavailableError, SpoolBusyError):
             return  # the local file's own problem: Redis serves meanwhile
+        self._local_may_hold = bool(ops)
         if not ops:
-            self._local_may_hold = bool(self._held_locally)
             return
         ids = [op.id for op in ops]
         try:
-            self.remote.add(ops)
+            evicted = self.remote.add(ops)
         except SpoolUnavailableError:
             local.release(ids)
             raise
         local.ack(ids)
+        if evicted and self._on_problem is not None:
+            self._on_problem(
+                f"{evicted} operations were evicted from the backlog in Redis (the oldest) "
+                f"to make room for the local spool's: max_spool_bytes is full"
+            )
 
     def ack(self, ids: Sequence[str]) -> None:
         """Remove sent operations, wherever this process holds them."""
@@ -240,20 +261,16 @@ class FleetStorage:
             return 0
         held = self._held_locally
         local_ids = [d.id for d in letters if d.id is not None and d.id in held]
-        if self._use_remote(probe=wait is None):
-            try:
-                evicted = self.remote.dead_letter(letters, wait=wait, open_file=open_file)
-            except SpoolUnavailableError as exc:
-                if self.local is None:
-                    raise
-                self._failed(exc)
-            else:
-                self._answered()
-                if local_ids:
-                    assert self.local is not None
-                    self.local.ack(local_ids)
-                    held.difference_update(local_ids)
-                return evicted
+        done = self._on_remote(
+            lambda: self.remote.dead_letter(letters, wait=wait, open_file=open_file),
+            probe=wait is None,
+        )
+        if done is not None:
+            if local_ids:
+                assert self.local is not None
+                self.local.ack(local_ids)
+                held.difference_update(local_ids)
+            return done[0]
         assert self.local is not None
         evicted = self.local.dead_letter(letters, wait=wait, open_file=open_file)
         held.difference_update(local_ids)
@@ -280,9 +297,9 @@ class FleetStorage:
         return self.remote.status()
 
     def pending(self) -> int:
-        """Operations waiting in Redis and, if it may hold any, in the local file."""
+        """Operations waiting in Redis and in the local file."""
         count = self.remote.pending() if self._use_remote() else 0
-        if self.local is not None and self._local_may_hold:
+        if self.local is not None:
             count += self.local.pending()
         return count
 
