@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+import customerio_logging as cio
+from customerio_logging._storage.fleet import FleetStorage
 from customerio_logging._storage.redis import RedisStorage
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 from customerio_logging.testing._redis import RedisServer
@@ -24,6 +26,7 @@ from customerio_logging.testing._redis import RedisServer
 from .helpers import (
     BIG,
     assert_each_once,
+    make_op,
     program,
     run_python,
     spool_pending,
@@ -166,3 +169,34 @@ class TestRedisDown:
         assert stats["replayed"] == 1000
         assert local_pending(tmp_path, "host0") == 0
         assert backlog.pending() == 0
+
+
+class TestMoveEvicts:
+    def test_what_redis_evicts_to_take_the_local_rows_is_counted(
+        self,
+        emulator: TrackAPIEmulator,
+        redis_server: RedisServer,
+        tmp_path: Path,
+    ) -> None:
+        bound = 1024 * 1024
+        bridge = cio.Bridge(
+            cio.Settings(
+                site_id=emulator.site_id,
+                api_key=emulator.api_key,
+                track_url=emulator.url,
+                redis_url=redis_server.url,
+                spool_path=tmp_path / "spool.sqlite3",
+                max_spool_bytes=bound,
+            )
+        )
+        spool = bridge.spool
+        assert isinstance(spool, FleetStorage)
+        assert spool.local is not None
+        try:
+            spool.remote.add([make_op(f"r{i:04d}", 1000) for i in range(650)])  # near full
+            spool.local.add([make_op(f"a{i:04d}", 1000) for i in range(300)])  # an outage's
+            spool.claim(1)
+            assert spool.local.pending() == 0
+            assert bridge.stats().evicted == 950 - spool.remote.pending() > 0
+        finally:
+            bridge.shutdown(1.0)

@@ -229,3 +229,33 @@ class TestAcksWhileDown:
         rig.clock.advance(LONGEST_RETRY)
         rig.fleet.claim(10)  # a try of the library's thread: Redis answers, the acks go
         assert rig.remote.inner.pending() == 1  # b0000 only, moved from the local file
+
+
+class TestMovedRowsEvicted:
+    """Rows moved from the local file may make Redis evict its oldest: those events are
+    lost, and like any eviction they are counted and said."""
+
+    def test_redis_s_evictions_during_a_move_are_told(self, tmp_path: Path) -> None:
+        remote = Switched(SQLiteSpool(tmp_path / "redis.sqlite3", max_bytes=BIG, site_id=SITE))
+        local = SQLiteSpool(tmp_path / "local.sqlite3", max_bytes=BIG, site_id=SITE)
+        real_add = remote.inner.add
+
+        def full(ops: Any, **kwargs: Any) -> int:
+            real_add(ops, **kwargs)
+            return 7  # as a Redis at its bound: its 7 oldest gone to take these
+
+        remote.inner.add = full  # type: ignore[method-assign]
+        evicted: list[int] = []
+        fleet = FleetStorage(
+            remote,  # type: ignore[arg-type]
+            local,
+            location="redis://127.0.0.1:1/0",
+            on_evicted=evicted.append,
+        )
+        try:
+            local.add(ops("a", 3))  # left by an outage
+            fleet.claim(1)
+            assert local.pending() == 0
+            assert evicted == [7]
+        finally:
+            fleet.close()

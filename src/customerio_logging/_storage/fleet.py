@@ -27,7 +27,37 @@ ACKS_KEPT = 100_000
 sent again after their lease, and the API drops the duplicates by id)."""
 
 
-class FleetStorage:
+class _OperatorViews:
+    """The reads and writes an operator makes (the CLI's): the fleet's, so Redis's."""
+
+    remote: Storage
+
+    def requeue(self, seqs: Sequence[int] | None = None, *, reason: str | None = None) -> int:
+        """Move Redis's dead letters back to wait."""
+        return self.remote.requeue(seqs, reason=reason)
+
+    def purge(self) -> int:
+        """Delete every operation waiting in Redis (the local file is the CLI's to purge)."""
+        return self.remote.purge()
+
+    def purge_dead_letters(
+        self, seqs: Sequence[int] | None = None, *, reason: str | None = None
+    ) -> int:
+        """Delete Redis's dead letters (all, or the given rows or reason)."""
+        return self.remote.purge_dead_letters(seqs, reason=reason)
+
+    def status(self) -> SpoolStatus:
+        """Redis's status: the fleet's backlog."""
+        return self.remote.status()
+
+    def dead_letters(
+        self, *, reason: str | None = None, limit: int | None = None
+    ) -> Iterator[DeadLetterRow]:
+        """Redis's dead letter, oldest first."""
+        return self.remote.dead_letters(reason=reason, limit=limit)
+
+
+class FleetStorage(_OperatorViews):
     """A :class:`~.base.Storage` over two: ``remote`` (Redis) while it answers, ``local``
     (the SQLite spool file) while it does not.
 
@@ -50,6 +80,8 @@ class FleetStorage:
             are the caller's).
         location: Where ``remote`` is, without secrets, for the warnings.
         on_problem: Told, in words, when Redis stops answering and when it answers again.
+        on_evicted: Told how many operations Redis evicted to take rows moved from the
+            local file (a write's own evictions are its return value; a move has none).
         clock: Monotonic seconds; tests inject one.
     """
 
@@ -60,12 +92,14 @@ class FleetStorage:
         *,
         location: str,
         on_problem: Callable[[str], None] | None = None,
+        on_evicted: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.remote = remote
         self.local = local
         self._location = location
         self._on_problem = on_problem
+        self._on_evicted = on_evicted
         self._clock = clock
         self._reset_state()
 
@@ -187,11 +221,13 @@ class FleetStorage:
             return
         ids = [op.id for op in ops]
         try:
-            self.remote.add(ops)
+            evicted = self.remote.add(ops)
         except SpoolUnavailableError:
             local.release(ids)
             raise
         local.ack(ids)
+        if evicted and self._on_evicted is not None:
+            self._on_evicted(evicted)  # lost events: counted, like a write's evictions
 
     def ack(self, ids: Sequence[str]) -> None:
         """Remove sent operations, wherever this process holds them."""
@@ -259,38 +295,12 @@ class FleetStorage:
         held.difference_update(local_ids)
         return evicted
 
-    # -- the operator's reads and writes: the fleet's ------------------------------------
-
-    def requeue(self, seqs: Sequence[int] | None = None, *, reason: str | None = None) -> int:
-        """Move Redis's dead letters back to wait."""
-        return self.remote.requeue(seqs, reason=reason)
-
-    def purge(self) -> int:
-        """Delete every operation waiting in Redis (the local file is the CLI's to purge)."""
-        return self.remote.purge()
-
-    def purge_dead_letters(
-        self, seqs: Sequence[int] | None = None, *, reason: str | None = None
-    ) -> int:
-        """Delete Redis's dead letters (all, or the given rows or reason)."""
-        return self.remote.purge_dead_letters(seqs, reason=reason)
-
-    def status(self) -> SpoolStatus:
-        """Redis's status: the fleet's backlog."""
-        return self.remote.status()
-
     def pending(self) -> int:
         """Operations waiting in Redis and, if it may hold any, in the local file."""
         count = self.remote.pending() if self._use_remote() else 0
         if self.local is not None and self._local_may_hold:
             count += self.local.pending()
         return count
-
-    def dead_letters(
-        self, *, reason: str | None = None, limit: int | None = None
-    ) -> Iterator[DeadLetterRow]:
-        """Redis's dead letter, oldest first."""
-        return self.remote.dead_letters(reason=reason, limit=limit)
 
     # -- connections --------------------------------------------------------------------
 
