@@ -259,3 +259,17 @@ class TestMovedRowsEvicted:
             assert evicted == [7]
         finally:
             fleet.close()
+
+
+class TestAReservationGivenUpInRedis:
+    def test_its_ack_reaches_the_row_that_was_sent(self, rig: Rig) -> None:
+        rig.remote.down = True
+        rig.fleet.add(ops("r", 1), lease=True)  # durability="disk" during the outage
+        rig.remote.down = False
+        rig.clock.advance(LONGEST_RETRY)
+        rig.fleet.add(ops("r", 1))  # the queue gave up on it: to Redis, for replay
+        claimed = rig.fleet.claim(10)
+        assert ids_of(claimed) == ["r0000"]  # Redis's row (the local one stays reserved)
+        rig.fleet.ack(ids_of(claimed))
+        assert rig.remote.inner.pending() == 0  # not left claimed, to be sent again
+        assert rig.local.pending() == 0

@@ -175,6 +175,8 @@ class FleetStorage(_OperatorViews):
                 self._failed(exc)
             else:
                 self._answered()
+                if not lease and self._held_locally:
+                    self._drop_local_copies(ops)
                 return evicted
         assert self.local is not None
         evicted = self.local.add(ops, lease=lease, wait=wait, open_file=open_file)
@@ -182,6 +184,17 @@ class FleetStorage(_OperatorViews):
         if lease:
             self._held_locally.update(op.id for op in ops)
         return evicted
+
+    def _drop_local_copies(self, ops: Sequence[Operation]) -> None:
+        """Rows this process reserved locally that now wait in Redis for replay (the queue
+        gave up on them): the local copy goes, so that replay's ack reaches Redis's row
+        instead of leaving it claimed, to be sent again. If the file is busy, it stays."""
+        assert self.local is not None
+        copies = [op.id for op in ops if op.id in self._held_locally]
+        if copies:
+            with contextlib.suppress(SpoolUnavailableError, SpoolBusyError):
+                self.local.ack(copies)
+                self._held_locally.difference_update(copies)
 
     def claim(self, limit: int, *, max_bytes: int = BATCH_BODY_BYTES) -> list[Operation]:
         """Move what waits locally to Redis, then claim from Redis; from the local file
