@@ -163,12 +163,18 @@ class FleetStorage(_OperatorViews):
         wait: float | None = None,
         open_file: bool | None = None,
     ) -> int:
-        """Keep ``ops``: in Redis, or in the local file while Redis is down."""
+        """Keep ``ops``: in Redis, or in the local file while Redis is down.
+
+        A ``wait`` is for the whole write: Redis gets half of it, the local file what
+        is left, so that a Redis that stops answering leaves the file time to take them.
+        """
         if not ops:
             return 0
+        start = time.monotonic()
         if self._use_remote(probe=wait is None):
+            share = wait if wait is None or self.local is None else wait / 2
             try:
-                evicted = self.remote.add(ops, lease=lease, wait=wait, open_file=open_file)
+                evicted = self.remote.add(ops, lease=lease, wait=share, open_file=open_file)
             except SpoolUnavailableError as exc:
                 if self.local is None:
                     raise
@@ -179,6 +185,8 @@ class FleetStorage(_OperatorViews):
                     self._drop_local_copies(ops)
                 return evicted
         assert self.local is not None
+        if wait is not None:
+            wait = max(0.0, wait - (time.monotonic() - start))
         evicted = self.local.add(ops, lease=lease, wait=wait, open_file=open_file)
         self._local_may_hold = True
         if lease:
