@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from customerio_logging._storage import SpoolBusyError, SpoolUnavailableError, Storage
-from customerio_logging._storage.fleet import FIRST_RETRY, LONGEST_RETRY, FleetStorage
+from customerio_logging._storage.fleet import FIRST_RETRY, LOCAL_LOOK, LONGEST_RETRY, FleetStorage
 from customerio_logging._storage.sqlite import SQLiteSpool
 
 from ..helpers import BIG, SITE, FakeClock, ids_of, make_letter, make_op
@@ -272,4 +272,17 @@ class TestAReservationGivenUpInRedis:
         assert ids_of(claimed) == ["r0000"]  # Redis's row (the local one stays reserved)
         rig.fleet.ack(ids_of(claimed))
         assert rig.remote.inner.pending() == 0  # not left claimed, to be sent again
+        assert rig.local.pending() == 0
+
+
+class TestRowsAnotherProcessLeftLocally:
+    def test_are_moved_to_redis_at_the_next_look(self, rig: Rig, tmp_path: Path) -> None:
+        assert rig.fleet.claim(10) == []  # the local file looked at: nothing there
+        # A cron job on this host met a Redis that was down, spooled locally, and ended
+        # before Redis answered again: only this long-running process is left to move them.
+        other = SQLiteSpool(tmp_path / "local.sqlite3", max_bytes=BIG, site_id=SITE)
+        other.add(ops("c", 3))
+        other.close()
+        rig.clock.advance(LOCAL_LOOK)
+        assert ids_of(rig.fleet.claim(10)) == ["c0000", "c0001", "c0002"]
         assert rig.local.pending() == 0

@@ -18,10 +18,19 @@ from .._redis_client import FIRST_RETRY, LONGEST_RETRY, Health
 from .._wire import Operation
 from .base import DeadLetterRow, SpoolBusyError, SpoolStatus, SpoolUnavailableError, Storage
 
-__all__ = ["ACKS_KEPT", "FIRST_RETRY", "LONGEST_RETRY", "MOVE_BATCH", "FleetStorage"]
+__all__ = [
+    "ACKS_KEPT",
+    "FIRST_RETRY",
+    "LOCAL_LOOK",
+    "LONGEST_RETRY",
+    "MOVE_BATCH",
+    "FleetStorage",
+]
 
 MOVE_BATCH = 1000
 """Rows moved from the local file to Redis at most per claim, once Redis answers again."""
+LOCAL_LOOK = 30.0
+"""Seconds between looks at a local file thought empty (as replay's at an empty spool)."""
 ACKS_KEPT = 100_000
 """Acks of Redis's rows kept in memory while Redis is down (beyond them, those rows are
 sent again after their lease, and the API drops the duplicates by id)."""
@@ -112,6 +121,7 @@ class FleetStorage(_OperatorViews):
         # Whether the local file may hold rows to move: unknown until first looked at.
         self._local_may_hold = local_exists = self.local is not None
         self._local_checked = not local_exists
+        self._next_look = 0.0  # when to look at it again, once thought empty
 
     def __repr__(self) -> str:
         return f"<FleetStorage remote={self.remote!r} local={self.local!r}>"
@@ -226,13 +236,19 @@ class FleetStorage(_OperatorViews):
     def _move_local_rows(self) -> None:
         """Up to ``MOVE_BATCH`` local rows to Redis (raises Redis's errors)."""
         local = self.local
-        if local is None or not self._local_may_hold:
+        if local is None:
             return
+        if not self._local_may_hold:
+            if self._clock() < self._next_look:
+                return
+            # Another process on this host may have left rows there since (an outage's).
+            self._local_checked = False
         try:
             if not self._local_checked:
                 self._local_checked = True
-                if local.pending() == 0:
-                    self._local_may_hold = False
+                self._next_look = self._clock() + LOCAL_LOOK
+                self._local_may_hold = local.pending() > 0
+                if not self._local_may_hold:
                     return
             ops = local.claim(MOVE_BATCH, max_bytes=1 << 62)
         except (SpoolUnavailableError, SpoolBusyError):
@@ -240,13 +256,7 @@ class FleetStorage(_OperatorViews):
         if not ops:
             self._local_may_hold = bool(self._held_locally)
             return
-        ids = [op.id for op in ops]
-        try:
-            evicted = self.remote.add(ops)
-        except SpoolUnavailableError:
-            local.release(ids)
-            raise
-        local.ack(ids)
+        evicted = _hand_over(ops, local, self.remote)
         if evicted and self._on_evicted is not None:
             self._on_evicted(evicted)  # lost events: counted, like a write's evictions
 
@@ -356,6 +366,19 @@ class FleetStorage(_OperatorViews):
         if self.local is not None:
             self.local.reset_after_fork()
         self._reset_state()
+
+
+def _hand_over(ops: list[Operation], local: Storage, remote: Storage) -> int:
+    """Claimed local rows to Redis, then out of the local file; how many rows Redis
+    evicted to take them. If Redis fails, the rows are given back to the local file."""
+    ids = [op.id for op in ops]
+    try:
+        evicted = remote.add(ops)
+    except SpoolUnavailableError:
+        local.release(ids)
+        raise
+    local.ack(ids)
+    return evicted
 
 
 def _ack(storage: Storage, ids: Sequence[str]) -> None:
