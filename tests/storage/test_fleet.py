@@ -286,3 +286,25 @@ class TestRowsAnotherProcessLeftLocally:
         rig.clock.advance(LOCAL_LOOK)
         assert ids_of(rig.fleet.claim(10)) == ["c0000", "c0001", "c0002"]
         assert rig.local.pending() == 0
+
+
+class TestALogCallAfterAnOutage:
+    def test_never_makes_the_calls_that_wait_for_redis_to_answer_again(self, rig: Rig) -> None:
+        rig.fleet.add(ops("a", 2))
+        claimed = ids_of(rig.fleet.claim(2))
+        real_add = rig.remote.inner.add
+
+        def add_while_another_thread_meets_an_outage(batch: Any, **kwargs: Any) -> int:
+            # Meanwhile the dispatch thread's call fails, and it acks while Redis is down.
+            rig.fleet._failed(SpoolUnavailableError("Redis at redis://127.0.0.1:1/0 failed"))
+            rig.fleet.ack(claimed)
+            return int(real_add(batch, **kwargs))
+
+        rig.remote.inner.add = add_while_another_thread_meets_an_outage  # type: ignore[method-assign]
+        rig.remote.calls.clear()
+        rig.fleet.add(ops("b", 1), wait=0.05, open_file=False)  # a durability="disk" call
+        assert rig.remote.calls == ["add"]  # the waiting acks are not its to make...
+        rig.clock.advance(LONGEST_RETRY)
+        rig.fleet.claim(10)  # ...but the library's thread's, as Redis answers
+        assert "ack" in rig.remote.calls
+        assert rig.remote.inner.pending() == 1

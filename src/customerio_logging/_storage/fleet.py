@@ -173,11 +173,8 @@ class FleetStorage(_OperatorViews):
         wait: float | None = None,
         open_file: bool | None = None,
     ) -> int:
-        """Keep ``ops``: in Redis, or in the local file while Redis is down.
-
-        A ``wait`` is for the whole write: Redis gets half of it, the local file what
-        is left, so that a Redis that stops answering leaves the file time to take them.
-        """
+        """Keep ``ops``: in Redis, or in the local file while Redis is down. Of a ``wait``,
+        Redis gets half, the file what is left: time to take them if Redis hangs."""
         if not ops:
             return 0
         start = time.monotonic()
@@ -190,7 +187,8 @@ class FleetStorage(_OperatorViews):
                     raise
                 self._failed(exc)
             else:
-                self._answered()
+                if wait is None:  # not a log call's: the acks waiting for Redis may wait
+                    self._answered()
                 if not lease and self._held_locally:
                     self._drop_local_copies(ops)
                 return evicted
@@ -204,9 +202,8 @@ class FleetStorage(_OperatorViews):
         return evicted
 
     def _drop_local_copies(self, ops: Sequence[Operation]) -> None:
-        """Rows this process reserved locally that now wait in Redis for replay (the queue
-        gave up on them): the local copy goes, so that replay's ack reaches Redis's row
-        instead of leaving it claimed, to be sent again. If the file is busy, it stays."""
+        """Local reservations now waiting in Redis (the queue gave up on them) leave the
+        file, so that replay's ack reaches Redis's row (unless the file is busy)."""
         assert self.local is not None
         copies = [op.id for op in ops if op.id in self._held_locally]
         if copies:
@@ -315,7 +312,8 @@ class FleetStorage(_OperatorViews):
                     raise
                 self._failed(exc)
             else:
-                self._answered()
+                if wait is None:  # as in add: never a log call's to make
+                    self._answered()
                 if local_ids:
                     assert self.local is not None
                     self.local.ack(local_ids)
