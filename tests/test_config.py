@@ -741,6 +741,38 @@ class TestRedisUrl:
         assert_names(error, "redis_url", "CUSTOMERIO_REDIS_URL")
         assert "hunter2" not in str(error)
 
+    @pytest.mark.parametrize(
+        "query",
+        [
+            "socket_timeout=30",  # a log call's 50 ms wait for Redis would become 30 s
+            "socket_connect_timeout=30",
+            "retry_on_timeout=yes",
+            "db=first",  # redis-py cannot read it: it raised ValueError at configure
+            "health_check_interval=often",
+            "colour=blue",  # redis-py refuses it at the first call (TypeError)
+        ],
+    )
+    def test_a_query_option_that_redis_py_refuses_or_that_unbounds_a_wait_is_refused(
+        self, query: str
+    ) -> None:
+        error = config_error(
+            site_id="s", api_key="k", redis_url=f"redis://:hunter2@cache:6380/0?{query}"
+        )
+        assert_names(error, "redis_url", "CUSTOMERIO_REDIS_URL")
+        assert query.split("=")[0] in str(error)
+        assert "hunter2" not in str(error)
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "redis://:hunter2@cache:6380/0?db=2",
+            "rediss://cache:6380/0?ssl_cert_reqs=none",
+            "unix:///run/redis.sock?db=1",
+        ],
+    )
+    def test_the_url_s_own_parts_may_be_in_its_query(self, url: str) -> None:
+        assert Settings(site_id="s", api_key="k", redis_url=url).redis_url == url
+
     def test_switched_off_needs_no_redis(self) -> None:
         settings = Settings.from_env(environ={}, enabled=False, redis_url="redis://127.0.0.1:1")
         assert settings.redis_url is None

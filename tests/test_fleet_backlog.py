@@ -17,17 +17,26 @@ from typing import Any
 
 import pytest
 
+import customerio_logging as cio
+from customerio_logging._shutdown import EXIT_MARGIN
+from customerio_logging._storage import Storage
+from customerio_logging._storage.fleet import FleetStorage
 from customerio_logging._storage.redis import RedisStorage
+from customerio_logging._storage.sqlite import SQLiteSpool
 from customerio_logging.testing import FaultPlan, TrackAPIEmulator
 from customerio_logging.testing._redis import RedisServer
 
 from .helpers import (
     BIG,
     assert_each_once,
+    make_op,
     program,
+    read_line,
     run_python,
+    say,
     spool_pending,
     start_python,
+    unreachable_api,
     users,
     wait_until,
 )
@@ -166,3 +175,73 @@ class TestRedisDown:
         assert stats["replayed"] == 1000
         assert local_pending(tmp_path, "host0") == 0
         assert backlog.pending() == 0
+
+
+class TestMoveEvicts:
+    def test_what_redis_evicts_to_take_the_local_rows_is_counted(
+        self,
+        emulator: TrackAPIEmulator,
+        redis_server: RedisServer,
+        tmp_path: Path,
+    ) -> None:
+        bound = 1024 * 1024
+        bridge = cio.Bridge(
+            cio.Settings(
+                site_id=emulator.site_id,
+                api_key=emulator.api_key,
+                track_url=emulator.url,
+                redis_url=redis_server.url,
+                spool_path=tmp_path / "spool.sqlite3",
+                max_spool_bytes=bound,
+            )
+        )
+        spool = bridge.spool
+        assert isinstance(spool, FleetStorage)
+        assert spool.local is not None
+        try:
+            spool.remote.add([make_op(f"r{i:04d}", 1000) for i in range(650)])  # near full
+            spool.local.add([make_op(f"a{i:04d}", 1000) for i in range(300)])  # an outage's
+            spool.claim(1)
+            assert spool.local.pending() == 0
+            assert bridge.stats().evicted == 950 - spool.remote.pending() > 0
+        finally:
+            bridge.shutdown(1.0)
+
+
+def user_ids(storage: Storage) -> set[str]:
+    """The users of the events waiting in ``storage``."""
+    return {json.loads(op.body)["identifiers"]["id"] for op in storage.claim(10**6, max_bytes=BIG)}
+
+
+class TestRedisHangsAtExit:
+    def test_the_batch_being_spooled_is_not_lost(
+        self, redis_server: RedisServer, tmp_path: Path
+    ) -> None:
+        # The API cannot be reached, and Redis stops answering just before the exit: the
+        # dispatch thread's write of its failed batch must give up on Redis in time to
+        # put the batch in the local file before the process ends.
+        env = {**unreachable_api(), **host(tmp_path, "host0", redis_server.url)}
+        app = start_python(program("redis_hangs_at_exit"), 2000, env=env, stdin=True)
+        try:
+            assert read_line(app).strip() == "logged"
+            redis_server.pause()
+            try:
+                say(app, "go\n")
+                out, err = app.communicate(timeout=TIMEOUT)
+            finally:
+                redis_server.resume()
+        finally:
+            if app.poll() is None:
+                app.kill()
+                app.communicate()
+        assert app.returncode == 0, err
+        assert json.loads(out.splitlines()[-1])["took"] < 1.0 + EXIT_MARGIN + 0.5
+        place = {"site_id": env["CUSTOMERIO_SITE_ID"], "track_url": env["CUSTOMERIO_TRACK_URL"]}
+        remote = RedisStorage(redis_server.url, max_bytes=BIG, **place)
+        files = list((tmp_path / "host0").rglob("spool-*.sqlite3"))
+        local = SQLiteSpool(files[0], max_bytes=BIG, **place)
+        try:
+            assert user_ids(remote) | user_ids(local) == users("u", 2000), err
+        finally:
+            remote.close()
+            local.close()

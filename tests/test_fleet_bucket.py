@@ -128,6 +128,23 @@ class TestSharedBucket:
         assert took < REDIS_TIMEOUT / 2, took
         assert voices.problems == []
 
+    def test_a_pause_is_not_shared_when_the_deadline_comes_sooner_than_redis_s_timeout(
+        self,
+    ) -> None:
+        voices = Voices()
+        with socket.socket() as silent:  # accepts connections, never answers
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+            pacer = Pacer(1000.0, shared=fleet(url, voices))
+            started = time.monotonic()
+            pacer.set_deadline(started + REDIS_TIMEOUT / 2)
+            pacer.pause(30.0)  # a 429 met during the exit: held here, not told to Redis
+            took = time.monotonic() - started
+        assert took < REDIS_TIMEOUT / 2, took
+        assert voices.problems == []
+        assert not pacer.acquire()  # paused past the deadline
+
     def test_an_idle_bucket_and_an_ended_pause_leave_no_key(
         self, redis_server: RedisServer, direct: redis.Redis
     ) -> None:

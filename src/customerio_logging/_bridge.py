@@ -53,8 +53,8 @@ class Bridge(DirectCalls):
         self._warn_unknown = bool(settings.events) and settings.unknown_events == "warn"
         self._unknown = UnknownEventWarnings(self._taxonomy)
         _routing.built_here(self, settings.track_url)  # a test fixture's, if one is active
-        self._ledger = Ledger(on_error=settings.on_error)
-        spool = open_storage(settings, on_problem=self._ledger.warn_problem)
+        ledger = self._ledger = Ledger(on_error=settings.on_error)
+        spool = open_storage(settings, on_problem=ledger.warn_problem, on_evicted=ledger.evicted)
         self._writer = SpoolWriter(
             spool,
             self._ledger,

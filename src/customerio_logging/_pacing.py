@@ -113,7 +113,8 @@ class Pacer:
         """Hold every request for ``seconds`` (a 429's Retry-After): the whole pipeline,
         and the whole fleet's when the bucket is shared."""
         self._pause_here(seconds)
-        if self._shared is not None:
+        # Not when the deadline comes sooner than a Redis call may take (as in wait).
+        if self._shared is not None and self.remaining(REDIS_TIMEOUT) >= REDIS_TIMEOUT:
             self._shared.pause(seconds)
 
     def _pause_here(self, seconds: float) -> None:

@@ -2,8 +2,9 @@
 the keys' namespace, what a Redis error becomes in words without secrets, and when a
 Redis that failed is tried again.
 
-Shared by the Redis storage and the fleet's rate limit. redis-py is imported only here
-and only when a Redis URL is configured (it is the optional ``[redis]`` extra).
+Shared by the Redis storage and the fleet's rate limit. redis-py's clients are made only
+here, and redis-py is imported only when a Redis URL is configured (it is the optional
+``[redis]`` extra; ``_redis_url`` reads the URL with it at ``configure()``).
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ __all__ = ["ENV_VAR", "check_redis_url", "redis_location"]
 
 ENV_VAR = "CUSTOMERIO_REDIS_URL"
 _SCHEMES = ("redis", "rediss", "unix")
+# What a URL's query may say: where Redis is and how to reach it. Its other options
+# (socket_timeout, retry_on_timeout...) would override the bounded waits and the absence
+# of hidden retries that every Redis call of the library relies on.
+_URL_PARTS = frozenset({"host", "port", "db", "username", "password", "path", "connection_class"})
 
 
 def check_redis_url(url: object) -> str | None:
@@ -47,7 +51,28 @@ def check_redis_url(url: object) -> str | None:
             setting="redis_url",
             env_var=ENV_VAR,
         )
+    _check_options(url, hint)
     return url
+
+
+def _check_options(url: str, hint: str) -> None:
+    """Refuse a query option redis-py cannot read, or one that is the library's to set."""
+    from redis.connection import parse_url
+
+    try:
+        options: dict[str, object] = parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:  # redis-py names the option, never its value
+        raise ConfigurationError(
+            f"redis_url: {str(exc).rstrip('.')}; {hint}", setting="redis_url", env_var=ENV_VAR
+        ) from None
+    theirs = sorted(o for o in options if o not in _URL_PARTS and not o.startswith("ssl_"))
+    if theirs:
+        raise ConfigurationError(
+            f"redis_url may not set {', '.join(theirs)}: the library bounds each Redis "
+            f"call's wait itself (so that a log call never waits on Redis); {hint}",
+            setting="redis_url",
+            env_var=ENV_VAR,
+        )
 
 
 def redis_location(url: str) -> str:

@@ -91,7 +91,12 @@ class Shutdown:
             # At INFO: most exits deliver what is pending in milliseconds, and a warning
             # at every one would teach apps to silence the line that matters (below).
             inform(f"{_events(before.queue_depth)} pending, waiting up to {wait:g} s")
-        self._end(wait, deadline)
+        # The dispatch thread's own writes (the batch it settles) end by the exit's end.
+        self._writer.deadline = deadline + EXIT_MARGIN
+        try:
+            self._end(wait, deadline)
+        finally:
+            self._writer.deadline = None  # a log call after shutdown waits as before
         self._ledger.say_warnings()
         undelivered = _undelivered(before, self._stats(), self._overflow.spilled)
         if undelivered:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Literal, TypeVar
@@ -66,6 +67,9 @@ class SpoolWriter:
         self._closed = closed
         self.settled_later: Callable[[list[Operation], bool], None] = _nothing
         """Told of deferred operations once written (True) or lost (False): receipts."""
+        self.deadline: float | None = None
+        """While a shutdown runs, when its writes must be done (monotonic): a write that
+        would wait the spool's ordinary time waits until then at most."""
         self._at_fork_reinit()
 
     def _at_fork_reinit(self) -> None:
@@ -175,6 +179,12 @@ class SpoolWriter:
         spool = self.spool
         if spool is None or not ops:
             return None
+        deadline = self.deadline
+        if wait is None and deadline is not None:
+            # The dispatch thread settling its batch during a shutdown: done by the
+            # shutdown's end, which waits for it no longer, however slow the spool (a
+            # Redis that hangs) and whichever backend takes the batch in the end.
+            wait, open_file = max(0.0, deadline - time.monotonic()), True
         try:
             evicted = spool.add(ops, lease=lease, wait=wait, open_file=open_file)
         except SpoolBusyError as exc:

@@ -212,3 +212,24 @@ class TestCheckRedis:
         assert "uses its local spool" in out
         assert "hunter2" not in out
         assert "OK: credentials accepted" in out  # the Track API is still checked
+
+    def test_a_redis_that_refuses_config_still_answers(
+        self,
+        emulator: TrackAPIEmulator,
+        redis_server: RedisServer,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # Managed Redis services refuse CONFIG (and some ACLs INFO): Redis still answers,
+        # and the library works; only the policy cannot be read.
+        admin = redis.Redis.from_url(redis_server.url)
+        admin.acl_setuser("app", enabled=True, passwords=["+s3cret"], keys=["*"],
+                          commands=["+@all", "-config", "-info"])  # fmt: skip
+        admin.close()
+        url = f"redis://app:s3cret@127.0.0.1:{redis_server.port}/0"
+        monkeypatch.setenv("CUSTOMERIO_REDIS_URL", url)
+        assert main(["check", *credentials(emulator)]) == 0
+        out = capsys.readouterr().out
+        assert f"OK: Redis at redis://127.0.0.1:{redis_server.port}/0 answers" in out
+        assert "UNREACHABLE" not in out
+        assert "s3cret" not in out

@@ -231,31 +231,80 @@ class TestAcksWhileDown:
         assert rig.remote.inner.pending() == 1  # b0000 only, moved from the local file
 
 
-class TestTheLocalFileLookedAtAgain:
-    def test_rows_another_process_leaves_later_are_moved_after_a_while(
-        self, rig: Rig, tmp_path: Path
-    ) -> None:
-        assert rig.fleet.claim(10) == []  # the file is empty: not looked at for a while
-        other = SQLiteSpool(tmp_path / "local.sqlite3", max_bytes=BIG, site_id=SITE)
-        other.add(ops("late", 2))  # another process of the host, during its outage
-        other.close()
-        assert rig.fleet.claim(10) == []
-        rig.clock.advance(LOCAL_LOOK)
-        assert ids_of(rig.fleet.claim(10)) == ["late0000", "late0001"]
-        assert rig.local.pending() == 0
+class TestMovedRowsEvicted:
+    """Rows moved from the local file may make Redis evict its oldest: those events are
+    lost, and like any eviction they are counted and said."""
 
-    def test_evictions_a_move_causes_in_redis_are_told(self, tmp_path: Path) -> None:
-        warnings: list[str] = []
-        remote = SQLiteSpool(tmp_path / "redis.sqlite3", max_bytes=1024 * 1024, site_id=SITE)
+    def test_redis_s_evictions_during_a_move_are_told(self, tmp_path: Path) -> None:
+        remote = Switched(SQLiteSpool(tmp_path / "redis.sqlite3", max_bytes=BIG, site_id=SITE))
         local = SQLiteSpool(tmp_path / "local.sqlite3", max_bytes=BIG, site_id=SITE)
-        fleet = FleetStorage(remote, local, location="redis://x", on_problem=warnings.append)
+        real_add = remote.inner.add
+
+        def full(ops: Any, **kwargs: Any) -> int:
+            real_add(ops, **kwargs)
+            return 7  # as a Redis at its bound: its 7 oldest gone to take these
+
+        remote.inner.add = full  # type: ignore[method-assign]
+        evicted: list[int] = []
+        fleet = FleetStorage(
+            remote,  # type: ignore[arg-type]
+            local,
+            location="redis://127.0.0.1:1/0",
+            on_evicted=evicted.append,
+        )
         try:
-            big = [make_op(f"b{i:04d}", size=20_000) for i in range(40)]
-            remote.add(big[:20])
-            local.add(big[20:])
+            local.add(ops("a", 3))  # left by an outage
             fleet.claim(1)
-            [warning] = warnings
-            assert "evicted from the backlog in Redis" in warning
-            assert "max_spool_bytes is full" in warning
+            assert local.pending() == 0
+            assert evicted == [7]
         finally:
             fleet.close()
+
+
+class TestAReservationGivenUpInRedis:
+    def test_its_ack_reaches_the_row_that_was_sent(self, rig: Rig) -> None:
+        rig.remote.down = True
+        rig.fleet.add(ops("r", 1), lease=True)  # durability="disk" during the outage
+        rig.remote.down = False
+        rig.clock.advance(LONGEST_RETRY)
+        rig.fleet.add(ops("r", 1))  # the queue gave up on it: to Redis, for replay
+        claimed = rig.fleet.claim(10)
+        assert ids_of(claimed) == ["r0000"]  # Redis's row (the local one stays reserved)
+        rig.fleet.ack(ids_of(claimed))
+        assert rig.remote.inner.pending() == 0  # not left claimed, to be sent again
+        assert rig.local.pending() == 0
+
+
+class TestRowsAnotherProcessLeftLocally:
+    def test_are_moved_to_redis_at_the_next_look(self, rig: Rig, tmp_path: Path) -> None:
+        assert rig.fleet.claim(10) == []  # the local file looked at: nothing there
+        # A cron job on this host met a Redis that was down, spooled locally, and ended
+        # before Redis answered again: only this long-running process is left to move them.
+        other = SQLiteSpool(tmp_path / "local.sqlite3", max_bytes=BIG, site_id=SITE)
+        other.add(ops("c", 3))
+        other.close()
+        rig.clock.advance(LOCAL_LOOK)
+        assert ids_of(rig.fleet.claim(10)) == ["c0000", "c0001", "c0002"]
+        assert rig.local.pending() == 0
+
+
+class TestALogCallAfterAnOutage:
+    def test_never_makes_the_calls_that_wait_for_redis_to_answer_again(self, rig: Rig) -> None:
+        rig.fleet.add(ops("a", 2))
+        claimed = ids_of(rig.fleet.claim(2))
+        real_add = rig.remote.inner.add
+
+        def add_while_another_thread_meets_an_outage(batch: Any, **kwargs: Any) -> int:
+            # Meanwhile the dispatch thread's call fails, and it acks while Redis is down.
+            rig.fleet._failed(SpoolUnavailableError("Redis at redis://127.0.0.1:1/0 failed"))
+            rig.fleet.ack(claimed)
+            return int(real_add(batch, **kwargs))
+
+        rig.remote.inner.add = add_while_another_thread_meets_an_outage  # type: ignore[method-assign]
+        rig.remote.calls.clear()
+        rig.fleet.add(ops("b", 1), wait=0.05, open_file=False)  # a durability="disk" call
+        assert rig.remote.calls == ["add"]  # the waiting acks are not its to make...
+        rig.clock.advance(LONGEST_RETRY)
+        rig.fleet.claim(10)  # ...but the library's thread's, as Redis answers
+        assert "ack" in rig.remote.calls
+        assert rig.remote.inner.pending() == 1

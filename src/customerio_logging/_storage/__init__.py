@@ -43,7 +43,10 @@ __all__ = [
 
 
 def open_storage(
-    settings: Settings, *, on_problem: Callable[[str], None] | None = None
+    settings: Settings,
+    *,
+    on_problem: Callable[[str], None] | None = None,
+    on_evicted: Callable[[int, int], None] | None = None,
 ) -> Storage | None:
     """The storage ``settings`` ask for; None when the spool is off.
 
@@ -57,6 +60,9 @@ def open_storage(
             ``track_url``).
         on_problem: Told, in words, of a problem the storage worked around (a damaged
             spool file moved aside for a fresh one, Redis down or back).
+        on_evicted: Told how many operations Redis evicted to take the rows moved to
+            it from the spool file (the evictions no write returns), and the bound
+            (``max_spool_bytes``).
     """
     path = settings.spool_file
     local = None
@@ -74,6 +80,7 @@ def open_storage(
     from .fleet import FleetStorage
     from .redis import RedisStorage
 
+    bound = settings.max_spool_bytes
     remote = RedisStorage(
         settings.redis_url,
         max_bytes=settings.max_spool_bytes,
@@ -82,5 +89,9 @@ def open_storage(
         on_problem=on_problem,
     )
     return FleetStorage(
-        remote, local, location=redis_location(settings.redis_url), on_problem=on_problem
+        remote,
+        local,
+        location=redis_location(settings.redis_url),
+        on_problem=on_problem,
+        on_evicted=None if on_evicted is None else lambda count: on_evicted(count, bound),
     )

@@ -1,21 +1,9 @@
 """The fleet's storage: the backlog in Redis, shared by every process and host, and the
 local spool file while Redis cannot be reached, whose rows move to Redis once it answers.
 
-How :class:`FleetStorage` routes:
-
-- Writes go to Redis; when it fails they go to the local file, and from then on
-  straight there until Redis answers again (one warning per outage). Only the library's
-  own threads try Redis again (a claim, or a write without ``wait``), each time
-  ``FIRST_RETRY`` (doubling to ``LONGEST_RETRY``) has passed since the last failure: a
-  log call never waits on a Redis that is down.
-- ``claim`` first moves up to ``MOVE_BATCH`` rows from the local file to Redis (rows left
-  there by an outage, this process's or another's on this host; a file found empty is
-  looked at again every ``LOCAL_LOOK`` seconds), then claims from Redis; while Redis is
-  down it claims from the local file.
-- Rows this process holds in the local file (claimed, or reserved by
-  ``durability="disk"``) are acked, released and dead-lettered there.
-- The reads an operator makes (``status``, ``dead_letters``, ``requeue``, ``purge``...)
-  are the fleet's: Redis's. ``pending`` counts both.
+Redis is never a single point of failure: a failed Redis call marks it down for a while
+(one warning per outage), and until the next try every write goes to the local file at
+once, without waiting on Redis again.
 """
 
 from __future__ import annotations
@@ -24,30 +12,76 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
 
 from .._limits import BATCH_BODY_BYTES
 from .._redis_client import FIRST_RETRY, LONGEST_RETRY, Health
 from .._wire import Operation
 from .base import DeadLetterRow, SpoolBusyError, SpoolStatus, SpoolUnavailableError, Storage
 
-T = TypeVar("T")
-
-__all__ = ["ACKS_KEPT", "FIRST_RETRY", "LOCAL_LOOK", "LONGEST_RETRY", "MOVE_BATCH", "FleetStorage"]
+__all__ = [
+    "ACKS_KEPT",
+    "FIRST_RETRY",
+    "LOCAL_LOOK",
+    "LONGEST_RETRY",
+    "MOVE_BATCH",
+    "FleetStorage",
+]
 
 MOVE_BATCH = 1000
 """Rows moved from the local file to Redis at most per claim, once Redis answers again."""
-LOCAL_LOOK = 60.0
-"""Seconds between two looks at a local file found empty (another process of the host
-may leave rows there: its claims, should it die, or its writes during an outage)."""
+LOCAL_LOOK = 30.0
+"""Seconds between looks at a local file thought empty (as replay's at an empty spool)."""
 ACKS_KEPT = 100_000
 """Acks of Redis's rows kept in memory while Redis is down (beyond them, those rows are
 sent again after their lease, and the API drops the duplicates by id)."""
 
 
-class FleetStorage:
+class _OperatorViews:
+    """The reads and writes an operator makes (the CLI's): the fleet's, so Redis's."""
+
+    remote: Storage
+
+    def requeue(self, seqs: Sequence[int] | None = None, *, reason: str | None = None) -> int:
+        """Move Redis's dead letters back to wait."""
+        return self.remote.requeue(seqs, reason=reason)
+
+    def purge(self) -> int:
+        """Delete every operation waiting in Redis (the local file is the CLI's to purge)."""
+        return self.remote.purge()
+
+    def purge_dead_letters(
+        self, seqs: Sequence[int] | None = None, *, reason: str | None = None
+    ) -> int:
+        """Delete Redis's dead letters (all, or the given rows or reason)."""
+        return self.remote.purge_dead_letters(seqs, reason=reason)
+
+    def status(self) -> SpoolStatus:
+        """Redis's status: the fleet's backlog."""
+        return self.remote.status()
+
+    def dead_letters(
+        self, *, reason: str | None = None, limit: int | None = None
+    ) -> Iterator[DeadLetterRow]:
+        """Redis's dead letter, oldest first."""
+        return self.remote.dead_letters(reason=reason, limit=limit)
+
+
+class FleetStorage(_OperatorViews):
     """A :class:`~.base.Storage` over two: ``remote`` (Redis) while it answers, ``local``
-    (the SQLite spool file) while it does not (see the module's docstring).
+    (the SQLite spool file) while it does not.
+
+    - Writes go to ``remote``; when it fails they go to ``local``, and from then on
+      straight to ``local`` until Redis answers again. Only the library's own threads
+      try it again (a claim, or a write without ``wait``), each time ``FIRST_RETRY``
+      (doubling to ``LONGEST_RETRY``) has passed since the last failure: a log call
+      never waits on a Redis that is down.
+    - ``claim`` first moves up to ``MOVE_BATCH`` rows from ``local`` to ``remote``
+      (rows left there by an outage, this process's or an earlier one's on this host),
+      then claims from ``remote``; while ``remote`` is down it claims from ``local``.
+    - Rows this process holds in ``local`` (claimed, or reserved by
+      ``durability="disk"``) are acked, released and dead-lettered there.
+    - The reads an operator makes (``status``, ``dead_letters``, ``requeue``,
+      ``purge``...) are the fleet's: ``remote``'s. ``pending`` counts both.
 
     Args:
         remote: The Redis storage.
@@ -55,6 +89,8 @@ class FleetStorage:
             are the caller's).
         location: Where ``remote`` is, without secrets, for the warnings.
         on_problem: Told, in words, when Redis stops answering and when it answers again.
+        on_evicted: Told how many operations Redis evicted to take rows moved from the
+            local file (a write's own evictions are its return value; a move has none).
         clock: Monotonic seconds; tests inject one.
     """
 
@@ -65,12 +101,14 @@ class FleetStorage:
         *,
         location: str,
         on_problem: Callable[[str], None] | None = None,
+        on_evicted: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.remote = remote
         self.local = local
         self._location = location
         self._on_problem = on_problem
+        self._on_evicted = on_evicted
         self._clock = clock
         self._reset_state()
 
@@ -80,10 +118,10 @@ class FleetStorage:
         self._held_locally: set[str] = set()
         # Acks of rows in Redis made while it was down, made once it answers again.
         self._acks_waiting: deque[str] = deque()
-        # Whether the local file may hold rows to move (its writes, or an outage's), and
-        # when to look at it again otherwise.
-        self._local_may_hold = False
-        self._next_look = 0.0
+        # Whether the local file may hold rows to move: unknown until first looked at.
+        self._local_may_hold = local_exists = self.local is not None
+        self._local_checked = not local_exists
+        self._next_look = 0.0  # when to look at it again, once thought empty
 
     def __repr__(self) -> str:
         return f"<FleetStorage remote={self.remote!r} local={self.local!r}>"
@@ -125,22 +163,6 @@ class FleetStorage:
                 f"Redis at {self._location} answers again: the local spool's rows move to it"
             )
 
-    def _on_remote(self, call: Callable[[], T], *, probe: bool = True) -> tuple[T] | None:
-        """``(call(),)`` made on Redis; None when Redis is not to be tried now, or failed
-        (then taken as down): the caller uses the local file instead. Without a local
-        file, Redis's error is the caller's."""
-        if not self._use_remote(probe=probe):
-            return None
-        try:
-            result = call()
-        except SpoolUnavailableError as exc:
-            if self.local is None:
-                raise
-            self._failed(exc)
-            return None
-        self._answered()
-        return (result,)
-
     # -- writing ------------------------------------------------------------------------
 
     def add(
@@ -151,33 +173,58 @@ class FleetStorage:
         wait: float | None = None,
         open_file: bool | None = None,
     ) -> int:
-        """Keep ``ops``: in Redis, or in the local file while Redis is down."""
+        """Keep ``ops``: in Redis, or in the local file while Redis is down. Of a ``wait``,
+        Redis gets half, the file what is left: time to take them if Redis hangs."""
         if not ops:
             return 0
-        done = self._on_remote(
-            lambda: self.remote.add(ops, lease=lease, wait=wait, open_file=open_file),
-            probe=wait is None,
-        )
-        if done is not None:
-            return done[0]
+        start = time.monotonic()
+        if self._use_remote(probe=wait is None):
+            share = wait if wait is None or self.local is None else wait / 2
+            try:
+                evicted = self.remote.add(ops, lease=lease, wait=share, open_file=open_file)
+            except SpoolUnavailableError as exc:
+                if self.local is None:
+                    raise
+                self._failed(exc)
+            else:
+                if wait is None:  # not a log call's: the acks waiting for Redis may wait
+                    self._answered()
+                if not lease and self._held_locally:
+                    self._drop_local_copies(ops)
+                return evicted
         assert self.local is not None
+        if wait is not None:
+            wait = max(0.0, wait - (time.monotonic() - start))
         evicted = self.local.add(ops, lease=lease, wait=wait, open_file=open_file)
         self._local_may_hold = True
         if lease:
             self._held_locally.update(op.id for op in ops)
         return evicted
 
+    def _drop_local_copies(self, ops: Sequence[Operation]) -> None:
+        """Local reservations now waiting in Redis (the queue gave up on them) leave the
+        file, so that replay's ack reaches Redis's row (unless the file is busy)."""
+        assert self.local is not None
+        copies = [op.id for op in ops if op.id in self._held_locally]
+        if copies:
+            with contextlib.suppress(SpoolUnavailableError, SpoolBusyError):
+                self.local.ack(copies)
+                self._held_locally.difference_update(copies)
+
     def claim(self, limit: int, *, max_bytes: int = BATCH_BODY_BYTES) -> list[Operation]:
         """Move what waits locally to Redis, then claim from Redis; from the local file
         while Redis is down."""
-
-        def from_remote() -> list[Operation]:
-            self._move_local_rows()
-            return self.remote.claim(limit, max_bytes=max_bytes)
-
-        done = self._on_remote(from_remote)
-        if done is not None:
-            return done[0]
+        if self._use_remote():
+            try:
+                self._move_local_rows()
+                ops = self.remote.claim(limit, max_bytes=max_bytes)
+            except SpoolUnavailableError as exc:
+                if self.local is None:
+                    raise
+                self._failed(exc)
+            else:
+                self._answered()
+                return ops
         assert self.local is not None
         ops = self.local.claim(limit, max_bytes=max_bytes)
         self._held_locally.update(op.id for op in ops)
@@ -188,31 +235,27 @@ class FleetStorage:
         local = self.local
         if local is None:
             return
+        if not self._local_may_hold:
+            if self._clock() < self._next_look:
+                return
+            # Another process on this host may have left rows there since (an outage's).
+            self._local_checked = False
         try:
-            if not self._local_may_hold:
-                if self._clock() < self._next_look:
-                    return
+            if not self._local_checked:
+                self._local_checked = True
                 self._next_look = self._clock() + LOCAL_LOOK
-                if local.pending() == 0:
+                self._local_may_hold = local.pending() > 0
+                if not self._local_may_hold:
                     return
             ops = local.claim(MOVE_BATCH, max_bytes=1 << 62)
         except (SpoolUnavailableError, SpoolBusyError):
             return  # the local file's own problem: Redis serves meanwhile
-        self._local_may_hold = bool(ops)
         if not ops:
+            self._local_may_hold = bool(self._held_locally)
             return
-        ids = [op.id for op in ops]
-        try:
-            evicted = self.remote.add(ops)
-        except SpoolUnavailableError:
-            local.release(ids)
-            raise
-        local.ack(ids)
-        if evicted and self._on_problem is not None:
-            self._on_problem(
-                f"{evicted} operations were evicted from the backlog in Redis (the oldest) "
-                f"to make room for the local spool's: max_spool_bytes is full"
-            )
+        evicted = _hand_over(ops, local, self.remote)
+        if evicted and self._on_evicted is not None:
+            self._on_evicted(evicted)  # lost events: counted, like a write's evictions
 
     def ack(self, ids: Sequence[str]) -> None:
         """Remove sent operations, wherever this process holds them."""
@@ -261,40 +304,25 @@ class FleetStorage:
             return 0
         held = self._held_locally
         local_ids = [d.id for d in letters if d.id is not None and d.id in held]
-        done = self._on_remote(
-            lambda: self.remote.dead_letter(letters, wait=wait, open_file=open_file),
-            probe=wait is None,
-        )
-        if done is not None:
-            if local_ids:
-                assert self.local is not None
-                self.local.ack(local_ids)
-                held.difference_update(local_ids)
-            return done[0]
+        if self._use_remote(probe=wait is None):
+            try:
+                evicted = self.remote.dead_letter(letters, wait=wait, open_file=open_file)
+            except SpoolUnavailableError as exc:
+                if self.local is None:
+                    raise
+                self._failed(exc)
+            else:
+                if wait is None:  # as in add: never a log call's to make
+                    self._answered()
+                if local_ids:
+                    assert self.local is not None
+                    self.local.ack(local_ids)
+                    held.difference_update(local_ids)
+                return evicted
         assert self.local is not None
         evicted = self.local.dead_letter(letters, wait=wait, open_file=open_file)
         held.difference_update(local_ids)
         return evicted
-
-    # -- the operator's reads and writes: the fleet's ------------------------------------
-
-    def requeue(self, seqs: Sequence[int] | None = None, *, reason: str | None = None) -> int:
-        """Move Redis's dead letters back to wait."""
-        return self.remote.requeue(seqs, reason=reason)
-
-    def purge(self) -> int:
-        """Delete every operation waiting in Redis (the local file is the CLI's to purge)."""
-        return self.remote.purge()
-
-    def purge_dead_letters(
-        self, seqs: Sequence[int] | None = None, *, reason: str | None = None
-    ) -> int:
-        """Delete Redis's dead letters (all, or the given rows or reason)."""
-        return self.remote.purge_dead_letters(seqs, reason=reason)
-
-    def status(self) -> SpoolStatus:
-        """Redis's status: the fleet's backlog."""
-        return self.remote.status()
 
     def pending(self) -> int:
         """Operations waiting in Redis and in the local file."""
@@ -302,12 +330,6 @@ class FleetStorage:
         if self.local is not None:
             count += self.local.pending()
         return count
-
-    def dead_letters(
-        self, *, reason: str | None = None, limit: int | None = None
-    ) -> Iterator[DeadLetterRow]:
-        """Redis's dead letter, oldest first."""
-        return self.remote.dead_letters(reason=reason, limit=limit)
 
     # -- connections --------------------------------------------------------------------
 
@@ -342,6 +364,19 @@ class FleetStorage:
         if self.local is not None:
             self.local.reset_after_fork()
         self._reset_state()
+
+
+def _hand_over(ops: list[Operation], local: Storage, remote: Storage) -> int:
+    """Claimed local rows to Redis, then out of the local file; how many rows Redis
+    evicted to take them. If Redis fails, the rows are given back to the local file."""
+    ids = [op.id for op in ops]
+    try:
+        evicted = remote.add(ops)
+    except SpoolUnavailableError:
+        local.release(ids)
+        raise
+    local.ack(ids)
+    return evicted
 
 
 def _ack(storage: Storage, ids: Sequence[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -144,12 +145,24 @@ class RedisServer:
         if process is None:
             return
         if process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused server handles no SIGTERM
             process.terminate()  # redis-server writes its append-only file on SIGTERM
             try:
                 process.wait(_STOP_WAIT)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): it keeps its connections and its port but answers
+        nothing, as a Redis that hangs, until :meth:`resume`."""
+        if self._process is not None and self.running:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server answer again (SIGCONT)."""
+        if self._process is not None and self.running:
+            self._process.send_signal(signal.SIGCONT)
 
     def restart(self) -> RedisServer:
         """Stop, then start on the same port and files: what was written comes back."""
