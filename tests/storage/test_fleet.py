@@ -308,3 +308,28 @@ class TestALogCallAfterAnOutage:
         rig.fleet.claim(10)  # ...but the library's thread's, as Redis answers
         assert "ack" in rig.remote.calls
         assert rig.remote.inner.pending() == 1
+
+
+class TestBusyAndLetters:
+    def test_a_busy_redis_leaves_the_write_to_an_open_local_file(self, rig: Rig) -> None:
+        def busy(*args: Any, **kwargs: Any) -> int:
+            raise SpoolBusyError("busy")
+
+        rig.local.prepare()
+        rig.remote.inner.add = busy  # type: ignore[method-assign]
+        rig.fleet.add(ops("a", 2), wait=0.05)
+        assert rig.local.pending() == 2
+        assert not rig.fleet.remote_down
+        assert rig.warnings == []
+
+    def test_dead_letters_set_aside_locally_during_an_outage_move_to_redis(self, rig: Rig) -> None:
+        rig.remote.down = True
+        rig.fleet.add(ops("a", 2))
+        claimed = rig.fleet.claim(2)
+        rig.fleet.dead_letter([make_letter(op.id) for op in claimed])
+        assert [row.id for row in rig.local.dead_letters()] == ["a0000", "a0001"]
+        rig.remote.down = False
+        rig.clock.advance(LONGEST_RETRY)
+        assert rig.fleet.claim(10) == []
+        assert [row.id for row in rig.fleet.dead_letters()] == ["a0000", "a0001"]
+        assert list(rig.local.dead_letters()) == []

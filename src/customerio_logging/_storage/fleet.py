@@ -186,11 +186,17 @@ class FleetStorage(_OperatorViews):
                 if self.local is None:
                     raise
                 self._failed(exc)
+            except SpoolBusyError:
+                # Busy, not down (this thread's own call in a signal handler, another
+                # thread holding it past the wait): the file takes them, Redis stays up.
+                if self.local is None:
+                    raise
             else:
                 if wait is None:  # not a log call's: the acks waiting for Redis may wait
                     self._answered()
                 if not lease and self._held_locally:
-                    self._drop_local_copies(ops)
+                    assert self.local is not None
+                    _drop_local_copies(ops, self.local, self._held_locally)
                 return evicted
         assert self.local is not None
         if wait is not None:
@@ -200,16 +206,6 @@ class FleetStorage(_OperatorViews):
         if lease:
             self._held_locally.update(op.id for op in ops)
         return evicted
-
-    def _drop_local_copies(self, ops: Sequence[Operation]) -> None:
-        """Local reservations now waiting in Redis (the queue gave up on them) leave the
-        file, so that replay's ack reaches Redis's row (unless the file is busy)."""
-        assert self.local is not None
-        copies = [op.id for op in ops if op.id in self._held_locally]
-        if copies:
-            with contextlib.suppress(SpoolUnavailableError, SpoolBusyError):
-                self.local.ack(copies)
-                self._held_locally.difference_update(copies)
 
     def claim(self, limit: int, *, max_bytes: int = BATCH_BODY_BYTES) -> list[Operation]:
         """Move what waits locally to Redis, then claim from Redis; from the local file
@@ -246,12 +242,14 @@ class FleetStorage(_OperatorViews):
                 self._next_look = self._clock() + LOCAL_LOOK
                 self._local_may_hold = local.pending() > 0
                 if not self._local_may_hold:
+                    _hand_over_letters(local, self.remote)
                     return
             ops = local.claim(MOVE_BATCH, max_bytes=1 << 62)
         except (SpoolUnavailableError, SpoolBusyError):
             return  # the local file's own problem: Redis serves meanwhile
         if not ops:
             self._local_may_hold = bool(self._held_locally)
+            _hand_over_letters(local, self.remote)
             return
         evicted = _hand_over(ops, local, self.remote)
         if evicted and self._on_evicted is not None:
@@ -377,6 +375,28 @@ def _hand_over(ops: list[Operation], local: Storage, remote: Storage) -> int:
         raise
     local.ack(ids)
     return evicted
+
+
+def _drop_local_copies(ops: Sequence[Operation], local: Storage, held: set[str]) -> None:
+    """Local reservations now waiting in Redis (the queue gave up on them) leave the
+    file, so that replay's ack reaches Redis's row (unless the file is busy)."""
+    copies = [op.id for op in ops if op.id in held]
+    if copies:
+        with contextlib.suppress(SpoolUnavailableError, SpoolBusyError):
+            local.ack(copies)
+            held.difference_update(copies)
+
+
+def _hand_over_letters(local: Storage, remote: Storage) -> None:
+    """Dead letters the local file took while Redis was down, to Redis's dead letter
+    (where the commands and a requeue look), up to ``MOVE_BATCH`` at a time."""
+    try:
+        letters = list(local.dead_letters(limit=MOVE_BATCH))
+    except (SpoolUnavailableError, SpoolBusyError):
+        return
+    if letters:
+        remote.dead_letter(letters)  # raises Redis's errors: the letters stay here
+        local.purge_dead_letters([letter.seq for letter in letters])
 
 
 def _ack(storage: Storage, ids: Sequence[str]) -> None:
