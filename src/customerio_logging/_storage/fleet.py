@@ -118,10 +118,10 @@ class FleetStorage(_OperatorViews):
         self._held_locally: set[str] = set()
         # Acks of rows in Redis made while it was down, made once it answers again.
         self._acks_waiting: deque[str] = deque()
-        # Whether the local file may hold rows to move: unknown until first looked at.
-        self._local_may_hold = local_exists = self.local is not None
-        self._local_checked = not local_exists
-        self._next_look = 0.0  # when to look at it again, once thought empty
+        # Whether the local file may hold rows to move (this process wrote there, or
+        # Redis failed), and otherwise when to look at it (another process's rows).
+        self._local_may_hold = False
+        self._next_look = 0.0
 
     def __repr__(self) -> str:
         return f"<FleetStorage remote={self.remote!r} local={self.local!r}>"
@@ -231,14 +231,11 @@ class FleetStorage(_OperatorViews):
         local = self.local
         if local is None:
             return
-        if not self._local_may_hold:
-            if self._clock() < self._next_look:
-                return
-            # Another process on this host may have left rows there since (an outage's).
-            self._local_checked = False
+        if not self._local_may_hold and self._clock() < self._next_look:
+            return
         try:
-            if not self._local_checked:
-                self._local_checked = True
+            if not self._local_may_hold:
+                # Another process on this host may have left rows there (an outage's).
                 self._next_look = self._clock() + LOCAL_LOOK
                 self._local_may_hold = local.pending() > 0
                 if not self._local_may_hold:
