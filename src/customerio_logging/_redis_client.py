@@ -25,8 +25,10 @@ __all__ = [
     "REDIS_TIMEOUT",
     "Health",
     "describe_error",
+    "eviction_policy",
     "is_redis_error",
     "make_client",
+    "may_evict_backlog",
     "namespace",
 ]
 
@@ -68,6 +70,24 @@ def make_client(url: str, *, timeout: float = REDIS_TIMEOUT) -> redis.Redis:
         "client_name": "customerio-logging",
     }
     return redis.Redis.from_url(url, **options)
+
+
+def eviction_policy(client: redis.Redis) -> str | None:
+    """Redis's ``maxmemory-policy``, read through ``INFO`` (managed services refuse
+    ``CONFIG``); None when this user may not read it (an ACL refusing ``INFO`` too)."""
+    import redis
+
+    try:
+        return str(client.info("memory").get("maxmemory_policy", "noeviction"))
+    except redis.ResponseError:
+        return None
+
+
+def may_evict_backlog(policy: str) -> bool:
+    """Whether ``policy`` lets Redis evict the backlog's keys: the ``allkeys-*`` ones.
+    ``noeviction`` refuses writes instead, and a ``volatile-*`` policy evicts only keys
+    with a time to live, which the backlog's have none of."""
+    return policy.startswith("allkeys-")
 
 
 def is_redis_error(exc: BaseException) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from .._limits import BATCH_BODY_BYTES
-from .._redis_client import REDIS_TIMEOUT, namespace
+from .._redis_client import REDIS_TIMEOUT, eviction_policy, may_evict_backlog, namespace
 from .._redis_url import redis_location
 from .._wire import BODY_OVERHEAD, Operation, shorten
 from . import leases
@@ -386,15 +386,11 @@ def _consumers(client: redis.Redis, stream: str, me: str) -> tuple[list[str], li
 
 
 def _eviction_notice(client: redis.Redis, location: str) -> str | None:
-    """What to tell when Redis may evict keys without a time to live (ours), else None."""
-    import redis
-
-    try:
-        policy = str(client.info("memory").get("maxmemory_policy", "noeviction"))
-    except redis.ResponseError:
-        return None  # not allowed to look (an ACL): nothing to say
-    if not policy.startswith("allkeys-"):
-        return None  # noeviction, or volatile-*: only keys with a time to live go
+    """What to tell when Redis may evict keys without a time to live (ours), else None
+    (nothing to say either when this user may not read the policy)."""
+    policy = eviction_policy(client)
+    if policy is None or not may_evict_backlog(policy):
+        return None
     return (
         f"Redis at {location} may evict the backlog when it runs out of memory (its "
         f"maxmemory-policy is {policy}): events waiting there could be lost. Set "

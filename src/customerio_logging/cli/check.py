@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import requests
@@ -21,9 +20,6 @@ from ._args import (
     positive_seconds,
 )
 from ._output import TURN_ON, configuration_error, switch_as_set, switched_off
-
-if TYPE_CHECKING:
-    import redis
 
 __all__ = ["register"]
 
@@ -98,12 +94,12 @@ def _check(args: argparse.Namespace) -> int:
 
 def _ask_redis(url: str, timeout: float) -> bool:
     """Print whether the fleet's Redis answers, and warn of a policy that may evict."""
-    from .._redis_client import describe_error, make_client
+    from .._redis_client import describe_error, eviction_policy, make_client, may_evict_backlog
 
     client = make_client(url, timeout=timeout)
     try:
         client.ping()
-        policy = _eviction_policy(client)
+        policy = eviction_policy(client)
     except Exception as exc:  # noqa: BLE001 - any failure is the verdict, in words
         print(
             f"UNREACHABLE: {describe_error(url, exc)}: each process uses its local spool "
@@ -119,23 +115,12 @@ def _ask_redis(url: str, timeout: float) -> bool:
         )
         return True
     print(f"OK: Redis at {redis_location(url)} answers (maxmemory-policy {policy})")
-    if not (policy == "noeviction" or policy.startswith("volatile-")):
+    if may_evict_backlog(policy):
         print(
             f"WARNING: maxmemory-policy {policy} lets Redis evict the backlog's keys when "
             "it is full: set it to noeviction"
         )
     return True
-
-
-def _eviction_policy(client: redis.Redis) -> str | None:
-    """Redis's maxmemory-policy; None when this user may not read it (managed services
-    refuse CONFIG, some ACLs INFO too): Redis answers all the same."""
-    import redis
-
-    try:
-        return str(client.info("memory").get("maxmemory_policy", "noeviction"))
-    except redis.ResponseError:
-        return None
 
 
 def _ask(settings: Settings, timeout: float) -> int:
