@@ -86,12 +86,24 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def hanging_api() -> Iterator[str]:
-    """A Track API URL whose server accepts connections and never answers."""
+def hanging_port() -> Iterator[int]:
+    """A port on 127.0.0.1 whose server accepts connections and never answers."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(64)
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+        yield server.getsockname()[1]
+
+
+@pytest.fixture
+def hanging_api(hanging_port: int) -> str:
+    """A Track API URL whose server accepts connections and never answers."""
+    return f"http://127.0.0.1:{hanging_port}"
+
+
+@pytest.fixture
+def hanging_redis(hanging_port: int) -> str:
+    """A Redis URL whose server accepts connections and never answers."""
+    return f"redis://127.0.0.1:{hanging_port}/0"
 
 
 @pytest.fixture(params=["orjson", "stdlib"])

@@ -3,7 +3,6 @@ and each process on its own, warned once, while Redis cannot be reached."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -114,33 +113,27 @@ class TestSharedBucket:
         assert not pacer.acquire()
         assert 1.4 < time.monotonic() - started < 3.5
 
-    def test_redis_is_not_asked_when_the_deadline_comes_sooner_than_its_timeout(self) -> None:
+    def test_redis_is_not_asked_when_the_deadline_comes_sooner_than_its_timeout(
+        self, hanging_redis: str
+    ) -> None:
         voices = Voices()
-        with socket.socket() as silent:  # accepts connections, never answers
-            silent.bind(("127.0.0.1", 0))
-            silent.listen(8)
-            url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
-            pacer = Pacer(1000.0, shared=fleet(url, voices))
-            started = time.monotonic()
-            pacer.set_deadline(started + REDIS_TIMEOUT / 2)
-            assert pacer.acquire()  # this process's own bucket: no Redis call to wait on
-            took = time.monotonic() - started
+        pacer = Pacer(1000.0, shared=fleet(hanging_redis, voices))
+        started = time.monotonic()
+        pacer.set_deadline(started + REDIS_TIMEOUT / 2)
+        assert pacer.acquire()  # this process's own bucket: no Redis call to wait on
+        took = time.monotonic() - started
         assert took < REDIS_TIMEOUT / 2, took
         assert voices.problems == []
 
     def test_a_pause_is_not_shared_when_the_deadline_comes_sooner_than_redis_s_timeout(
-        self,
+        self, hanging_redis: str
     ) -> None:
         voices = Voices()
-        with socket.socket() as silent:  # accepts connections, never answers
-            silent.bind(("127.0.0.1", 0))
-            silent.listen(8)
-            url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
-            pacer = Pacer(1000.0, shared=fleet(url, voices))
-            started = time.monotonic()
-            pacer.set_deadline(started + REDIS_TIMEOUT / 2)
-            pacer.pause(30.0)  # a 429 met during the exit: held here, not told to Redis
-            took = time.monotonic() - started
+        pacer = Pacer(1000.0, shared=fleet(hanging_redis, voices))
+        started = time.monotonic()
+        pacer.set_deadline(started + REDIS_TIMEOUT / 2)
+        pacer.pause(30.0)  # a 429 met during the exit: held here, not told to Redis
+        took = time.monotonic() - started
         assert took < REDIS_TIMEOUT / 2, took
         assert voices.problems == []
         assert not pacer.acquire()  # paused past the deadline
@@ -234,17 +227,14 @@ class TestRedisDown:
         assert "Authentication" in problem
         assert f"redis://127.0.0.1:{redis_server.port}/0" in problem
 
-    def test_a_redis_that_does_not_answer_costs_one_bounded_wait(self) -> None:
+    def test_a_redis_that_does_not_answer_costs_one_bounded_wait(self, hanging_redis: str) -> None:
         voices = Voices()
-        with socket.socket() as silent:  # accepts connections, never answers
-            silent.bind(("127.0.0.1", 0))
-            silent.listen(8)
-            url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
-            pacer = Pacer(1000.0, shared=fleet(url, voices, client=make_client(url, timeout=0.2)))
-            started = time.monotonic()
-            assert pacer.acquire()
-            assert pacer.acquire()  # backing off: no second wait
-            took = time.monotonic() - started
+        client = make_client(hanging_redis, timeout=0.2)
+        pacer = Pacer(1000.0, shared=fleet(hanging_redis, voices, client=client))
+        started = time.monotonic()
+        assert pacer.acquire()
+        assert pacer.acquire()  # backing off: no second wait
+        took = time.monotonic() - started
         assert 0.15 < took < 1.5, took
         [problem] = voices.problems
         assert "Timeout" in problem
