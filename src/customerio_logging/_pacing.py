@@ -113,9 +113,17 @@ class Pacer:
         """Hold every request for ``seconds`` (a 429's Retry-After): the whole pipeline,
         and the whole fleet's when the bucket is shared."""
         self._pause_here(seconds)
-        # Not when the deadline comes sooner than a Redis call may take (as in wait).
-        if self._shared is not None and self.remaining(REDIS_TIMEOUT) >= REDIS_TIMEOUT:
-            self._shared.pause(seconds)
+        shared = self._shared_in_time()
+        if shared is not None:
+            shared.pause(seconds)
+
+    def _shared_in_time(self) -> SharedBucket | None:
+        """The shared bucket, unless the deadline comes sooner than a call to it may take
+        (``REDIS_TIMEOUT``): then this process's own bucket and pause do."""
+        shared = self._shared
+        if shared is None or self.remaining(REDIS_TIMEOUT) < REDIS_TIMEOUT:
+            return None
+        return shared
 
     def _pause_here(self, seconds: float) -> None:
         with self._lock:
@@ -130,8 +138,7 @@ class Pacer:
                     return False
                 wait = self._paused_until - now
             if wait <= 0:
-                # A Redis call may take REDIS_TIMEOUT: not when the deadline comes sooner.
-                shared = self._shared if self.remaining(REDIS_TIMEOUT) >= REDIS_TIMEOUT else None
+                shared = self._shared_in_time()
                 turn = None if shared is None else shared.take()
                 if turn is None:
                     wait = self._take_here()
